@@ -1,0 +1,1 @@
+"""MCS controller: mirrors exported Services across the clusters of a fleet."""
