@@ -24,7 +24,7 @@ from mcs_controller.access.resources import (
     SERVICES,
 )
 from mcs_controller.engine.members import MemberCluster
-from mcs_controller.engine.workqueue import WorkQueue
+from mcs_controller.engine.workqueue import Requeue, WorkQueue
 from mcs_controller.engine.writes import Writer, owner_reference
 from mcs_controller.model import labels as L
 from mcs_controller.model.conditions import Condition, merge_conditions
@@ -40,7 +40,7 @@ log = logging.getLogger("mcs_controller")
 Key = tuple[str, str]
 
 
-class RetryLater(Exception):
+class RetryLater(Requeue):
     """Some clusters could not be written; the key goes back on the queue with backoff."""
 
 
@@ -102,7 +102,7 @@ class Controller:
             self.queue.resync_every(self.resync_period, self.all_keys),
         ]
         try:
-            await self.queue.run_workers(self.reconcile, self.workers)
+            await self.queue.run_workers(self._process, self.workers)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -157,7 +157,10 @@ class Controller:
             for m in self.members.values():
                 stale = not m.reachable and m.unreachable_for() >= self.grace_period
                 if self.metrics is not None:
-                    self.metrics.cluster_reachable.labels(cluster=m.name).set(int(m.reachable))
+                    self.metrics.set_cluster_reachable(m.name, m.reachable)
+                    for informer in m.informers:
+                        self.metrics.set_informer_synced(
+                            m.name, informer.resource.plural, informer.synced.is_set())
                 if stale != (m.name in self._stale):
                     log.warning("cluster %s %s", m.name,
                                 "unreachable past grace period: endpoints marked not ready"
@@ -184,9 +187,25 @@ class Controller:
         mcs = self.mcs.get(namespace, name) if self.mcs is not None else None
         return states, mcs
 
+    async def _process(self, key: Key) -> None:
+        """One queue item: reconcile, counted; failures go back with backoff."""
+        started = time.monotonic()
+        result = "success"
+        try:
+            await self.reconcile(key)
+        except RetryLater:
+            result = "retry"
+            raise
+        except Exception:
+            result = "error"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_reconcile(result, time.monotonic() - started)
+                self.metrics.queue_depth.set(len(self.queue))
+
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
-        started = time.monotonic()
         states, mcs = self.observe(namespace, name)
         desired = desired_service(namespace, name, states, mcs)
         pending: dict[str, str] = {}  # cluster id -> why its writes did not complete
@@ -205,12 +224,9 @@ class Controller:
                 pending[m.cluster_id] = str(exc)
         await self._write_export_status(desired, pending)
         await self._write_mcs_status(mcs, desired)
-        if self.metrics is not None:
-            self.metrics.reconcile_duration_seconds.observe(time.monotonic() - started)
-            self.metrics.queue_depth.set(len(self.queue))
         seen = self._first_seen.pop(key, None)
         if seen is not None and self.metrics is not None and not pending:
-            self.metrics.propagation_latency_seconds.observe(time.monotonic() - seen)
+            self.metrics.observe_propagation(seen)
         if pending:
             raise RetryLater(f"{namespace}/{name}: " + ", ".join(f"{c}: {w}" for c, w in sorted(pending.items())))
 

@@ -21,6 +21,10 @@ K = TypeVar("K", bound=Hashable)
 log = logging.getLogger(__name__)
 
 
+class Requeue(Exception):
+    """Raised by a handler to ask for a retry with backoff: expected, so no traceback."""
+
+
 class ShutDown(Exception):
     """`get()` on a queue that is shut down and empty."""
 
@@ -187,7 +191,9 @@ class WorkQueue(Generic[K]):
             except Exception as exc:
                 self.retries_total += 1
                 n = self.num_requeues(key)
-                if n == 0:
+                if isinstance(exc, Requeue):
+                    log.info("%s: %r requeued (retry %d): %s", self.name, key, n, exc)
+                elif n == 0:
                     log.exception("%s: %r failed; retrying with backoff", self.name, key)
                 else:  # one line per retry, and retries slow down exponentially
                     log.warning("%s: %r failed again (retry %d): %s", self.name, key, n, exc)

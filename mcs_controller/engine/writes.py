@@ -37,14 +37,14 @@ class Writer:
                 informer.remember(result)
         self.counts[(m.name, res.kind, verb)] += 1
         if self.metrics is not None:
-            self.metrics.writes_total.labels(cluster=m.name, kind=res.kind, verb=verb).inc()
+            self.metrics.count_write(m.name, res.kind, verb)
 
     async def create(self, m: MemberCluster, res: Resource, obj: JSON) -> JSON | None:
         """Create; None when it already exists (our informer has not caught up yet)."""
         try:
             created = await m.client.create(res, obj)
         except AlreadyExists:
-            log.debug("already exists", extra={"cluster": m.name, "name": obj["metadata"]["name"]})
+            log.debug("%s %s already exists", res.kind, obj["metadata"]["name"], extra={"cluster": m.name})
             return None
         self._count(m, res, "create", created)
         log.info("created %s %s/%s", res.kind, obj["metadata"].get("namespace", ""),
