@@ -110,7 +110,7 @@ class EmbeddedCluster(ClusterClient):
         self._reachable = True
         self._ips = ClusterIPAllocator(service_cidr)
         for ns in _INITIAL_NAMESPACES:
-            self._store(NAMESPACES, {"metadata": {"name": ns}}, "ADDED")
+            self._store(NAMESPACES, {"metadata": {"name": ns}, "status": {"phase": "Active"}}, "ADDED")
 
     # -- reachability ----------------------------------------------------------------------
 

@@ -86,6 +86,8 @@ def from_status(code: int, body: dict | None) -> ApiError:
     message = body.get("message") or f"HTTP {code}"
     if code == 409 and reason == "AlreadyExists":
         return AlreadyExists(message)
+    if code in (502, 503, 504):  # a proxy or the API server itself is not there
+        return Unreachable(message, status=code, reason=reason or None)
     cls = _BY_STATUS.get(code)
     if cls is None:
         return ApiError(message, status=code, reason=reason or "Unknown")
