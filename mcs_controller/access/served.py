@@ -18,166 +18,37 @@ When the backend is `Unreachable`, connections are dropped, as a cut network wou
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import ssl
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from mcs_controller.access import errors
-from mcs_controller.access.api import JSON, ClusterClient, PatchType
-from mcs_controller.access.resources import ALL, SERVED_VERSIONS, Resource
+from mcs_controller.access.api import JSON, ClusterClient
+from mcs_controller.access.resources import ALL, Resource
+from mcs_controller.access.served_meta import (
+    CATEGORIES,
+    KUBE_VERSION,
+    PATCH_TYPES,
+    SHORT_NAMES,
+    VERBS,
+    bad_request,
+    decode_continue,
+    encode_continue,
+    field_filter,
+    find,
+    group_versions,
+    key,
+    served_versions,
+    status,
+    table,
+    wants_table,
+)
 
 log = logging.getLogger(__name__)
-
-_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
-_SHORT_NAMES = {
-    "services": ["svc"], "namespaces": ["ns"], "pods": ["po"], "events": ["ev"],
-    "ingresses": ["ing"], "serviceexports": ["svcex"], "serviceimports": ["svcim"],
-}
-_CATEGORIES = {"services": ["all"], "pods": ["all"]}
-_PATCH_TYPES: dict[str, PatchType] = {
-    "application/merge-patch+json": "merge",
-    "application/strategic-merge-patch+json": "merge",  # approximated: lists are replaced
-    "application/json-patch+json": "json",
-}
-KUBE_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0+amcs", "gitCommit": "",
-                "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "gc",
-                "platform": "linux/amd64"}
-
-
-def _versions(res: Resource) -> tuple[str, ...]:
-    return SERVED_VERSIONS.get(res.key, (res.version,))
-
-
-def _find(group: str, version: str, plural: str) -> Resource | None:
-    for res in ALL:
-        if res.group == group and res.plural == plural and version in _versions(res):
-            return res.at_version(version)
-    return None
-
-
-def _group_versions() -> dict[str, list[str]]:
-    """Every group (core is "") and its versions, the stored version first (preferred)."""
-    out: dict[str, list[str]] = {}
-    for res in ALL:
-        versions = out.setdefault(res.group, [])
-        for v in (res.version, *_versions(res)):
-            if v not in versions:
-                versions.append(v)
-    return out
-
-
-def _status(exc: errors.ApiError) -> web.Response:
-    return web.json_response(exc.as_status(), status=exc.status)
-
-
-def _bad_request(message: str) -> web.Response:
-    return _status(errors.ApiError(message, status=400, reason="BadRequest"))
-
-
-def _field_filter(selector: str | None) -> Callable[[JSON], bool]:
-    """fieldSelector: metadata.name / metadata.namespace with = == != (what kubectl sends)."""
-    if not selector:
-        return lambda obj: True
-    tests: list[tuple[str, str, bool]] = []
-    for term in selector.split(","):
-        op = next((o for o in ("!=", "==", "=") if o in term), None)
-        if op is None:
-            raise ValueError(f"invalid field selector term {term!r}")
-        field, _, value = term.partition(op)
-        negate = op == "!="
-        field = field.strip()
-        if field not in ("metadata.name", "metadata.namespace"):
-            raise ValueError(f'field label not supported: "{field}"')
-        tests.append((field.split(".")[1], value.strip(), negate))
-
-    def match(obj: JSON) -> bool:
-        meta = obj.get("metadata") or {}
-        return all((meta.get(key, "") == value) != negate for key, value, negate in tests)
-
-    return match
-
-
-def _encode_continue(rv: str, after: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"rv": rv, "after": after}).encode()).decode()
-
-
-def _decode_continue(token: str) -> tuple[str, tuple[str, str]]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return str(data["rv"]), (str(data["after"][0]), str(data["after"][1]))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError("invalid continue token") from exc
-
-
-def _key(obj: JSON) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return (meta.get("namespace") or "", meta.get("name") or "")
-
-
-def _age(obj: JSON) -> str:
-    """kubectl's short AGE ("45s", "12m", "5h", "3d") from creationTimestamp."""
-    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
-    try:
-        born = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    except (TypeError, ValueError):
-        return "<unknown>"
-    secs = max(0, int(time.time() - born))
-    for limit, unit, size in ((120, "s", 1), (3 * 3600, "m", 60), (48 * 3600, "h", 3600)):
-        if secs < limit:
-            return f"{secs // size}{unit}"
-    return f"{secs // 86400}d"
-
-
-def _ports(ports: Any) -> str:
-    return ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in ports or []) or "<none>"
-
-
-#: Extra kubectl columns per kind, between NAME and AGE (server-side printing, as=Table).
-_COLUMNS: dict[str, list[tuple[str, Callable[[JSON], Any]]]] = {
-    "Service": [
-        ("Type", lambda o: o.get("spec", {}).get("type", "ClusterIP")),
-        ("Cluster-IP", lambda o: o.get("spec", {}).get("clusterIP", "<none>")),
-        ("External-IP", lambda o: ",".join(o.get("spec", {}).get("externalIPs") or [])
-         or "<none>"),
-        ("Port(s)", lambda o: _ports(o.get("spec", {}).get("ports"))),
-    ],
-    "ServiceImport": [
-        ("Type", lambda o: o.get("spec", {}).get("type", "")),
-        ("IP", lambda o: ",".join(o.get("spec", {}).get("ips") or []) or "<none>"),
-    ],
-    "EndpointSlice": [
-        ("AddressType", lambda o: o.get("addressType", "")),
-        ("Ports", lambda o: ",".join(str(p.get("port")) for p in o.get("ports") or [])
-         or "<unset>"),
-        ("Endpoints", lambda o: ",".join(a for e in o.get("endpoints") or []
-                                         for a in e.get("addresses") or []) or "<unset>"),
-    ],
-    "Namespace": [("Status", lambda o: o.get("status", {}).get("phase", ""))],
-}
-
-
-def _wants_table(request: web.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
-
-
-def _table(res: Resource, items: list[JSON], meta: JSON, headers: bool = True) -> JSON:
-    """A meta.k8s.io/v1 Table, which kubectl prints as is (its NAMESPACE from the rows)."""
-    extra = _COLUMNS.get(res.kind, [])
-    columns = [("Name", lambda o: o["metadata"].get("name", "")), *extra, ("Age", _age)]
-    rows = [{"cells": [fn(o) for _, fn in columns],
-             "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": o.get("metadata") or {}}} for o in items]
-    defs = [{"name": n, "type": "string", "format": "name" if n == "Name" else "",
-             "description": "", "priority": 0} for n, _ in columns] if headers else []
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-            "columnDefinitions": defs, "rows": rows}
 
 
 class _Dropped(Exception):
@@ -244,7 +115,7 @@ class KubeApiServer:
         if self.token and request.path not in ("/healthz", "/livez", "/readyz"):
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or value.strip() != self.token:
-                return _status(errors.ApiError("Unauthorized", status=401, reason="Unauthorized"))
+                return status(errors.ApiError("Unauthorized", status=401, reason="Unauthorized"))
         try:
             return await handler(request)
         except _Dropped:
@@ -252,14 +123,14 @@ class KubeApiServer:
                 request.transport.abort()
             return web.Response(status=503)  # never reaches the client
         except errors.ApiError as exc:
-            return _status(exc)
+            return status(exc)
         except ValueError as exc:  # bad selectors, bad bodies, bad tokens
-            return _bad_request(str(exc))
+            return bad_request(str(exc))
         except web.HTTPException:
             raise
         except Exception as exc:  # a bug here must not look like a network failure
             log.exception("kube API request %s %s failed", request.method, request.path_qs)
-            return _status(errors.ApiError(f"internal error: {exc}"))
+            return status(errors.ApiError(f"internal error: {exc}"))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
@@ -271,7 +142,7 @@ class KubeApiServer:
             return web.json_response(KUBE_VERSION)
         if parts == ["api"]:
             return web.json_response({
-                "kind": "APIVersions", "versions": _group_versions().get("", []),
+                "kind": "APIVersions", "versions": group_versions().get("", []),
                 "serverAddressByClientCIDRs": [
                     {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}],
             })
@@ -293,7 +164,7 @@ class KubeApiServer:
 
     def _group_list(self) -> JSON:
         groups = []
-        for group, versions in _group_versions().items():
+        for group, versions in group_versions().items():
             if not group:
                 continue
             gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
@@ -301,18 +172,18 @@ class KubeApiServer:
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     def _resource_list(self, group: str, version: str) -> web.Response:
-        if version not in _group_versions().get(group, []):
+        if version not in group_versions().get(group, []):
             raise errors.NotFound("the server could not find the requested resource")
         resources = []
         for res in ALL:
-            if res.group != group or version not in _versions(res):
+            if res.group != group or version not in served_versions(res):
                 continue
             entry = {"name": res.plural, "singularName": res.kind.lower(),
-                     "namespaced": res.namespaced, "kind": res.kind, "verbs": _VERBS}
-            if res.plural in _SHORT_NAMES:
-                entry["shortNames"] = _SHORT_NAMES[res.plural]
-            if res.plural in _CATEGORIES:
-                entry["categories"] = _CATEGORIES[res.plural]
+                     "namespaced": res.namespaced, "kind": res.kind, "verbs": VERBS}
+            if res.plural in SHORT_NAMES:
+                entry["shortNames"] = SHORT_NAMES[res.plural]
+            if res.plural in CATEGORIES:
+                entry["categories"] = CATEGORIES[res.plural]
             resources.append(entry)
             resources.append({"name": f"{res.plural}/status", "singularName": "",
                               "namespaced": res.namespaced, "kind": res.kind,
@@ -327,9 +198,9 @@ class KubeApiServer:
         self, request: web.Request, group: str, version: str, rest: list[str]
     ) -> web.StreamResponse:
         namespace: str | None = None
-        if rest[0] == "namespaces" and len(rest) >= 3 and _find(group, version, rest[2]):
+        if rest[0] == "namespaces" and len(rest) >= 3 and find(group, version, rest[2]):
             namespace, rest = rest[1], rest[2:]
-        res = _find(group, version, rest[0])
+        res = find(group, version, rest[0])
         if res is None or len(rest) > 3 or (namespace is not None and not res.namespaced):
             raise errors.NotFound("the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
@@ -348,8 +219,8 @@ class KubeApiServer:
                 return await self._create(request, res, namespace)
         elif method == "GET":
             obj = await self._call(self.client.get(res, namespace, name))
-            if _wants_table(request) and subresource is None:
-                obj = _table(res, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]})
+            if wants_table(request) and subresource is None:
+                obj = table(res, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]})
             return web.json_response(obj)
         elif method == "PUT":
             obj = await self._body(request, res, namespace)
@@ -390,30 +261,30 @@ class KubeApiServer:
 
     async def _list(self, request: web.Request, res: Resource,
                     namespace: str | None) -> web.Response:
-        match = _field_filter(request.query.get("fieldSelector"))
+        match = field_filter(request.query.get("fieldSelector"))
         listed = await self._call(
             self.client.list(res, namespace, request.query.get("labelSelector") or None))
-        items = sorted((o for o in listed.items if match(o)), key=_key)
+        items = sorted((o for o in listed.items if match(o)), key=key)
         rv = listed.resource_version
         token = request.query.get("continue")
         if token:
-            rv, after = _decode_continue(token)
-            items = [o for o in items if _key(o) > after]
+            rv, after = decode_continue(token)
+            items = [o for o in items if key(o) > after]
         meta: JSON = {"resourceVersion": rv}
         limit = int(request.query.get("limit") or 0)
         if 0 < limit < len(items):
-            meta["continue"] = _encode_continue(rv, _key(items[limit - 1]))
+            meta["continue"] = encode_continue(rv, key(items[limit - 1]))
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        if _wants_table(request):
-            return web.json_response(_table(res, items, meta))
+        if wants_table(request):
+            return web.json_response(table(res, items, meta))
         return web.json_response({"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                   "metadata": meta, "items": items})
 
     async def _watch(self, request: web.Request, res: Resource,
                      namespace: str | None) -> web.StreamResponse:
         query = request.query
-        match = _field_filter(query.get("fieldSelector"))
+        match = field_filter(query.get("fieldSelector"))
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true", "True")
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         stream = self.client.watch(res, namespace, query.get("labelSelector") or None,
@@ -423,7 +294,7 @@ class KubeApiServer:
         await resp.prepare(request)
         entry = (asyncio.current_task(), request.transport)
         self._watches.add(entry)
-        table, headers = _wants_table(request), True
+        table, headers = wants_table(request), True
         try:
             async for event in stream:
                 if event.type == "BOOKMARK" and not bookmarks:
@@ -432,7 +303,7 @@ class KubeApiServer:
                     continue
                 obj = event.object
                 if table and event.type != "BOOKMARK":
-                    obj = _table(res, [obj], {"resourceVersion": obj["metadata"].get(
+                    obj = table(res, [obj], {"resourceVersion": obj["metadata"].get(
                         "resourceVersion", "")}, headers)
                     headers = False
                 line = json.dumps({"type": event.type, "object": obj}) + "\n"
@@ -468,7 +339,7 @@ class KubeApiServer:
     async def _patch(self, request: web.Request, res: Resource, namespace: str | None,
                      name: str, subresource: str | None) -> web.Response:
         content_type = request.content_type
-        patch_type = _PATCH_TYPES.get(content_type)
+        patch_type = PATCH_TYPES.get(content_type)
         if patch_type is None:
             raise errors.ApiError(f"the patch type {content_type!r} is not supported",
                                   status=415, reason="UnsupportedMediaType")
