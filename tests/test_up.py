@@ -1,0 +1,48 @@
+"""`up`: the all-in-one fleet, as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_up(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mcs_fleet", "up", *args, "--exit-after", "0.5", "--admin-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_up_on_the_default_fleet_shows_imports_shadows_and_slices():
+    done = run_up()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    cluster2 = out.split("cluster cluster2", 1)[1]
+    assert "ServiceImport  provider-ns/service1  type=ClusterSetIP" in cluster2
+    assert "ServiceImport  provider-ns/mysql  type=Headless  ips=-  from=cluster1" in cluster2
+    assert "Service        provider-ns/amcs-service1  clusterIP=10.12." in cluster2
+    assert "mysql-0=127.1.1.10" in cluster2
+    assert "controller admin: http://127.0.0.1:" in out
+
+
+def test_up_on_the_migration_fleet_mirrors_under_the_native_name():
+    done = run_up(str(ROOT / "manifests" / "examples" / "migration"))
+    assert done.returncode == 0, done.stderr
+    old = done.stdout.split("cluster old", 1)[1].split("cluster new", 1)[0]
+    assert "service=service3  source=new  endpoints=[127.2.0.10]" in old
+
+
+def test_up_reports_bad_files_and_keeps_going(tmp_path: Path):
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "bad.yaml").write_text("kind: [oops\n")
+    (tmp_path / "c1" / "svc.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: default}\nspec: {ports: [{name: x}]}\n")
+    done = run_up(str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "bad.yaml: not valid YAML" in done.stderr
+    assert "svc.yaml (document 1): Service default/s" in done.stderr
+    assert "spec.ports[0].port: required integer" in done.stderr
+    assert "Traceback" not in done.stderr
