@@ -1,0 +1,50 @@
+"""What `up` shows: per cluster, the ServiceImports, shadow Services and imported slices."""
+
+from __future__ import annotations
+
+from mcs_controller.access.loader import Fleet
+from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICE_IMPORTS, SERVICES
+from mcs_controller.model import labels as L
+
+
+def _ready(ep: dict) -> bool:
+    return (ep.get("conditions") or {}).get("ready") is not False
+
+
+async def fleet_report(fleet: Fleet) -> str:
+    """A plain-text table of everything the controller wrote, cluster by cluster."""
+    lines: list[str] = []
+    ours = f"{L.LABEL_OWNED_BY}={L.OWNED_BY_VALUE}"
+    for name in fleet.members:
+        cluster = fleet.clusters[name]
+        lines.append(f"cluster {name}")
+        imports = (await cluster.list(SERVICE_IMPORTS, label_selector=ours)).items
+        shadows = (await cluster.list(SERVICES, label_selector=ours)).items
+        slices = (await cluster.list(ENDPOINT_SLICES, label_selector=ours)).items
+        if not (imports or shadows or slices):
+            lines.append("  (nothing imported)")
+        for imp in imports:
+            meta, spec = imp["metadata"], imp["spec"]
+            from_ = ",".join(c["cluster"] for c in (imp.get("status") or {}).get("clusters") or [])
+            lines.append(
+                f"  ServiceImport  {meta['namespace']}/{meta['name']}  type={spec['type']}"
+                f"  ips={','.join(spec.get('ips') or []) or '-'}  from={from_ or '-'}"
+            )
+        for svc in shadows:
+            meta, spec = svc["metadata"], svc["spec"]
+            lines.append(f"  Service        {meta['namespace']}/{meta['name']}  clusterIP={spec.get('clusterIP')}")
+        for s in slices:
+            meta = s["metadata"]
+            labels = meta.get("labels") or {}
+            eps = s.get("endpoints") or []
+            addrs = ",".join(
+                (ep.get("hostname") + "=" if ep.get("hostname") else "") + ep["addresses"][0]
+                + ("" if _ready(ep) else "(not ready)")
+                for ep in eps
+            )
+            lines.append(
+                f"  EndpointSlice  {meta['namespace']}/{meta['name']}"
+                f"  service={labels.get(L.LABEL_SERVICE_NAME)}"
+                f"  source={labels.get(L.LABEL_SOURCE_CLUSTER)}  endpoints=[{addrs}]"
+            )
+    return "\n".join(lines)
