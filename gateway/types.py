@@ -1,0 +1,207 @@
+"""The gateway's shared vocabulary (Envoy's model): listener -> route -> backend -> endpoint.
+
+Three parts meet here, each owning its own modules:
+* routing (gateway/routing/): Ingress objects + annotations -> a `RouteTable` (pure);
+* upstream (gateway/upstream/): endpoints of every member cluster, their health and
+  outlier state, load balancing -> `ClusterManager.pick()`;
+* data path (gateway/proxy/): the HTTP/1.1 proxy that asks the table where a request
+  goes, asks the cluster manager for an endpoint, forwards, retries, mirrors.
+Only plain data and two small protocols live here, so each part is testable alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+# -- where traffic goes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    """A logical backend: one Service port across every member cluster (namespace sameness).
+
+    `subset` narrows it to pods carrying all these labels (MSE service-subset/subset-labels;
+    fail-open: an empty subset means the whole Service). `cluster` narrows it to one member
+    cluster ("the same Service, but only cluster X"). Endpoints carry the synthetic label
+    `topology.istio.io/cluster=<cluster>` too, so subsets can select a cluster.
+    """
+
+    namespace: str
+    service: str
+    port: int | str  # the Service port: number or name
+    subset: tuple[tuple[str, str], ...] = ()
+    cluster: str | None = None
+
+    def __str__(self) -> str:
+        extra = f"[{self.cluster}]" if self.cluster else ""
+        if self.subset:
+            extra += "{" + ",".join(f"{k}={v}" for k, v in self.subset) + "}"
+        return f"{self.namespace}/{self.service}:{self.port}{extra}"
+
+
+CLUSTER_LABEL = "topology.istio.io/cluster"
+
+
+@dataclass(frozen=True)
+class HealthCheckPolicy:
+    """Active HTTP health checks (Envoy HealthCheck semantics; one success marks a new host healthy)."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_statuses: tuple[int, ...] = (200,)
+    host: str | None = None  # Host header; default: the Service's name
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    """Passive outlier detection, Envoy's defaults."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    enforcing_consecutive_gateway_failure: int = 0  # percent
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
+    interval: float = 10.0
+
+
+LbAlgorithm = Literal["round_robin", "least_conn", "random", "hash"]
+
+
+@dataclass(frozen=True)
+class BackendPolicy:
+    """How one backend's endpoints are chosen and watched (from the Ingress's annotations)."""
+
+    algorithm: LbAlgorithm = "round_robin"
+    hash_by: str | None = None  # nginx upstream-hash-by: $request_uri, $host, $remote_addr, $http_x, $arg_x
+    #: Per-cluster weights, independent of pod counts; empty: follow the endpoints (pod counts).
+    cluster_weights: Mapping[str, int] = field(default_factory=dict)
+    #: Priority pools, highest first: a lower pool gets traffic only when the pools above have
+    #: no healthy endpoint (or, with graded spill-over, by Envoy's priority-load formula).
+    priority_pools: tuple[tuple[str, ...], ...] = ()
+    graded_spillover: bool = False
+    overprovisioning_factor: float = 1.4
+    panic_threshold: float = 50.0  # percent; 0 disables panic
+    health_check: HealthCheckPolicy | None = None
+    outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
+
+
+# -- per-request decisions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-request fallback (nginx proxy-next-upstream*, Envoy RetryPolicy)."""
+
+    attempts: int = 3  # total tries including the first (nginx proxy-next-upstream-tries)
+    per_try_timeout: float | None = None  # seconds; None: the read timeout
+    on_error: bool = True  # connect failure, reset before any response byte
+    on_timeout: bool = True
+    on_statuses: tuple[int, ...] = ()  # e.g. (502, 503, 504), configurable
+    non_idempotent: bool = False  # retry POST/PATCH/LOCK even after the request left
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
+    prefer_other_cluster: bool = True
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    send: float = 60.0
+    read: float = 60.0
+    total: float | None = None  # MSE `timeout`: the whole request, retries included
+
+
+@dataclass(frozen=True)
+class MirrorPolicy:
+    """Fire-and-forget copy of the request: to a Service backend or to a URL."""
+
+    backend: BackendRef | None = None
+    url: str | None = None  # nginx mirror-target, e.g. "http://127.0.0.1:9000$request_uri"
+    percentage: float = 100.0
+    host: str | None = None  # Host for the mirror; default: original host + "-shadow"
+    shadow_suffix: bool = True
+    request_body: bool = True
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where one request goes, and how (the routing part's answer to the data path)."""
+
+    backend: BackendRef
+    #: For metrics and /routes: "<ns>/<ingress>|<host><path>" of the matched rule.
+    route_name: str
+    #: Backends to fall back to when `backend` has no usable endpoint (canary -> main line).
+    fallbacks: tuple[BackendRef, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    upstream_host: str | None = None  # nginx upstream-vhost
+    canary: bool = False
+    #: Extra request headers to set upstream (MSE request-header-control), name -> value.
+    set_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class RequestView:
+    """What routing may look at: the request head, already parsed by the data path."""
+
+    method: str
+    path: str  # as received: path plus "?query"
+    host: str  # lower-cased, ":port" stripped
+    headers: Mapping[str, str]  # lower-cased names; repeated headers joined with ", "
+    client_ip: str = ""
+
+
+class Router(Protocol):
+    def route(self, request: RequestView) -> RouteDecision | None:
+        """None: no rule matches (404)."""
+
+
+# -- endpoints and their state ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One pod address of a backend, in one member cluster, with its health state."""
+
+    cluster: str
+    ip: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ready: bool = True  # EndpointSlice condition
+    #: Active health check verdict: None until the first check ran (or no checks configured).
+    healthy: bool | None = None
+    ejected_until: float = 0.0  # outlier ejection (time.monotonic())
+    active_requests: int = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.ip, self.port)
+
+
+Outcome = Literal["success", "http_5xx", "gateway_error", "connect_failure", "reset", "timeout"]
+
+
+class ClusterManager(Protocol):
+    def pick(
+        self,
+        backend: BackendRef,
+        request: RequestView,
+        *,
+        exclude: frozenset[tuple[str, int]] = frozenset(),
+        avoid_clusters: frozenset[str] = frozenset(),
+    ) -> Endpoint | None:
+        """An endpoint for this request; None when nothing is usable (503 no healthy upstream).
+
+        `exclude`: addresses already tried by this request. `avoid_clusters`: clusters to
+        avoid when another cluster has a usable endpoint (retries prefer another cluster).
+        """
+
+    def report(self, endpoint: Endpoint, outcome: Outcome, status: int | None = None) -> None:
+        """The result of one attempt, for passive outlier detection."""
