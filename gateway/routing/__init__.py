@@ -1,0 +1,7 @@
+"""Routing: Ingress + IngressClass + annotations -> a RouteTable (pure; see README.md)."""
+
+from .build import build_route_table
+from .table import RouteTable
+from .values import Problem
+
+__all__ = ["Problem", "RouteTable", "build_route_table"]

@@ -1,0 +1,347 @@
+"""Ingress + IngressClass objects + annotations -> RouteTable (pure; no I/O, no clock).
+
+Ingresses are processed oldest first (creationTimestamp, then namespace/name, as
+ingress-nginx sorts them): rules for the same host merge; on a duplicate host + path +
+pathType the oldest Ingress wins and the newer rule is reported. Canary Ingresses merge
+afterwards into the main rule with the identical host, path and pathType.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.types import BackendPolicy, BackendRef, MirrorPolicy, RouteDecision
+
+from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
+from .classes import ClassFilter
+from .matching import EXACT, IMPL, HostTable, host_error, path_error
+from .policy import Context, build_policy, check_cluster, parse_policy_fields
+from .settings import RouteSettings, parse_header_control, parse_settings, resolve_port
+from .table import Choice, Route, RouteTable
+from .values import Annotations, Problem
+
+#: Annotations a canary Ingress honours (nginx: canary + balancing; plus MSE subsets, MSE
+#: header control, and our backend-policy and target-cluster annotations).
+CANARY_ALLOWED = frozenset({
+    "canary", *CANARY_KEYS, "load-balance", "upstream-hash-by", "service-subset",
+    "subset-labels", "target-cluster", "request-header-control-add",
+    "request-header-control-update", "cluster-weights", "cluster-priority",
+    "priority-spillover", "overprovisioning-factor", "panic-threshold",
+    "health-check-path", "health-check-interval", "health-check-timeout",
+    "health-check-healthy-threshold", "health-check-unhealthy-threshold",
+    "health-check-host", "health-check-statuses", "outlier-consecutive-5xx",
+    "outlier-consecutive-gateway-failure", "outlier-base-ejection-time",
+    "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
+})
+#: Which annotation sets a policy field (to name it in conflict reports).
+_FIELD_ANNOTATION = {
+    "algorithm": "load-balance", "hash_by": "upstream-hash-by",
+    "cluster_weights": "cluster-weights", "priority_pools": "cluster-priority",
+    "graded_spillover": "priority-spillover", "panic_threshold": "panic-threshold",
+    "overprovisioning_factor": "overprovisioning-factor",
+}
+
+
+@dataclass
+class Parsed:
+    key: str
+    canary: CanaryRule | None
+    fields: dict[str, Any]
+    settings: RouteSettings
+    destinations: tuple[tuple[int, BackendRef], ...]
+    hosts: list[str] = field(default_factory=list)
+    rules: list[tuple[str, str, str, BackendRef]] = field(default_factory=list)
+    default_ref: BackendRef | None = None
+    has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
+
+
+def build_route_table(
+    ingresses: list[dict],
+    ingress_classes: list[dict],
+    *,
+    class_name: str = "amcs",
+    controller: str = "amcs.dev/gateway",
+    clusters: Iterable[str] = (),
+    services: Mapping[tuple[str, str], dict] | None = None,
+    rng: random.Random | None = None,
+    accept_classless: bool = False,
+) -> tuple[RouteTable, list[Problem]]:
+    """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
+
+    `clusters`: member cluster names (validates our cluster annotations; header routing
+    only pins known clusters). `services`: Services by (namespace, name), to resolve
+    named and default ports. `accept_classless`: serve Ingresses with no class even
+    without a default IngressClass (ingress-nginx --watch-ingress-without-class).
+    """
+    builder = _Builder(frozenset(clusters), services)
+    try:
+        classes = ClassFilter(ingress_classes or [], class_name, controller, accept_classless)
+    except Exception as exc:  # malformed IngressClass list: fall back to the class name only
+        builder.problems.append(Problem("-", None, f"IngressClasses unreadable ({exc!r})"))
+        classes = ClassFilter([], class_name, controller, accept_classless)
+    for ing in sorted((i for i in ingresses if isinstance(i, dict)), key=_age):
+        key = _key(ing)
+        try:
+            if classes.is_ours(ing):
+                builder.parse(ing, key)
+        except Exception as exc:  # item 6: one bad object never takes the gateway down
+            builder.problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
+    builder.add_mains()
+    builder.add_canaries()
+    return builder.finish(rng), builder.problems
+
+
+def _age(ing: dict) -> tuple[str, str, str]:
+    meta = ing.get("metadata") if isinstance(ing.get("metadata"), dict) else {}
+    return (str(meta.get("creationTimestamp") or "~"), str(meta.get("namespace") or ""),
+            str(meta.get("name") or ""))
+
+
+def _key(ing: dict) -> str:
+    _, ns, name = _age(ing)
+    return f"{ns or 'default'}/{name or '?'}"
+
+
+class _Builder:
+    def __init__(self, clusters: frozenset[str], services: Mapping | None):
+        self.clusters = clusters
+        self.services = services
+        self.problems: list[Problem] = []
+        self.parsed: list[Parsed] = []
+        self.hosts: HostTable[Route] = HostTable()
+        self.index: dict[tuple[str, str, str], Route] = {}
+        self.fields: dict[BackendRef, dict[str, Any]] = {}
+        self.owners: dict[tuple[BackendRef, str], str] = {}
+        self.regex_hosts: set[str] = set()
+
+    def problem(self, key: str, message: str, annotation: str | None = None) -> None:
+        self.problems.append(Problem(key, annotation, message))
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def parse(self, ing: dict, key: str) -> None:
+        meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
+        ns = meta.get("namespace") or "default"
+        ann = Annotations(key, meta.get("annotations"), self.problems)
+        ctx = Context(ns, self.clusters, self.services)
+        is_canary, rule = parse_canary(ann)
+        subset = parse_subset(ann)
+        target = ann.string("target-cluster")
+        cluster = target[1] if target and check_cluster(ann, target[0], target[1], ctx) else None
+        fields = parse_policy_fields(ann, ctx)
+        if is_canary:
+            settings = RouteSettings(set_headers=parse_header_control(ann))
+            destinations: tuple = ()
+        else:
+            settings = parse_settings(ann, ctx)
+            destinations = parse_destination(ann, ctx)
+        ann.unknown_keys(is_canary, CANARY_ALLOWED)
+        parsed = Parsed(key, rule, fields, settings, destinations)
+
+        def narrow(ref: BackendRef) -> BackendRef:
+            return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
+
+        default = spec.get("defaultBackend")
+        if default is not None:
+            ref = self._backend(default, ctx)
+            if isinstance(ref, str):
+                self.problem(key, f"defaultBackend: {ref}; ignored")
+            else:
+                parsed.default_ref = narrow(ref)
+        parsed.has_rules = bool(spec.get("rules"))
+        for rule_obj in spec.get("rules") or []:
+            host = str(rule_obj.get("host") or "").strip().lower()
+            error = host_error(host) if host else None
+            if error:
+                self.problem(key, f"rule host {host!r}: {error}; rule ignored")
+                continue
+            parsed.hosts.append(host)
+            for item in (rule_obj.get("http") or {}).get("paths") or []:
+                path_type = item.get("pathType") or IMPL
+                path = item.get("path") or ("/" if path_type == IMPL else "")
+                error = path_error(path, path_type)
+                ref = self._backend(item.get("backend"), ctx) if not error else error
+                if isinstance(ref, str):
+                    self.problem(key, f"{host or '*'} path {path!r}: {ref}; path ignored")
+                    continue
+                parsed.rules.append((host, path, path_type, narrow(ref)))
+        if not parsed.rules and parsed.default_ref is None:
+            self.problem(key, "no usable rule and no defaultBackend; nothing to serve")
+        self.parsed.append(parsed)
+
+    def _backend(self, backend: Any, ctx: Context) -> BackendRef | str:
+        if not isinstance(backend, dict):
+            return "missing backend"
+        if backend.get("resource"):
+            return "resource backends are not supported (Service backends only)"
+        svc = backend.get("service") or {}
+        name, port = svc.get("name"), svc.get("port") or {}
+        if not name:
+            return "backend has no service name"
+        if isinstance(port.get("number"), int) and 0 < port["number"] < 65536:
+            return BackendRef(ctx.namespace, name, port["number"])
+        if port.get("name"):
+            return BackendRef(ctx.namespace, name,
+                              resolve_port(ctx, ctx.namespace, name, str(port["name"])))
+        return "backend service port needs a number (1-65535) or a name"
+
+    # -- main rules --------------------------------------------------------------------------
+
+    def add_mains(self) -> None:
+        catch_all_owner: Parsed | None = None
+        for parsed in self.parsed:
+            if parsed.canary is not None:
+                continue
+            for host in parsed.hosts:
+                self.hosts.get_or_create(host)
+            for host, path, path_type, ref in parsed.rules:
+                route = self._route(parsed, host, path, path_type, ref)
+                paths = self.hosts.get_or_create(host).paths
+                old = (paths.add_exact(path, route) if path_type == EXACT
+                       else paths.add_prefix(path, route))
+                if old is not None:
+                    self.problem(parsed.key, f"{host or '*'}{path} ({path_type}) is already "
+                                 f"served by {old.ingress} (the oldest Ingress wins); "
+                                 "rule ignored")
+                    continue
+                self.index[(host, path, path_type)] = route
+                if parsed.settings.use_regex:
+                    self.regex_hosts.add(host)
+            if parsed.default_ref is None:
+                continue
+            if not parsed.has_rules:
+                if catch_all_owner is None:
+                    catch_all_owner = parsed
+                else:
+                    self.problem(parsed.key, "defaultBackend: the catch-all is already served "
+                                 f"by {catch_all_owner.key} (oldest wins); ignored")
+                continue
+            for host in dict.fromkeys(parsed.hosts):
+                vhost = self.hosts.get_or_create(host)
+                if vhost.default is None:
+                    vhost.default = self._route(parsed, host, "", "", parsed.default_ref)
+        if catch_all_owner is not None:
+            vhost = self.hosts.get_or_create("")
+            vhost.default = self._route(catch_all_owner, "", "", "", catch_all_owner.default_ref)
+
+    def _route(self, parsed: Parsed, host: str, path: str, path_type: str,
+               ref: BackendRef) -> Route:
+        settings = parsed.settings
+        name = f"{parsed.key}|{host}{path}" if path_type else f"{parsed.key}|{host}(default)"
+        weighted = list(parsed.destinations) or [(100, ref)]
+        mirrors: tuple[MirrorPolicy, ...] = settings.mirrors
+        if settings.mirror_cluster is not None:
+            cluster, percentage = settings.mirror_cluster
+            mirrors += (MirrorPolicy(backend=replace(weighted[0][1], cluster=cluster),
+                                     percentage=percentage),)
+        refs = [r for _, r in weighted]
+        primary: list[tuple[float, Choice]] = []
+        cumulative = 0.0
+        for weight, target in weighted:
+            cumulative += weight
+            self._merge_fields(parsed, target)
+            decision = RouteDecision(
+                backend=target, route_name=name,
+                fallbacks=tuple(r for r in refs if r != target),
+                retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
+                upstream_host=settings.upstream_host, set_headers=settings.set_headers)
+            primary.append((cumulative, Choice(decision)))
+        return Route(parsed.key, host, path, path_type, primary,
+                     routing=settings.cluster_routing)
+
+    def _merge_fields(self, parsed: Parsed, ref: BackendRef) -> None:
+        """Service-scoped policy: the oldest Ingress's explicit value wins per field."""
+        merged = self.fields.setdefault(ref, {})
+        for name, value in parsed.fields.items():
+            owner = self.owners.get((ref, name))
+            if owner is None:
+                merged[name] = value
+                self.owners[(ref, name)] = parsed.key
+            elif merged[name] != value and owner != parsed.key:
+                annotation = _FIELD_ANNOTATION.get(name, name.replace("_", "-"))
+                self.problem(parsed.key, f"backend {ref}: conflicts with the value set by "
+                             f"{owner} (the older Ingress wins); ignored for this backend",
+                             annotation)
+                self.owners[(ref, name)] = owner  # report once per field
+
+    # -- canaries ----------------------------------------------------------------------------
+
+    def add_canaries(self) -> None:
+        for parsed in self.parsed:
+            if parsed.canary is None:
+                continue
+            if parsed.default_ref is not None:
+                catch_all = self.hosts.catch_all
+                if parsed.has_rules or catch_all is None or catch_all.default is None:
+                    self.problem(parsed.key, "defaultBackend of a canary merges only into the "
+                                 "catch-all defaultBackend of a rule-less main Ingress; ignored")
+                else:
+                    self._merge_canary(parsed, catch_all.default, parsed.default_ref, "")
+            for host, path, path_type, ref in parsed.rules:
+                route = self.index.get((host, path, path_type))
+                if route is None:
+                    self.problem(parsed.key, f"canary rule {host or '*'}{path} ({path_type}) "
+                                 "has no main rule with the same host, path and pathType; "
+                                 "ignored")
+                    continue
+                self._merge_canary(parsed, route, ref, f"{host}{path}")
+
+    def _merge_canary(self, parsed: Parsed, route: Route, ref: BackendRef, where: str) -> None:
+        shown = where or "(default)"
+        if route.canary is not None:
+            self.problem(parsed.key, f"canary for {shown}: {route.canary_ingress} already "
+                         "applies (one canary per rule, the oldest wins); ignored")
+            return
+        refs = tuple(c.decision.backend for _, c in route.primary)
+        if ref in refs:
+            self.problem(parsed.key, f"canary for {shown}: backend {ref} is the main rule's "
+                         "own (add target-cluster or service-subset); ignored")
+            return
+        self._merge_fields(parsed, ref)
+        main = route.primary[0][1].decision
+        decision = replace(main, backend=ref, fallbacks=refs, canary=True,
+                           route_name=f"{parsed.key}|{where or '(default)'}",
+                           set_headers=parsed.settings.set_headers)
+        route.canary, route.canary_ingress = parsed.canary, parsed.key
+        route.canary_choice = Choice(decision)
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def finish(self, rng: random.Random | None) -> RouteTable:
+        for host in self.regex_hosts:
+            vhost = self.hosts.get_or_create(host)
+            owners = {r.path: r.ingress for r in vhost.paths.prefix.values()}
+            for bad in vhost.paths.enable_regex():
+                self.problem(owners.get(bad, "-"), f"use-regex: {host or '*'} path {bad!r} is "
+                             "not a valid regex; path ignored", "nginx.ingress.kubernetes.io/"
+                             "use-regex")
+            for route in vhost.paths.values():
+                route.use_regex = route.path_type != EXACT
+        backends: dict[BackendRef, BackendPolicy] = {}
+        for vhost in self.hosts.hosts():
+            routes = vhost.paths.values() + ([vhost.default] if vhost.default else [])
+            for route in routes:
+                route.finish(self.clusters)
+                for decision in route.decisions():
+                    refs = [decision.backend, *decision.fallbacks]
+                    refs += [m.backend for m in decision.mirrors if m.backend is not None]
+                    for ref in refs:
+                        if ref not in backends:
+                            backends[ref] = self._policy(ref)
+        return RouteTable(self.hosts, backends, self.clusters, rng)
+
+    def _policy(self, ref: BackendRef) -> BackendPolicy:
+        """Base Service fields, then the subset's, then this exact backend's."""
+        fields: dict[str, Any] = {}
+        fields.update(self.fields.get(BackendRef(ref.namespace, ref.service, ref.port), {}))
+        if ref.cluster is not None:
+            fields.update(self.fields.get(replace(ref, cluster=None), {}))
+        fields.update(self.fields.get(ref, {}))
+        if ref.cluster is not None:
+            # One cluster only: weights and pools across clusters would only starve it.
+            for name in ("cluster_weights", "priority_pools", "graded_spillover"):
+                fields.pop(name, None)
+        return build_policy(fields)

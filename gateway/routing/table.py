@@ -1,0 +1,199 @@
+"""The compiled route table: what the data path asks per request (`Router.route`).
+
+Per request: one host lookup, a few path dict probes, then either a prebuilt
+`RouteDecision` (the common case: no canary, no weighted destinations, no cluster header)
+or the canary procedure / weighted pick / cluster pin, each choosing among decisions that
+were also prebuilt. Nothing is allocated or compiled per request.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision
+
+from .canary import CanaryRule
+from .matching import HostTable, normalize_request_host
+from .policy import policy_json
+from .settings import ClusterRouting
+
+
+@dataclass
+class Choice:
+    """One decision a route can return, plus its variants pinned to each member cluster."""
+
+    decision: RouteDecision
+    pinned: dict[str, RouteDecision] = field(default_factory=dict)
+
+    def pin_all(self, clusters: frozenset[str], strict: bool) -> None:
+        base = self.decision
+        for cluster in clusters:
+            if base.backend.cluster == cluster:
+                self.pinned[cluster] = base
+                continue
+            fallbacks = () if strict else (base.backend, *base.fallbacks)
+            self.pinned[cluster] = replace(
+                base, backend=replace(base.backend, cluster=cluster), fallbacks=fallbacks)
+
+
+@dataclass
+class Route:
+    """One rule (host + path + pathType) of one main Ingress, with its merged canary."""
+
+    ingress: str
+    host: str
+    path: str
+    path_type: str  # Exact | Prefix | ImplementationSpecific | "" for a defaultBackend
+    #: The main line: one choice, or several with cumulative weights (MSE `destination`).
+    primary: list[tuple[float, Choice]]
+    routing: ClusterRouting = field(default_factory=ClusterRouting)
+    canary: CanaryRule | None = None
+    canary_ingress: str | None = None
+    canary_choice: Choice | None = None
+    use_regex: bool = False
+    static: bool = True
+
+    def finish(self, clusters: frozenset[str]) -> None:
+        """Precompute pinned variants; decide whether route() can skip all logic."""
+        choices = [c for _, c in self.primary] + ([self.canary_choice] if self.canary_choice
+                                                  else [])
+        if self.routing.active and clusters:
+            for choice in choices:
+                choice.pin_all(clusters, self.routing.strict)
+        self.static = (self.canary is None and len(self.primary) == 1
+                       and not (self.routing.active and clusters))
+
+    def decide(self, request: RequestView, rng: random.Random,
+               clusters: frozenset[str]) -> RouteDecision:
+        if self.static:
+            return self.primary[0][1].decision
+        choice: Choice | None = None
+        if self.canary is not None:
+            path = request.path
+            mark = path.find("?")
+            query = path[mark + 1:] if mark >= 0 else ""
+            if self.canary.chooses_canary(request.headers, query, rng):
+                choice = self.canary_choice
+        if choice is None:
+            choice = self.primary[0][1]
+            if len(self.primary) > 1:
+                point = rng.random() * 100.0
+                for cumulative, candidate in self.primary:
+                    if point < cumulative:
+                        choice = candidate
+                        break
+        if self.routing.active:
+            cluster = self._cluster_for(request.headers, clusters)
+            if cluster is not None:
+                return choice.pinned.get(cluster, choice.decision)
+        return choice.decision
+
+    def _cluster_for(self, headers: Mapping[str, str], clusters: frozenset[str]) -> str | None:
+        routing = self.routing
+        if routing.header is not None:
+            value = headers.get(routing.header)
+            if value:
+                value = value.strip().lower()
+                if value in clusters:
+                    return value
+        for name, expected, cluster in routing.matches:
+            if headers.get(name) == expected:
+                return cluster
+        return None
+
+    def decisions(self) -> list[RouteDecision]:
+        out: list[RouteDecision] = []
+        for choice in [c for _, c in self.primary] + ([self.canary_choice]
+                                                      if self.canary_choice else []):
+            out.append(choice.decision)
+            out.extend(choice.pinned.values())
+        return out
+
+
+class RouteTable:
+    """Implements `gateway.types.Router`; immutable once built (rebuild on any change)."""
+
+    def __init__(self, hosts: HostTable[Route], backends: dict[BackendRef, BackendPolicy],
+                 clusters: frozenset[str], rng: random.Random | None = None):
+        self._hosts = hosts
+        self._exact = hosts.exact
+        self._backends = backends
+        self._clusters = clusters
+        self._rng = rng or random.Random()
+
+    def route(self, request: RequestView) -> RouteDecision | None:
+        vhost = self._exact.get(request.host)
+        if vhost is None:
+            vhost = self._hosts.find(normalize_request_host(request.host))
+            if vhost is None:
+                return None
+        path = request.path
+        mark = path.find("?")
+        if mark >= 0:
+            path = path[:mark]
+        route = vhost.paths.match(path)
+        if route is None:
+            route = vhost.default
+            if route is None:
+                return None
+        if route.static:
+            return route.primary[0][1].decision
+        return route.decide(request, self._rng, self._clusters)
+
+    def backends(self) -> dict[BackendRef, BackendPolicy]:
+        """Every backend any route can send to (mirrors and fallbacks included)."""
+        return dict(self._backends)
+
+    def describe(self) -> list[dict]:
+        """The table as JSON-ready dicts for the admin /routes endpoint."""
+        out: list[dict] = []
+        for vhost in sorted(self._hosts.hosts(), key=lambda v: v.name):
+            routes = sorted(vhost.paths.values(), key=lambda r: (r.path, r.path_type))
+            if vhost.default is not None:
+                routes.append(vhost.default)
+            out.extend(self._describe_route(vhost.name, r) for r in routes)
+        return out
+
+    def _describe_route(self, host: str, route: Route) -> dict:
+        main = route.primary[0][1].decision
+        previous = 0.0
+        backends = []
+        for cumulative, choice in route.primary:
+            ref = choice.decision.backend
+            backends.append({"weight": round(cumulative - previous, 6), **ref_json(ref),
+                             "policy": policy_json(self._backends[ref])})
+            previous = cumulative
+        canary = None
+        if route.canary is not None and route.canary_choice is not None:
+            ref = route.canary_choice.decision.backend
+            canary = {"ingress": route.canary_ingress, **route.canary.describe(),
+                      "backend": {**ref_json(ref), "policy": policy_json(self._backends[ref])}}
+        return {
+            "host": host or "*",
+            "path": route.path,
+            "pathType": route.path_type or "defaultBackend",
+            "regex": route.use_regex,
+            "ingress": route.ingress,
+            "route": main.route_name,
+            "backends": backends,
+            "canary": canary,
+            "clusterRouting": None if not route.routing.active else {
+                "header": route.routing.header,
+                "matches": [{"header": h, "value": v, "cluster": c}
+                            for h, v, c in route.routing.matches],
+                "strict": route.routing.strict},
+            "mirrors": [{**{k: v for k, v in asdict(m).items() if k != "backend"},
+                         "backend": ref_json(m.backend) if m.backend else None}
+                        for m in main.mirrors],
+            "retry": asdict(main.retry),
+            "timeouts": asdict(main.timeouts),
+            "upstreamHost": main.upstream_host,
+            "setHeaders": dict(main.set_headers),
+        }
+
+
+def ref_json(ref: BackendRef) -> dict:
+    return {"backend": str(ref), "namespace": ref.namespace, "service": ref.service,
+            "port": ref.port, "cluster": ref.cluster, "subset": dict(ref.subset)}
