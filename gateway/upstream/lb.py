@@ -1,0 +1,334 @@
+"""Load-balancing building blocks: endpoint pools, hash keys and rings, weights, priority loads.
+
+Everything here is pure and precomputed on change, so a pick is a few attribute reads:
+round robin is an index modulo a list, the hash ring a bisect, cluster weights nginx's
+smooth weighted round robin over a handful of clusters.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+from gateway.types import Endpoint, RequestView
+
+#: Points per endpoint on the hash ring (nginx's ketama-compatible `hash ... consistent` uses 160).
+VNODES = 160
+
+Accept = Callable[[Endpoint], bool]
+KeyFunc = Callable[[RequestView], str]
+
+
+# ---------------------------------------------------------------------- hash keys (nginx vars)
+
+
+def _query(r: RequestView) -> str:
+    _, _, q = r.path.partition("?")
+    return q
+
+
+def _arg(name: str) -> KeyFunc:
+    """nginx $arg_<name>: the raw value of the first such query argument, name case-insensitive."""
+    def get(r: RequestView) -> str:
+        q = _query(r)
+        if not q:
+            return ""
+        for part in q.split("&"):
+            k, _, v = part.partition("=")
+            if k.lower() == name:
+                return v
+        return ""
+    return get
+
+
+def _cookie(name: str) -> KeyFunc:
+    def get(r: RequestView) -> str:
+        for part in r.headers.get("cookie", "").split(";"):
+            k, _, v = part.strip().partition("=")
+            if k.lower() == name:
+                return v
+        return ""
+    return get
+
+
+def _header(name: str) -> KeyFunc:
+    return lambda r: r.headers.get(name, "")
+
+
+_SIMPLE: dict[str, KeyFunc] = {
+    "request_uri": lambda r: r.path,
+    "uri": lambda r: r.path.partition("?")[0],
+    "args": _query,
+    "query_string": _query,
+    "host": lambda r: r.host,
+    "remote_addr": lambda r: r.client_ip,
+    "binary_remote_addr": lambda r: r.client_ip,
+    "request_method": lambda r: r.method,
+}
+
+_VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+
+
+def _var(name: str) -> KeyFunc:
+    name = name.lower()
+    if name in _SIMPLE:
+        return _SIMPLE[name]
+    for prefix, make in (("http_", lambda n: _header(n.replace("_", "-"))),
+                         ("arg_", _arg), ("cookie_", _cookie)):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return make(name[len(prefix):])
+    raise ValueError(f"unsupported variable ${name} in upstream-hash-by")
+
+
+@lru_cache(maxsize=256)
+def compile_hash_key(template: str) -> KeyFunc:
+    """nginx `upstream-hash-by` text (variables and literals, e.g. "$host$request_uri") -> a key function.
+
+    Raises ValueError for a variable we do not know, so routing can reject the annotation.
+    """
+    parts: list[KeyFunc | str] = []
+    pos = 0
+    for m in _VAR.finditer(template):
+        if m.start() > pos:
+            parts.append(template[pos:m.start()])
+        parts.append(_var(m.group(1) or m.group(2)))
+        pos = m.end()
+    if pos < len(template):
+        parts.append(template[pos:])
+    if not any(callable(p) for p in parts):
+        raise ValueError(f"upstream-hash-by {template!r} names no variable")
+    if len(parts) == 1:
+        return parts[0]  # type: ignore[return-value]
+    frozen = tuple(parts)
+    return lambda r: "".join(p if isinstance(p, str) else p(r) for p in frozen)
+
+
+def hash_key(text: str) -> int:
+    """32-bit hash of a request key (CRC32, as nginx's hash module)."""
+    return zlib.crc32(text.encode("utf-8", "surrogateescape"))
+
+
+def mix(h: int) -> int:
+    """A second, decorrelated 32-bit value from a hash (for priority / cluster choice)."""
+    return (h * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------- hash ring
+
+
+@lru_cache(maxsize=65536)
+def _points(cluster: str, ip: str, port: int) -> tuple[int, ...]:
+    base = f"{cluster}/{ip}:{port}#".encode()
+    return tuple(zlib.crc32(base + str(i).encode()) for i in range(VNODES))
+
+
+_IDX_BITS = 20  # endpoints per ring: up to 2**20
+
+
+class HashRing:
+    """Consistent hashing with VNODES points per endpoint: removing one moves only its share.
+
+    Points are stored as (point << 20 | index) ints so building is one sort of plain ints.
+    A ring is built over a level's *ready* endpoints and reused while that set is unchanged;
+    health changes are handled by walking past unusable endpoints, which maps every key
+    exactly as a ring without them would.
+    """
+
+    __slots__ = ("_enc", "_eps", "members")
+
+    def __init__(self, eps: Sequence[Endpoint]) -> None:
+        self.members = list(eps)
+        enc: list[int] = []
+        for idx, ep in enumerate(self.members):
+            enc.extend((p << _IDX_BITS) | idx for p in _points(ep.cluster, ep.ip, ep.port))
+        enc.sort()
+        self._enc = enc
+        self._eps = self.members
+
+    def _start(self, h: int) -> int:
+        i = bisect_right(self._enc, (h << _IDX_BITS) | ((1 << _IDX_BITS) - 1))
+        return i if i < len(self._enc) else 0
+
+    def get(self, h: int) -> Endpoint:
+        return self._eps[self._enc[self._start(h)] & ((1 << _IDX_BITS) - 1)]
+
+    def walk(self, h: int, accept: Accept) -> Endpoint | None:
+        """The first accepted endpoint clockwise from h (None only if none is accepted)."""
+        enc, eps, n = self._enc, self._eps, len(self._enc)
+        mask = (1 << _IDX_BITS) - 1
+        start = self._start(h)
+        for k in range(n):
+            ep = eps[enc[(start + k) % n] & mask]
+            if accept(ep):
+                return ep
+        return None
+
+
+# ---------------------------------------------------------------------- pools
+
+
+class Pool:
+    """A non-empty endpoint list with one algorithm's state; `pick(h)` is the fast path.
+
+    For "hash", `ring` may cover more endpoints than `eps` (the ready ones, reused across
+    health changes); picks then walk past those not in `eps`.
+    """
+
+    __slots__ = ("eps", "n", "i", "ring", "pick", "algorithm", "_members")
+
+    def __init__(self, eps: Sequence[Endpoint], algorithm: str, start: int = 0,
+                 ring: HashRing | None = None) -> None:
+        self.eps = list(eps)
+        self.n = len(self.eps)
+        self.i = start
+        self.algorithm = algorithm
+        self.ring: HashRing | None = None
+        self._members: set[Endpoint] | None = None
+        if algorithm == "hash":
+            self.ring = ring if ring is not None else HashRing(self.eps)
+            if len(self.ring.members) == self.n:
+                self.pick = self.ring.get
+            else:
+                self._members = set(self.eps)
+                self.pick = self._walk
+        elif algorithm == "least_conn":
+            self.pick = self._least
+        elif algorithm == "random":
+            self.pick = self._random
+        else:
+            self.pick = self._rr
+
+    def _walk(self, h: int) -> Endpoint:
+        return self.ring.walk(h, self._members.__contains__)  # type: ignore[union-attr,return-value]
+
+    def _rr(self, _h: int) -> Endpoint:
+        i = self.i
+        self.i = i + 1 if i < 0x3FFFFFFF else 0
+        return self.eps[i % self.n]
+
+    def _random(self, _h: int, _rand: Callable[[], float] = random.random) -> Endpoint:
+        return self.eps[int(_rand() * self.n)]
+
+    def _least(self, _h: int) -> Endpoint:
+        """nginx least_conn: fewest active requests, ties broken by round robin."""
+        eps, n = self.eps, self.n
+        start = self.i
+        self.i = start + 1 if start < 0x3FFFFFFF else 0
+        best = eps[start % n]
+        best_a = best.active_requests
+        if best_a:
+            for k in range(1, n):
+                ep = eps[(start + k) % n]
+                a = ep.active_requests
+                if a < best_a:
+                    best, best_a = ep, a
+                    if not a:
+                        break
+        return best
+
+    def pick_from(self, h: int, accept: Accept) -> Endpoint | None:
+        """The slow path for retries: the same algorithm over the accepted endpoints only."""
+        cands = [ep for ep in self.eps if accept(ep)]
+        if not cands:
+            return None
+        if self.ring is not None:
+            members = set(cands)
+            return self.ring.walk(h, members.__contains__)
+        if self.algorithm == "random":
+            return random.choice(cands)
+        i = self.i
+        self.i = i + 1 if i < 0x3FFFFFFF else 0
+        if self.algorithm == "least_conn":
+            m = len(cands)
+            return min((cands[(i + k) % m] for k in range(m)), key=lambda ep: ep.active_requests)
+        return cands[i % len(cands)]
+
+
+# ---------------------------------------------------------------------- weights
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round robin: exact shares, evenly interleaved (5,1,1 -> a a b a c a a)."""
+
+    __slots__ = ("weights", "current", "total")
+
+    def __init__(self, weights: Sequence[int]) -> None:
+        self.weights = list(weights)
+        self.current = [0] * len(self.weights)
+        self.total = sum(self.weights)
+
+    def next(self) -> int:
+        cur, w = self.current, self.weights
+        best, best_v = 0, None
+        for k in range(len(w)):
+            c = cur[k] + w[k]
+            cur[k] = c
+            if best_v is None or c > best_v:
+                best, best_v = k, c
+        cur[best] -= self.total
+        return best
+
+    def by_hash(self, h: int) -> int:
+        """A weighted choice from a hash value (sticky: the same key, the same slot)."""
+        x = h % self.total
+        for k, w in enumerate(self.weights):
+            if x < w:
+                return k
+            x -= w
+        return len(self.weights) - 1
+
+
+def weighted_random(weights: Sequence[int]) -> int:
+    total = sum(weights)
+    x = random.random() * total
+    for k, w in enumerate(weights):
+        if x < w:
+            return k
+        x -= w
+    return len(weights) - 1
+
+
+# ---------------------------------------------------------------------- Envoy priority load
+
+
+def priority_health(healthy: int, total: int, overprovisioning: float = 1.4) -> float:
+    """Envoy: health(P) = min(100, overprovisioning x 100 x healthy / total); 0 for an empty priority."""
+    if total <= 0:
+        return 0.0
+    return min(100.0, overprovisioning * 100.0 * healthy / total)
+
+
+def normalized_total_health(healths: Sequence[float]) -> float:
+    return min(100.0, sum(healths))
+
+
+def priority_loads(healths: Sequence[float]) -> list[int]:
+    """Envoy's priority load (percent per priority, summing to 100) from per-priority health.
+
+    load(P0) = min(100, health(P0) x 100 / NTH); load(Px) = min(100 - sum(load(P0..Px-1)),
+    health(Px) x 100 / NTH), each rounded to the nearest percent (so the documented tables come
+    out exactly: {25,25,20}% healthy -> 36/36/28); any rounding remainder goes to the first
+    available priority. No health at all -> everything to P0 (the caller then panics or fails).
+    """
+    loads = [0] * len(healths)
+    if not loads:
+        return loads
+    nth = normalized_total_health(healths)
+    if nth <= 0:
+        loads[0] = 100
+        return loads
+    remaining = 100
+    first = -1
+    for i, health in enumerate(healths):
+        if health > 0 and first < 0:
+            first = i
+        share = min(remaining, int(health * 100.0 / nth + 0.5))
+        loads[i] = share
+        remaining -= share
+    if remaining:
+        loads[first] += remaining
+    return loads
