@@ -42,6 +42,10 @@ def object_key(obj: JSON) -> Key:
     return (meta.get("namespace") or "", meta.get("name") or "")
 
 
+def _identity(obj: JSON) -> JSON:
+    return obj
+
+
 def _newer(held: JSON, incoming: JSON) -> bool:
     """True when `held` is a later version than `incoming` (resourceVersions compared as etcd
     revisions; an opaque, non-numeric one is never judged older)."""
@@ -86,6 +90,7 @@ class Informer:
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
         log: logging.Logger | None = None,
+        transform: Callable[[JSON], JSON] | None = None,
     ) -> None:
         self.client = client
         self.cluster: str = client.name
@@ -96,6 +101,9 @@ class Informer:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.log = log or logging.getLogger(f"{__name__}.{res.plural}")
+        #: Trims objects before they are cached (client-go's SetTransform): keep only what
+        #: the consumer reads, so large fleets fit in memory.
+        self._transform: Callable[[JSON], JSON] = transform or _identity
 
         #: Set once the first full list is in the cache (and ADDED dispatched for it).
         self.synced = asyncio.Event()
@@ -229,7 +237,7 @@ class Informer:
         self._failures = 0
         fresh: dict[Key, JSON] = {}
         for obj in result.items:
-            fresh[object_key(obj)] = obj
+            fresh[object_key(obj)] = self._transform(obj)
         n = 0
         for key, obj in fresh.items():
             old = self._cache.get(key)
@@ -293,8 +301,11 @@ class Informer:
             self._remove(key, old)
             self._dispatch("DELETED", obj, old)
         elif etype in ("ADDED", "MODIFIED"):
-            if old is not None and _newer(old, obj):
-                return  # we already hold a later version (our own write, remembered)
+            if old is not None and (_newer(old, obj) or _rv(old) == rv):
+                # We already hold this or a later version: our own write, remembered.
+                # Its echo needs no handler run (the writer has just reconciled it).
+                return
+            obj = self._transform(obj)
             # Like client-go: ADDED vs MODIFIED follows the cache, not the wire.
             self._store(key, obj, old)
             self._dispatch("MODIFIED" if old is not None else "ADDED", obj, old)
@@ -311,7 +322,7 @@ class Informer:
         key = object_key(obj)
         old = self._cache.get(key)
         if old is None or not _newer(old, obj):
-            self._store(key, obj, old)
+            self._store(key, self._transform(obj), old)
 
     def forget_object(self, obj: JSON) -> None:
         """Our own delete: drop it from the cache now (its DELETED event then finds nothing)."""

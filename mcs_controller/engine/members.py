@@ -19,6 +19,7 @@ from mcs_controller.access.resources import (
     Resource,
 )
 from mcs_controller.model import labels as L
+from mcs_controller.model.slices import trim_slice
 
 log = logging.getLogger("mcs_controller.members")
 
@@ -48,7 +49,7 @@ class MemberCluster:
         self.cluster_id = name
         self.namespaces = Informer(client, NAMESPACES)
         self.services = Informer(client, SERVICES)
-        self.slices = Informer(client, ENDPOINT_SLICES)
+        self.slices = Informer(client, ENDPOINT_SLICES, transform=trim_slice)
         self.exports = Informer(client, SERVICE_EXPORTS)
         self.imports = Informer(client, SERVICE_IMPORTS)
         self.slices.add_index(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 
@@ -11,6 +10,7 @@ from mcs_controller.access.errors import AlreadyExists, NotFound
 from mcs_controller.access.resources import ENDPOINT_SLICES, Resource
 from mcs_controller.engine.members import MemberCluster
 from mcs_controller.model import labels as L
+from mcs_controller.model.slices import content_digest
 
 log = logging.getLogger("mcs_controller.writes")
 
@@ -79,40 +79,58 @@ class Writer:
         log.info("deleted %s %s/%s", res.kind, meta.get("namespace", ""), meta["name"],
                  extra={"cluster": m.name})
 
+    async def patch(self, m: MemberCluster, res: Resource, obj: JSON, patch: JSON) -> JSON:
+        """Merge patch guarded by the observed resourceVersion (stale cache -> Conflict)."""
+        meta = obj["metadata"]
+        body = {**patch, "metadata": {**patch.get("metadata", {}),
+                                      "resourceVersion": meta["resourceVersion"]}}
+        written = await m.client.patch(res, meta.get("namespace"), meta["name"], body)
+        self._count(m, res, "patch", written)
+        return written
+
     async def sync_slices(
         self, m: MemberCluster, desired: list[JSON], observed: list[JSON], owners: list[JSON]
     ) -> None:
-        """Make our slices in `m` exactly `desired` (by name): create, update, delete."""
+        """Make our slices in `m` exactly `desired` (by name): create, update, delete.
+
+        Compare first; objects are built only for the writes that are needed.
+        """
         have = {o["metadata"]["name"]: o for o in observed}
         for want in desired:
-            want = copy.deepcopy(want)
-            if owners:
-                want["metadata"]["ownerReferences"] = owners
             current = have.pop(want["metadata"]["name"], None)
             if current is None:
-                await self.create(m, ENDPOINT_SLICES, want)
-            elif not same_slice(current, want):
-                updated = copy.deepcopy(current)
-                for key in _SLICE_FIELDS:
-                    updated[key] = want.get(key)
-                updated["metadata"]["labels"] = want["metadata"]["labels"]
-                if owners:
-                    updated["metadata"]["ownerReferences"] = owners
-                else:
-                    updated["metadata"].pop("ownerReferences", None)
-                await self.replace(m, ENDPOINT_SLICES, updated)
+                meta = {**want["metadata"], "ownerReferences": owners} if owners else want["metadata"]
+                await self.create(m, ENDPOINT_SLICES, {**want, "metadata": meta})
+            elif not same_slice(current, want, owners):
+                await self.patch(m, ENDPOINT_SLICES, current, {
+                    "metadata": {"labels": _replace_map(current, want["metadata"]["labels"]),
+                                 "ownerReferences": owners or None},
+                    "ports": want.get("ports") or [],
+                    "endpoints": want.get("endpoints") or [],
+                })
         for extra in have.values():
             await self.delete(m, ENDPOINT_SLICES, extra)
 
 
-def same_slice(current: JSON, want: JSON) -> bool:
-    if any((current.get(k) or []) != (want.get(k) or []) for k in _SLICE_FIELDS if k != "addressType"):
+def _replace_map(current: JSON, labels: dict[str, str]) -> dict[str, str | None]:
+    """A merge patch that makes the labels exactly `labels` (null removes a key)."""
+    patch: dict[str, str | None] = dict(labels)
+    for key in current["metadata"].get("labels") or {}:
+        if key not in labels:
+            patch[key] = None
+    return patch
+
+
+def same_slice(current: JSON, want: JSON, owners: list[JSON]) -> bool:
+    """Does the observed slice (full, or trimmed to a digest) already hold `want`?"""
+    if "contentDigest" in current:
+        if current["contentDigest"] != content_digest(want):
+            return False
+    elif any((current.get(k) or []) != (want.get(k) or []) for k in _SLICE_FIELDS):
         return False
-    if current.get("addressType") != want.get("addressType"):
-        return False
-    cm, wm = current["metadata"], want["metadata"]
-    return (cm.get("labels") or {}) == wm["labels"] and (
-        (cm.get("ownerReferences") or []) == (wm.get("ownerReferences") or [])
+    cm = current["metadata"]
+    return (cm.get("labels") or {}) == want["metadata"]["labels"] and (
+        (cm.get("ownerReferences") or []) == owners
     )
 
 

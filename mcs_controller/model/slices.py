@@ -94,3 +94,38 @@ def mirror_slices(
                 "endpoints": chunk,
             })
     return out
+
+
+_KEPT_META = ("name", "namespace", "labels", "ownerReferences", "resourceVersion", "uid",
+              "creationTimestamp")
+
+
+def content_digest(obj: dict) -> str:
+    """One string for what a slice carries (family, ports, endpoints): equal iff equal."""
+    body = [obj.get("addressType"), obj.get("ports") or [], obj.get("endpoints") or []]
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def trim_slice(obj: dict) -> dict:
+    """What the controller keeps of an EndpointSlice in its cache: what it compares or mirrors.
+
+    Source slices keep the endpoint fields that are mirrored (no targetRef, hints,
+    managedFields or annotations). Our own slices are only ever compared with what we
+    want, so they keep just their metadata and a digest of their content. Large fleets'
+    caches stay small that way. Never mutates `obj`.
+    """
+    meta = obj.get("metadata") or {}
+    out = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: meta[k] for k in _KEPT_META if k in meta},
+    }
+    if (meta.get("labels") or {}).get(L.LABEL_OWNED_BY) == L.OWNED_BY_VALUE:
+        out["contentDigest"] = content_digest(obj)
+        return out
+    out["addressType"] = obj.get("addressType")
+    out["ports"] = obj.get("ports") or []
+    out["endpoints"] = [
+        {k: ep[k] for k in _KEPT_FIELDS if k in ep} for ep in obj.get("endpoints") or []
+    ]
+    return out
