@@ -48,3 +48,42 @@ async def fleet_report(fleet: Fleet) -> str:
                 f"  source={labels.get(L.LABEL_SOURCE_CLUSTER)}  endpoints=[{addrs}]"
             )
     return "\n".join(lines)
+
+
+async def access_report(app) -> str:
+    """Where each component listens, and one command to try against it."""
+    fleet = app.fleet
+    lines = [f"controller admin: http://127.0.0.1:{app.controller.admin.bound_port}/metrics"
+             "  (/healthz, /readyz)"]
+    if app.dns:
+        lines.append("clusterset DNS, one per cluster (CoreDNS there would forward clusterset.local to it):")
+        examples = await _example_names(fleet)
+        for name, dns in app.dns.items():
+            host, port = dns.address
+            port_flag = "" if port == 53 else f" -p {port}"
+            lines.append(f"  {name:<20} {host}:{port}   try: dig @{host}{port_flag} {examples[0]} +short")
+        for extra in examples[1:]:
+            lines.append(f"  {'':<20} {'':<{len(host) + len(str(port)) + 1}}   also: {extra}")
+    return "\n".join(lines)
+
+
+async def _example_names(fleet: Fleet) -> list[str]:
+    """A ClusterSetIP name first, then a headless pod name (ACK One form), when there are any."""
+    names: list[str] = []
+    for name in fleet.members:
+        cluster = fleet.clusters[name]
+        for imp in sorted((await cluster.list(SERVICE_IMPORTS)).items,
+                          key=lambda o: o["spec"]["type"] != "ClusterSetIP"):
+            meta = imp["metadata"]
+            svc = f"{meta['name']}.{meta['namespace']}.svc.clusterset.local"
+            if imp["spec"]["type"] == "Headless":
+                slices = (await cluster.list(
+                    ENDPOINT_SLICES, meta["namespace"],
+                    f"{L.LABEL_MCS_SERVICE_NAME}={meta['name']}")).items
+                hosts = [ep["hostname"] for s in slices for ep in s["endpoints"] if ep.get("hostname")]
+                svc = f"{sorted(hosts)[0]}.{svc}" if hosts else svc
+            if svc not in names:
+                names.append(svc)
+        if names:
+            return names[:2]
+    return ["<svc>.<ns>.svc.clusterset.local"]

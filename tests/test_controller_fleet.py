@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fleetkit import endpoint, eventually, export, running_fleet, service, settle, source_slice
+from fleetkit import endpoint, eventually, running_fleet, service, settle, source_slice
 
 from mcs_controller.access.resources import (
     ENDPOINT_SLICES,

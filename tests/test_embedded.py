@@ -21,8 +21,8 @@ def svc(name: str, ns: str = "default", **spec) -> dict:
     return {"metadata": {"name": name, "namespace": ns}, "spec": {"ports": [{"port": 80}], **spec}}
 
 
-async def next_event(stream, timeout: float = 1.0):
-    return await asyncio.wait_for(stream.__anext__(), timeout)
+async def next_event(stream, within: float = 1.0):
+    return await asyncio.wait_for(stream.__anext__(), within)
 
 
 async def test_create_sets_metadata_and_allocates_cluster_ip():

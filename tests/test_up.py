@@ -46,3 +46,44 @@ def test_up_reports_bad_files_and_keeps_going(tmp_path: Path):
     assert "svc.yaml (document 1): Service default/s" in done.stderr
     assert "spec.ports[0].port: required integer" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_up_serves_clusterset_dns_per_cluster_while_running():
+    import asyncio
+    import re
+
+    import dns.asyncquery
+    import dns.message
+    import dns.rcode
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mcs_fleet", "up", "--exit-after", "20", "--admin-port", "0",
+        "--dns-port", "0", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        servers: dict[str, tuple[str, int]] = {}
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, (await proc.stderr.read()).decode()
+                if m := re.match(r"\s+(\S+)\s+(127\.53\.0\.\d+):(\d+)\s+try: dig", line):
+                    servers[m.group(1)] = (m.group(2), int(m.group(3)))
+                if line.startswith("running"):
+                    break
+        assert set(servers) == {"cluster1", "cluster2"}
+
+        async def ask(server, name, qtype="A"):
+            q = dns.message.make_query(name, qtype)
+            return await dns.asyncquery.udp(q, server[0], port=server[1], timeout=2)
+
+        reply = await ask(servers["cluster2"], "service1.provider-ns.svc.clusterset.local")
+        assert [rd.address for rrset in reply.answer for rd in rrset][0].startswith("10.12.")
+        pod = await ask(servers["cluster2"], "mysql-0.mysql.provider-ns.svc.clusterset.local")
+        assert [rd.address for rrset in pod.answer for rd in rrset] == ["127.1.1.10"]
+        upstream = await ask(servers["cluster2"], "mysql-0.cluster1.mysql.provider-ns.svc.clusterset.local")
+        assert [rd.address for rrset in upstream.answer for rd in rrset] == ["127.1.1.10"]
+        missing = await ask(servers["cluster1"], "nope.provider-ns.svc.clusterset.local")
+        assert missing.rcode() == dns.rcode.NXDOMAIN
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 15)
