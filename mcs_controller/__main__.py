@@ -9,10 +9,10 @@ import logging
 import signal
 import sys
 
-from mcs_controller.access.kube import KubeCluster
-from mcs_controller.access.kube.config import KubeConfigError, load_incluster, load_kubeconfig
+from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.app import ControllerApp
-from mcs_controller.config import ClusterRef, ConfigError, ControllerConfig, load_config
+from mcs_controller.config import ConfigError, load_config
+from mcs_controller.connect import connect_all
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("mcs_controller")
@@ -29,17 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def connect(cfg: ControllerConfig, ref: ClusterRef) -> KubeCluster:
-    if ref.context is None and cfg.kubeconfig is None:
-        return KubeCluster(ref.name, load_incluster())
-    return KubeCluster(ref.name, load_kubeconfig(cfg.kubeconfig, ref.context))
-
-
 async def amain(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
-        members = {ref.name: connect(cfg, ref) for ref in cfg.clusters}
-        hub = connect(cfg, cfg.hub) if cfg.hub is not None else None
+        members, hub = connect_all(cfg)
     except (ConfigError, KubeConfigError) as exc:
         print(f"mcs_controller: {exc}", file=sys.stderr)
         return 2

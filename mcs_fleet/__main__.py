@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--admin-port", type=int, default=9090, help="controller /metrics /healthz /readyz")
     up.add_argument("--dns-port", type=int, default=None,
                     help="DNS port on each cluster's 127.53.0.<n> address (default 53 as root, else 5353)")
+    up.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP listener on 127.0.0.1")
     up.add_argument("--exit-after", type=float, default=None, metavar="SECONDS",
                     help="stop after this long (default: run until Ctrl-C)")
     up.add_argument("--log-level", default="warning")
@@ -46,7 +47,8 @@ async def up(args: argparse.Namespace) -> int:
     if not fleet.members:
         print(f"amcs: no member clusters in {args.fleet}", file=sys.stderr)
         return 2
-    ports = Ports(controller_admin=args.admin_port)
+    ports = Ports(controller_admin=args.admin_port, gateway=args.gateway_port,
+                  gateway_admin=0 if args.gateway_port == 0 else 8082)
     if args.dns_port is not None:
         ports.dns = args.dns_port
     fleet_app = AllInOne(fleet, ports)

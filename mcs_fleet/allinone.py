@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from clusterset_dns.app import DnsApp
+from gateway.app import GatewayApp
 from mcs_controller.access.errors import ApiError
 from mcs_controller.access.loader import Fleet
 from mcs_controller.access.resources import NAMESPACES
@@ -30,6 +31,8 @@ class Ports:
     #: DNS port on each cluster's address (53 as in a cluster; 5353 when not root).
     dns: int = field(default_factory=lambda: 53 if os.geteuid() == 0 else 5353)
     dns_admin: int = 9153  # CoreDNS's metrics port
+    gateway: int = 8080
+    gateway_admin: int = 8082
 
 
 def dns_address(index: int) -> str:
@@ -38,7 +41,8 @@ def dns_address(index: int) -> str:
 
 
 class AllInOne:
-    def __init__(self, fleet: Fleet, ports: Ports | None = None, *, dns: bool = True):
+    def __init__(self, fleet: Fleet, ports: Ports | None = None, *, dns: bool = True,
+                 gateway: bool = True):
         self.fleet = fleet
         self.ports = ports or Ports()
         self.sim = FleetSimulator(fleet)
@@ -54,6 +58,11 @@ class AllInOne:
                     fleet.clusters[name], listen=(dns_address(i), self.ports.dns),
                     admin=(dns_address(i), self.ports.dns_admin),
                 )
+        self.gateway = (
+            GatewayApp(hub, fleet.member_clients(), listen=("127.0.0.1", self.ports.gateway),
+                       admin=("127.0.0.1", self.ports.gateway_admin))
+            if hub is not None and gateway else None
+        )
         self._controller_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -63,6 +72,8 @@ class AllInOne:
         self._controller_task = asyncio.create_task(self.controller.run(), name="controller")
         for app in self.dns.values():
             await app.start()
+        if self.gateway is not None:
+            await self.gateway.start()
 
     async def settled(self, quiet: float = 0.5, limit: float = 30.0) -> None:
         """Until the controller synced, drained its queue and wrote nothing for `quiet`."""
@@ -75,7 +86,10 @@ class AllInOne:
             if busy or controller.writer.total != last:
                 last, since = controller.writer.total, time.monotonic()
             elif time.monotonic() - since >= quiet:
-                return
+                break
+        if self.gateway is not None:
+            with contextlib.suppress(TimeoutError):
+                await self.gateway.wait_ready(max(0.1, deadline - time.monotonic()))
 
     async def wait(self) -> None:
         """Until the controller stops (it runs until cancelled)."""
@@ -83,6 +97,9 @@ class AllInOne:
             await asyncio.shield(self._controller_task)
 
     async def stop(self) -> None:
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await self.gateway.stop(grace=1.0)
         for app in self.dns.values():
             with contextlib.suppress(Exception):
                 await app.stop()

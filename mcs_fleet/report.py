@@ -64,6 +64,11 @@ async def access_report(app) -> str:
             lines.append(f"  {name:<20} {host}:{port}   try: dig @{host}{port_flag} {examples[0]} +short")
         for extra in examples[1:]:
             lines.append(f"  {'':<20} {'':<{len(host) + len(str(port)) + 1}}   also: {extra}")
+    if app.gateway is not None:
+        host, port = app.gateway.address
+        lines.append(f"gateway: http://{host}:{port}   routes: http://{host}:{app.gateway.admin_port}/routes")
+        for rule_host in _gateway_hosts(app.gateway):
+            lines.append(f"  try: curl -H 'Host: {rule_host}' http://{host}:{port}/")
     return "\n".join(lines)
 
 
@@ -87,3 +92,12 @@ async def _example_names(fleet: Fleet) -> list[str]:
         if names:
             return names[:2]
     return ["<svc>.<ns>.svc.clusterset.local"]
+
+
+def _gateway_hosts(gateway) -> list[str]:
+    hosts: list[str] = []
+    for route in gateway.table.describe():
+        host = route.get("host") or ""
+        if host and "*" not in host and host not in hosts:
+            hosts.append(host)
+    return hosts

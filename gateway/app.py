@@ -1,0 +1,172 @@
+"""The gateway process: Ingress informers in the hub -> route table -> data path, and an admin port.
+
+Config changes (an Ingress, an IngressClass, a Service's endpoints) apply within a second:
+the route table is rebuilt off the event that changed it and swapped into the proxy, and
+in-flight requests and open connections keep going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.metrics import GatewayMetrics, UpstreamCollector
+from gateway.proxy import Limits, ProxyServer
+from gateway.routing import build_route_table
+from gateway.upstream import UpstreamManager
+from mcs_controller.access.api import ClusterClient
+from mcs_controller.access.informer import Informer
+from mcs_controller.access.resources import INGRESS_CLASSES, INGRESSES
+from mcs_controller.ops.admin import AdminServer
+from mcs_controller.ops.metrics import new_registry
+
+log = logging.getLogger("gateway")
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        hub: ClusterClient,
+        members: Mapping[str, ClusterClient],
+        *,
+        listen: tuple[str, int] = ("0.0.0.0", 8080),
+        admin: tuple[str, int] | None = ("0.0.0.0", 8082),
+        class_name: str = "amcs",
+        controller: str = "amcs.dev/gateway",
+        accept_classless: bool = False,
+        limits: Limits | None = None,
+        registry=None,
+        rebuild_delay: float = 0.05,
+    ):
+        self.registry = registry if registry is not None else new_registry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.upstream = UpstreamManager(members)
+        self.registry.register(UpstreamCollector(self.upstream))
+        self.ingresses = Informer(hub, INGRESSES)
+        self.classes = Informer(hub, INGRESS_CLASSES)
+        self.class_name, self.controller_name = class_name, controller
+        self.accept_classless = accept_classless
+        self.clusters = list(members)
+        self.table, _ = build_route_table([], [], class_name=class_name, controller=controller)
+        self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits)
+        self.listen = listen
+        self.rebuild_delay = rebuild_delay
+        self.admin = (
+            AdminServer(admin[0], admin[1], self.registry, ready=self._ready,
+                        routes=[web.get("/routes", self._routes)])
+            if admin is not None else None
+        )
+        self.problems: list = []
+        self._rebuild: asyncio.TimerHandle | None = None
+        self._built = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for informer in (self.ingresses, self.classes):
+            informer.add_handler(lambda *_: self._schedule_rebuild())
+            informer.start()
+        await self.upstream.start(wait=False)
+        await self.proxy.start(*self.listen)
+        if self.admin is not None:
+            await self.admin.start()
+        asyncio.get_running_loop().create_task(self._first_build())
+
+    async def _first_build(self) -> None:
+        await self.ingresses.synced.wait()
+        await self.classes.synced.wait()
+        await self.upstream.catalog.wait_synced(None)
+        self.rebuild()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+        await self.proxy.stop(grace)
+        for informer in (self.ingresses, self.classes):
+            await informer.stop()
+        await self.upstream.stop()
+        if self.admin is not None:
+            await self.admin.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.listen[0], self.proxy.port)
+
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin.bound_port if self.admin is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self._built.is_set()
+
+    def _ready(self) -> tuple[bool, str]:
+        return (True, "ok") if self.ready else (False, "route table not built (informers syncing)")
+
+    async def wait_ready(self, within: float = 10.0) -> None:
+        await asyncio.wait_for(self._built.wait(), within)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _schedule_rebuild(self) -> None:
+        """Coalesce bursts of Ingress events into one rebuild, well within a second."""
+        if not self._built.is_set() or self._rebuild is not None:
+            return
+        self._rebuild = asyncio.get_running_loop().call_later(self.rebuild_delay, self.rebuild)
+
+    def _services(self) -> dict[tuple[str, str], dict]:
+        """Services by (namespace, name), from the member clusters (namespace sameness)."""
+        out: dict[tuple[str, str], dict] = {}
+        for member in self.upstream.catalog.members.values():
+            for svc in member.services.items():
+                meta = svc["metadata"]
+                out.setdefault((meta["namespace"], meta["name"]), svc)
+        return out
+
+    def rebuild(self) -> None:
+        self._rebuild = None
+        table, problems = build_route_table(
+            self.ingresses.items(), self.classes.items(),
+            class_name=self.class_name, controller=self.controller_name,
+            clusters=self.clusters, services=self._services(),
+            accept_classless=self.accept_classless,
+        )
+        old = {str(p) for p in self.problems}
+        for problem in problems:
+            if str(problem) not in old:
+                log.warning("%s", problem)
+        self.problems = problems
+        self.upstream.sync(table.backends())
+        self.proxy.router = table
+        self.table = table
+        self.metrics.config_reloads.inc()
+        self.metrics.config_problems.set(len(problems))
+        self._built.set()
+
+    # -- admin -----------------------------------------------------------------------------------
+
+    async def _routes(self, request: web.Request) -> web.Response:
+        """The route table with every backend's endpoints: cluster, health, ejection."""
+        backends = []
+        for ref, policy in self.table.backends().items():
+            backends.append({
+                "backend": str(ref),
+                "policy": {"algorithm": policy.algorithm, "hash_by": policy.hash_by,
+                           "cluster_weights": dict(policy.cluster_weights),
+                           "priority_pools": [list(p) for p in policy.priority_pools],
+                           "panic_threshold": policy.panic_threshold,
+                           "health_check": policy.health_check is not None},
+                "state": self.upstream.summary(ref),
+                "endpoints": self.upstream.describe(ref),
+            })
+        body = {"routes": self.table.describe(), "backends": backends,
+                "problems": [str(p) for p in self.problems]}
+        return web.json_response(body, dumps=_dumps)
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,603 @@
+"""One client request through the proxy: route, pick, attempt, retry, stream both ways.
+
+Everything here runs from protocol callbacks; the only coroutine is a connect when the pool
+has no idle connection for the picked address. Timeouts are a deadline on the exchange that
+the client connection's single lazy timer checks (no timer handle per request).
+
+Retry buffer: request body bytes are kept (by reference) up to `Limits.retry_buffer`; a
+retry resends them. Once a longer body has started flowing upstream it cannot be replayed,
+so that request is not retried after its first byte left (the failure is answered instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from typing import TYPE_CHECKING
+
+from gateway.proxy.heads import (
+    CRLF,
+    LazyHeaders,
+    Reject,
+    RequestHead,
+    ResponseInfo,
+    chunk,
+    last_chunk,
+    local_response,
+    response_head,
+    status_line,
+    upstream_head,
+    with_set_headers,
+)
+from gateway.proxy.tunnel import splice
+from gateway.types import Endpoint, RequestView, RouteDecision
+
+if TYPE_CHECKING:
+    from gateway.proxy.client import ClientConnection
+    from gateway.proxy.pool import UpstreamConnection
+
+log = logging.getLogger("gateway.proxy")
+
+INF = float("inf")
+NEW, CONNECTING, SENT, STREAMING, DRAINING, BACKOFF, DONE = range(7)
+M_NONE, M_LENGTH, M_CHUNK, M_RAW = range(4)  # response framing towards the client
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+#: cause -> (status, short text, outcome reported to the cluster manager)
+_CAUSES = {
+    "connect_failure": (502, "upstream connect error", "connect_failure"),
+    "connect_timeout": (504, "upstream connect timeout", "timeout"),
+    "reset": (502, "upstream connection reset before response", "reset"),
+    "invalid_response": (502, "invalid response from upstream", "gateway_error"),
+    "timeout": (504, "upstream response timeout", "timeout"),
+    "send_timeout": (504, "upstream send timeout", "timeout"),
+}
+PAUSE_UPSTREAM, PAUSE_PENDING = 2, 4
+
+
+class Exchange:
+    """State of one request/response; created when the client's request head is complete."""
+
+    # Class-level defaults: __init__ sets only what differs per request (a hot path).
+    phase = NEW
+    decision: RouteDecision | None = None
+    route = ""
+    cluster = ""
+    view: RequestView | None = None
+    up_head = b""
+    conn: UpstreamConnection | None = None
+    wire = False  # self.conn takes request body bytes now
+    ep: Endpoint | None = None
+    attempts = 0
+    tried: list[Endpoint] | tuple[()] = ()  # endpoints tried so far
+    pending: list[bytes] | tuple[()] = ()  # body bytes not yet sent upstream
+    pending_size = 0
+    replay: list[bytes] | tuple[()] | None = ()  # body kept for retries; None: too long
+    replay_size = 0
+    body_sent = 0
+    received = 0  # request body bytes from the client so far
+    req_sent = False
+    req_trailers: list[tuple[bytes, bytes]] | None = None
+    resp_started = False
+    resp_mode = M_NONE
+    resp_eof = False  # the upstream body ends when its connection closes
+    status = 0
+    deadline = INF
+    total_deadline = INF
+    progress = 0
+    seen = -1
+    t0 = 0.0
+    connect_task: asyncio.Task[None] | None = None
+    backoff: asyncio.TimerHandle | None = None
+    last_error: tuple[int, str] | None = None
+    free_retry = True
+    mirrors: list | None = None
+    client_close = False
+    done = False
+    sent_continue = False
+    upgraded = False
+    stale_ok = False
+
+    def __init__(self, client: ClientConnection, head: RequestHead) -> None:
+        self.client = client
+        self.server = client.server
+        self.head = head
+        self.req_done = not (head.chunked or head.length)
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        h = self.head
+        srv = self.server
+        view = self.view = RequestView(
+            _METHODS.get(h.method) or h.method.decode("latin-1"), h.path.decode("latin-1"),
+            h.host, LazyHeaders(h.lower), self.client.peer.ip)
+        try:
+            d = srv.router.route(view)
+        except Exception:
+            log.exception("router failed on %s %s", view.method, view.path)
+            self.respond(500, "routing error")
+            return
+        if d is None:
+            self.respond(404, "no route for this host and path")
+            return
+        self.decision = d
+        self.route = d.route_name
+        parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
+        host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
+        self.up_head = upstream_head(h, parts, host)
+        if d.mirrors and h.upgrade is None:
+            self.mirrors = srv.mirror.plan(h, view, d.mirrors, parts)
+            if self.mirrors and self.req_done:
+                srv.mirror.launch(self.mirrors)
+        self.t0 = now = self.client.loop.time()
+        if d.timeouts.total:
+            self.total_deadline = now + d.timeouts.total
+        self._attempt(now)
+
+    def _pick(self) -> Endpoint | None:
+        d = self.decision
+        assert d is not None and self.view is not None
+        pick = self.server.clusters.pick
+        if self.tried:
+            exclude = frozenset(e.address for e in self.tried)
+            avoid = frozenset(e.cluster for e in self.tried) if d.retry.prefer_other_cluster else frozenset()
+            ep = pick(d.backend, self.view, exclude=exclude, avoid_clusters=avoid)
+            for fb in d.fallbacks:
+                if ep is not None:
+                    break
+                ep = pick(fb, self.view, exclude=exclude, avoid_clusters=avoid)
+            return ep
+        ep = pick(d.backend, self.view)
+        for fb in d.fallbacks:
+            if ep is not None:
+                break
+            ep = pick(fb, self.view)
+        return ep
+
+    def _attempt(self, now: float = 0.0) -> None:
+        self.backoff = None
+        if self.done:
+            return
+        ep = self._pick()
+        if ep is None:
+            self.respond(*(self.last_error or (503, "no healthy upstream")))
+            return
+        self.attempts += 1
+        self.ep = ep
+        self.cluster = ep.cluster
+        ep.active_requests += 1
+        if self.tried:
+            self.tried.append(ep)  # type: ignore[union-attr]
+        else:
+            self.tried = [ep]
+        if self.head.expect and not self.sent_continue and not self.req_done and not self.pending:
+            self.sent_continue = True
+            self.client.write(_CONTINUE)
+        conn = self.server.pool.acquire(ep.address)
+        if conn is not None:
+            self._send(conn, now)
+            return
+        self.phase = CONNECTING
+        self._set_deadline(self.client.loop.time() + self.decision.timeouts.connect)  # type: ignore[union-attr]
+        self.connect_task = self.client.loop.create_task(self._connect(ep.address, self.attempts))
+
+    async def _connect(self, addr: tuple[str, int], n: int) -> None:
+        try:
+            conn = await self.server.pool.connect(addr)
+        except OSError as exc:
+            if not self.done and self.attempts == n and self.phase == CONNECTING:
+                self.connect_task = None
+                self._failed("connect_failure", os.strerror(exc.errno).lower() if exc.errno else type(exc).__name__)
+            return
+        if self.done or self.attempts != n or self.phase != CONNECTING:
+            self.server.pool.release(conn)
+            return
+        self.connect_task = None
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        self.conn = conn
+        conn.owner = self
+        self.phase = SENT
+        self.stale_ok = conn.reused
+        h = self.head
+        out = [self.up_head]
+        if self.pending:
+            out += [chunk(c) for c in self.pending] if h.chunked else self.pending
+            self.body_sent += self.pending_size
+            self.pending = ()
+            self.pending_size = 0
+            self.client.resume_reading(PAUSE_PENDING)
+        if self.req_done:
+            if h.chunked:
+                out.append(last_chunk(self.req_trailers))
+            self.req_sent = True
+        if self.client.write_paused:
+            conn.pause_reading()
+        if len(out) == 1:
+            conn.transport.write(out[0])
+        else:
+            conn.transport.writelines(out)
+        self.wire = h.upgrade is None
+        d = self.decision
+        timeout = (d.retry.per_try_timeout or d.timeouts.read) if self.req_sent else d.timeouts.send  # type: ignore[union-attr]
+        when = (now or self.client.loop.time()) + timeout
+        self.deadline = when if when < self.total_deadline else self.total_deadline
+        t = self.client.timer
+        if t is None or self.deadline < t.when():
+            self.client.arm(self.deadline)
+
+    # -- request body (from the client parser) ----------------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        n = len(data)
+        self.received += n
+        if self.head.chunked and self.server.limits.max_request_body is not None \
+                and self.received > self.server.limits.max_request_body:
+            self.request_error(Reject(413, "request body too large"))
+            return
+        if self.replay is not None:
+            if self.replay_size + n <= self.server.limits.retry_buffer:
+                if self.replay:
+                    self.replay.append(data)  # type: ignore[union-attr]
+                else:
+                    self.replay = [data]
+                self.replay_size += n
+            else:
+                self.replay = None
+        if self.mirrors:
+            self.server.mirror.feed(self.mirrors, data)
+        if self.wire:
+            self.conn.transport.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
+            self.body_sent += n
+            self.progress += 1
+        else:
+            if self.pending:
+                self.pending.append(data)  # type: ignore[union-attr]
+            else:
+                self.pending = [data]
+            self.pending_size += n
+            if self.pending_size > self.server.limits.pending_high:
+                self.client.pause_reading(PAUSE_PENDING)
+
+    def on_request_complete(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        if self.req_done:
+            return
+        self.req_done = True
+        self.req_trailers = trailers
+        if self.mirrors:
+            self.server.mirror.launch(self.mirrors)
+        if self.wire:
+            if self.head.chunked:
+                self.conn.transport.write(last_chunk(trailers))  # type: ignore[union-attr]
+            self.req_sent = True
+            if self.phase == SENT:
+                d = self.decision
+                self._set_deadline(self.client.loop.time() + (d.retry.per_try_timeout or d.timeouts.read))  # type: ignore[union-attr]
+
+    def request_error(self, r: Reject) -> None:
+        """The client's body turned out malformed: no attempt may continue with it."""
+        self._drop_conn()
+        self._end_attempt(None, None)
+        self.respond(r.status, r.reason)
+
+    # -- response (from the upstream connection) ----------------------------------------------
+
+    def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        if conn is not self.conn:
+            return
+        d = self.decision
+        assert d is not None
+        h = self.head
+        if status in d.retry.on_statuses and self._may_retry("status"):
+            self.phase = DRAINING
+            self.wire = False
+            self._end_attempt("http_5xx", status, f"status_{status}")
+            self.last_error = (status, f"upstream answered {status}")
+            if h.head_only:
+                self._drop_conn()
+                self._retry()
+            return
+        self.status = status
+        info = ResponseInfo(headers)
+        c = self.client
+        if status == 101:
+            if h.upgrade is None:
+                self._drop_conn()
+                self._failed("invalid_response", "101 without an upgrade request")
+                return
+            self.upgraded = self.resp_started = True
+            extra = b"Connection: upgrade\r\nUpgrade: " + (info.upgrade or h.upgrade) + CRLF
+            c.write(response_head(status_line(101, reason), info.parts, extra))
+            return
+        if h.head_only or status == 204 or status == 304:
+            mode = M_NONE
+        elif info.length is not None:
+            mode = M_LENGTH
+        else:
+            self.resp_eof = not info.chunked
+            mode = M_RAW if h.http10 else M_CHUNK
+        self.resp_mode = mode
+        close = (not h.keep_alive or mode == M_RAW or h.upgrade is not None
+                 or self.server.stopping or c.closing)
+        self.client_close = close
+        if close:
+            extra = b"Transfer-Encoding: chunked\r\nConnection: close\r\n" if mode == M_CHUNK else b"Connection: close\r\n"
+        elif mode == M_CHUNK:
+            extra = b"Transfer-Encoding: chunked\r\n"
+        else:
+            extra = b"Connection: keep-alive\r\n" if h.http10 else b""
+        c.write(response_head(status_line(status, reason), info.parts, extra))
+        self.resp_started = True
+        self.phase = STREAMING
+        self.progress += 1  # the read timeout is re-armed lazily from here on (on_deadline)
+        if h.head_only:  # llhttp would wait for the announced body: end here, do not reuse
+            conn.keep_alive = False
+            self.on_response_complete(conn, False)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.phase != STREAMING:
+            return
+        self.progress += 1
+        if self.resp_mode == M_CHUNK:
+            if data:
+                self.client.write(chunk(data))
+        else:
+            self.client.write(data)
+
+    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        if conn is not self.conn or self.upgraded:  # 101: llhttp completes it, splicing follows
+            return
+        self.conn = None
+        self.wire = False
+        now = self.client.loop.time()
+        if keep_alive and self.req_sent and conn.keep_alive:
+            self.server.pool.release(conn, now)
+        else:
+            conn.close()
+        if self.phase == DRAINING:
+            self._retry()
+            return
+        if self.resp_mode == M_CHUNK:
+            self.client.write(last_chunk(conn.trailers))
+        self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+        self._finish(now)
+
+    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        if conn is not self.conn or not self.upgraded:
+            self._drop_conn()
+            return
+        self.conn = None
+        conn.owner = None
+        self._end_attempt("success", 101)
+        splice(self.client, conn, rest)
+        self._finish()
+
+    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        self.wire = False
+        self.client.resume_reading(PAUSE_UPSTREAM)
+        if self.phase == DRAINING:
+            self._retry()
+        elif self.phase == STREAMING:
+            if cause == "reset" and exc is None and self.resp_eof:  # close-delimited body ended
+                if self.resp_mode == M_CHUNK:
+                    self.client.write(last_chunk(None))
+                self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+                self._finish()
+            else:
+                self._end_attempt(_CAUSES[cause][2], None, cause)
+                self._abort_client()
+        else:
+            self._failed(cause, str(exc) if exc else "")
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.client.pause_reading(PAUSE_UPSTREAM)
+        else:
+            self.client.resume_reading(PAUSE_UPSTREAM)
+
+    def client_write_paused(self, paused: bool) -> None:
+        conn = self.conn
+        if conn is not None:
+            if paused:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
+
+    # -- failures, retries, timeouts ---------------------------------------------------------
+
+    def _failed(self, cause: str, detail: str) -> None:
+        """An attempt failed before any response byte reached the client."""
+        status, text, outcome = _CAUSES[cause]
+        stale = (cause == "reset" and self.stale_ok and self.free_retry)
+        if stale:  # a pooled keep-alive connection the upstream had closed: not its fault
+            self.free_retry = False
+            self._end_attempt(None, None)
+            self.attempts -= 1
+            self.tried.pop()  # type: ignore[union-attr]
+        else:
+            self._end_attempt(outcome, None, cause)
+        self.last_error = (status, f"{text}: {detail}" if detail else text)
+        if self._may_retry(cause, stale):
+            self._retry(0.0 if stale else None)
+        else:
+            self.respond(*self.last_error)
+
+    def _may_retry(self, cause: str, stale: bool = False) -> bool:
+        d = self.decision
+        if self.resp_started or self.done or d is None:
+            return False
+        r = d.retry
+        if not stale and self.attempts >= r.attempts:
+            return False
+        if self.client.loop.time() >= self.total_deadline:
+            return False
+        if cause == "connect_failure":  # the request never left
+            return r.on_error
+        if cause == "connect_timeout":
+            return r.on_timeout
+        if not (self.head.idempotent or r.non_idempotent):
+            return False
+        if self.replay is None and self.body_sent:
+            return False  # the body started flowing and is longer than the replay buffer
+        if cause == "timeout" or cause == "send_timeout":
+            return r.on_timeout
+        if cause == "status":
+            return True
+        return r.on_error
+
+    def _retry(self, delay: float | None = None) -> None:
+        d = self.decision
+        assert d is not None
+        self.phase = BACKOFF
+        if self.replay is not None:
+            self.pending = list(self.replay)
+            self.pending_size = self.replay_size
+            self.body_sent = 0
+        self.req_sent = False
+        self.client.resume_reading(PAUSE_UPSTREAM)
+        if delay is None:
+            self.server.hooks.retry(self.route)
+            r = d.retry
+            delay = random.uniform(0, min(r.backoff_max, r.backoff_base * (2 ** self.attempts - 1)))
+        self.deadline = self.total_deadline
+        if self.deadline != INF:
+            self.client.arm(self.deadline)
+        self.backoff = self.client.loop.call_later(delay, self._attempt)
+
+    def _set_deadline(self, when: float) -> None:
+        self.deadline = when if when < self.total_deadline else self.total_deadline
+        self.client.arm(self.deadline)
+
+    def on_deadline(self, now: float) -> None:
+        """Called by the client connection's timer once `now >= self.deadline`."""
+        if self.done:
+            return
+        if now >= self.total_deadline:
+            self._cancel_pending()
+            self._drop_conn()
+            self._end_attempt("timeout", None, "timeout")
+            if self.resp_started:
+                self._abort_client()
+            else:
+                self.respond(504, "upstream request timeout")
+            return
+        phase = self.phase
+        d = self.decision
+        assert d is not None
+        if phase == CONNECTING:
+            self._cancel_pending()
+            self._failed("connect_timeout", "")
+        elif phase == SENT:
+            if not self.req_sent and self.progress != self.seen:
+                self.seen = self.progress
+                self._set_deadline(now + d.timeouts.send)
+                return
+            self._drop_conn()
+            self._failed("timeout" if self.req_sent else "send_timeout", "")
+        elif phase in (STREAMING, DRAINING):
+            if self.progress != self.seen:
+                self.seen = self.progress
+                self._set_deadline(now + d.timeouts.read)
+                return
+            self._drop_conn()
+            if phase == DRAINING:
+                self._retry()
+            else:
+                self._end_attempt("timeout", None, "timeout")
+                self._abort_client()
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def respond(self, status: int, text: str) -> None:
+        """A response of our own (404, 503, 502, 504...) unless response bytes already left."""
+        if self.done:
+            return
+        if self.resp_started:
+            self._abort_client()
+            return
+        h = self.head
+        close = (not h.keep_alive or not self.req_done or h.upgrade is not None
+                 or self.server.stopping or self.client.closing)
+        self.client_close = close
+        self.status = status
+        self.resp_started = True
+        self.client.write(local_response(
+            status, text, close=close, head_only=h.head_only, request_id=h.request_id))
+        self._finish()
+
+    def _finish(self, now: float = 0.0) -> None:
+        if self.done:
+            return
+        if self.connect_task is not None or self.backoff is not None:
+            self._cancel_pending()
+        if self.conn is not None:
+            self._drop_conn()
+        if self.ep is not None:
+            self._end_attempt(None, None)
+        self.done = True
+        self.phase = DONE
+        if self.mirrors and not self.req_done:
+            self.server.mirror.drop(self.mirrors)
+            self.mirrors = None
+        if not now:
+            now = self.client.loop.time()
+        self.server.hooks.observe(self.route, self.cluster, self.status, now - self.t0 if self.t0 else 0.0)
+        self.client.exchange_done(self, now)
+
+    def client_lost(self) -> None:
+        """The client connection closed under us: drop the attempt, report nothing upstream."""
+        if self.done:
+            return
+        self._cancel_pending()
+        self._drop_conn()
+        self._end_attempt(None, None)
+        self.done = True
+        self.phase = DONE
+        if self.mirrors and not self.req_done:
+            self.server.mirror.drop(self.mirrors)
+            self.mirrors = None
+        self.server.hooks.observe(self.route, self.cluster, self.status if self.resp_started else 499,
+                                  self.client.loop.time() - self.t0 if self.t0 else 0.0)
+
+    def _abort_client(self) -> None:
+        """Response bytes already reached the client: the only honest signal left is closing."""
+        self.client_close = True
+        self.client.abort()
+        self.client_lost()
+
+    def _end_attempt(self, outcome: str | None, status: int | None, cause: str | None = None) -> None:
+        ep = self.ep
+        if ep is None:
+            return
+        self.ep = None
+        ep.active_requests -= 1
+        if outcome is not None:
+            self.server.clusters.report(ep, outcome, status)  # type: ignore[arg-type]
+        if cause is not None:
+            self.server.hooks.upstream_error(self.route, ep.cluster, cause)
+
+    def _drop_conn(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            self.wire = False
+            conn.close()
+            self.client.resume_reading(PAUSE_UPSTREAM)
+
+    def _cancel_pending(self) -> None:
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.backoff is not None:
+            self.backoff.cancel()
+            self.backoff = None

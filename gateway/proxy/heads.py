@@ -1,0 +1,402 @@
+"""Request and response heads: parsed once, hop-by-hop stripped, rebuilt with one join.
+
+Header names and values stay the bytes httptools produced: a forwarded header is four
+references in a flat list (`name, ": ", value, CRLF`) and the head is one `b"".join`.
+Lower-cased names are computed once per header for the checks below; routing sees them
+through `LazyHeaders`, which decodes only if a rule actually looks at a header.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from http import HTTPStatus
+
+import httptools
+
+#: RFC 9110 7.6.1 plus the legacy ones; never forwarded in either direction.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+_REQ_SPECIAL = HOP_BY_HOP | {
+    b"content-length", b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-forwarded-port", b"x-real-ip", b"x-request-id",
+}
+_TRUSTED_KEEP = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
+_CANON = {b"x-forwarded-proto": b"X-Forwarded-Proto", b"x-forwarded-host": b"X-Forwarded-Host",
+          b"x-forwarded-port": b"X-Forwarded-Port", b"x-real-ip": b"X-Real-IP"}
+#: nginx's list: not passed to the next upstream once sent, unless `non_idempotent`.
+NON_IDEMPOTENT = frozenset({b"POST", b"PATCH", b"LOCK"})
+CRLF = b"\r\n"
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Reject(Exception):
+    """A request the proxy answers itself (400, 413, 414, 417, 431, 501...) and then closes."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class LazyHeaders(Mapping[str, str]):
+    """`RequestView.headers`: lower-cased names, repeats joined with ", ", decoded on first use."""
+
+    __slots__ = ("_raw", "_d")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = {}
+            for n, v in self._raw:
+                k, s = n.decode("latin-1").lower(), v.decode("latin-1")
+                d[k] = d[k] + ", " + s if k in d else s
+            self._d = d
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self._dict().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class Peer:
+    """Per client connection constants: the client address and the X-Forwarded-* lines it implies."""
+
+    __slots__ = ("ip", "ip_b", "trusted", "scheme", "port_b", "fixed")
+
+    def __init__(self, ip: str, local_port: int, scheme: str, trusted: bool) -> None:
+        self.ip = ip
+        self.ip_b = ip.encode()
+        self.trusted = trusted
+        self.scheme = scheme.encode()
+        self.port_b = str(local_port).encode()
+        self.fixed = (b"X-Forwarded-Proto: " + self.scheme + CRLF + b"X-Forwarded-Port: "
+                      + self.port_b + CRLF + b"X-Real-IP: " + self.ip_b + CRLF)
+
+
+class RequestHead:
+    """A validated request head and the pieces the upstream head is built from."""
+
+    __slots__ = (
+        "method", "path", "http10", "keep_alive", "host_raw", "host", "length", "chunked",
+        "expect", "upgrade", "parts", "lower", "request_id", "te_trailers", "idempotent",
+        "head_only",
+    )
+
+    method: bytes
+    path: bytes  # origin-form target forwarded upstream
+    http10: bool
+    keep_alive: bool
+    host_raw: bytes  # the Host value as received (X-Forwarded-Host, mirrors)
+    host: str  # lower-cased, port stripped (RequestView.host)
+    length: int | None  # Content-Length; None when absent
+    chunked: bool
+    expect: bool  # Expect: 100-continue (answered by the proxy, not forwarded)
+    upgrade: bytes | None  # Upgrade value when the request asks to switch protocols
+    parts: list[bytes]  # forwarded header lines, flat (name, ": ", value, CRLF, ...)
+    lower: list[tuple[bytes, bytes]]  # the headers as received (LazyHeaders lower-cases them)
+    request_id: bytes
+    te_trailers: bool
+    idempotent: bool
+    head_only: bool  # HEAD: the response has no body whatever it says
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
+
+
+_HOST_KEYS: dict[bytes, str] = {}
+
+
+def host_key(raw: bytes) -> str:
+    """Lower-case, strip the port (keeps IPv6 brackets); memoised, hosts repeat."""
+    key = _HOST_KEYS.get(raw)
+    if key is None:
+        key = _host_key(raw)
+        if len(_HOST_KEYS) >= 4096:
+            _HOST_KEYS.clear()
+        _HOST_KEYS[raw] = key
+    return key
+
+
+def _host_key(raw: bytes) -> str:
+    h = raw.decode("latin-1").strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end > 0 else h
+    i = h.rfind(":")
+    return h[:i] if i >= 0 else h
+
+
+def parse_request(
+    method: bytes,
+    url: bytes,
+    http10: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    headers: list[tuple[bytes, bytes]],
+    peer: Peer,
+    max_body: int | None = None,
+) -> RequestHead:
+    """Validate a parsed head (llhttp already rejected most smuggling) and prepare forwarding."""
+    h = RequestHead()
+    h.method = method
+    h.http10 = http10
+    h.keep_alive = keep_alive
+    h.idempotent = method not in NON_IDEMPOTENT
+    h.head_only = method == b"HEAD"
+    if method == b"CONNECT":
+        raise Reject(405, "CONNECT is not supported by this proxy")
+    parts: list[bytes] = []
+    host_raw: bytes | None = None
+    length: int | None = None
+    chunked = expect = te_trailers = False
+    upgrade_v: bytes | None = None
+    xff: list[bytes] | None = None
+    rid: bytes | None = None
+    tokens: bytes | None = None
+    trusted = peer.trusted
+    kept: set[bytes] | None = None
+    codes = _REQ_CODES
+    for name, value in headers:
+        try:
+            ln = codes[name]
+        except KeyError:
+            ln = _code(codes, name, _REQ_SPECIAL)
+        if ln is None:
+            parts += (name, b": ", value, CRLF)
+        elif ln == b"content-length":
+            length = int(value)
+            parts += (name, b": ", value, CRLF)
+        elif ln == b"host":
+            if host_raw is not None:
+                raise Reject(400, "duplicate Host header")
+            host_raw = value
+        elif ln == b"x-forwarded-for":
+            (xff := xff or []).append(value)
+        elif ln == b"x-request-id":
+            rid = value
+        elif ln == b"connection":
+            tokens = value if tokens is None else tokens + b"," + value
+        elif ln == b"transfer-encoding":
+            if chunked or value.strip().lower() != b"chunked":
+                raise Reject(501, "unsupported transfer-encoding")
+            chunked = True
+        elif ln == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise Reject(417, "unsupported expectation")
+            expect = not http10
+        elif ln == b"te":
+            te_trailers = b"trailers" in value.lower()
+        elif ln == b"upgrade":
+            upgrade_v = value
+        elif ln in _TRUSTED_KEEP:
+            if trusted:
+                (kept := kept or set()).add(ln)
+                parts += (name, b": ", value, CRLF)
+    if host_raw is None:
+        if not http10:
+            raise Reject(400, "missing Host header")
+        host_raw = b""
+    if url[:1] != b"/" and url != b"*":
+        try:
+            u = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise Reject(400, "invalid request target") from None
+        if u.host is None:
+            raise Reject(400, "invalid request target")
+        host_raw = u.host + (b":%d" % u.port if u.port else b"")
+        url = (u.path or b"/") + (b"?" + u.query if u.query else b"")
+    if max_body is not None and length is not None and length > max_body:
+        raise Reject(413, "request body too large")
+    if tokens is not None:
+        drop = _named(tokens)
+        if drop:
+            parts = _without(parts, drop)
+    h.path = url
+    h.host_raw = host_raw
+    h.host = host_key(host_raw)
+    h.length = length
+    h.chunked = chunked
+    h.expect = expect and (chunked or bool(length))
+    h.upgrade = upgrade_v if upgrade and upgrade_v is not None else None
+    h.te_trailers = te_trailers
+    h.lower = headers
+    h.request_id = rid if rid else b"%032x" % random.getrandbits(128)
+    # X-Forwarded-*: XFF always appended; the others ours unless a trusted hop set them.
+    if xff:
+        parts += (b"X-Forwarded-For: ", b", ".join(xff), b", ", peer.ip_b, CRLF)
+    else:
+        parts += (b"X-Forwarded-For: ", peer.ip_b, CRLF)
+    if kept is None:
+        parts += (peer.fixed, b"X-Forwarded-Host: ", host_raw, CRLF)
+    else:
+        ours = {b"x-forwarded-proto": peer.scheme, b"x-forwarded-port": peer.port_b,
+                b"x-real-ip": peer.ip_b, b"x-forwarded-host": host_raw}
+        for ln, v in ours.items():
+            if ln not in kept:
+                parts += (_CANON[ln], b": ", v, CRLF)
+    parts += (b"X-Request-ID: ", h.request_id, CRLF)
+    h.parts = parts
+    return h
+
+
+#: Raw header name -> its lower-cased form when the proxy must look at it, else None.
+#: Names repeat across requests, so one dict hit replaces lower() and a set lookup per header.
+_REQ_CODES: dict[bytes, bytes | None] = {}
+_RESP_CODES: dict[bytes, bytes | None] = {}
+_RESP_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+
+def _code(codes: dict[bytes, bytes | None], name: bytes, special: frozenset[bytes]) -> bytes | None:
+    ln = name.lower()
+    code = ln if ln in special else None
+    if len(codes) < 4096:
+        codes[name] = code
+    return code
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+
+
+def _named(tokens: bytes) -> set[bytes]:
+    """Header names listed in Connection (besides keep-alive/close/upgrade): hop-by-hop too."""
+    if tokens in _PLAIN_CONNECTION:
+        return set()
+    return {t.strip().lower() for t in tokens.split(b",")} - {b"keep-alive", b"close", b"upgrade", b""}
+
+
+def _without(parts: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Drop the header lines whose name (lower-cased) is in `names` (those named in Connection)."""
+    out: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i].lower() not in names:
+            out += parts[i : i + 4]
+    return out
+
+
+def with_set_headers(parts: list[bytes], set_headers: tuple[tuple[str, str], ...]) -> list[bytes]:
+    """RouteDecision.set_headers: replace same-named headers (rare path, copies the list)."""
+    names = {n.lower().encode("latin-1") for n, _ in set_headers}
+    out = _without(parts, names)
+    for n, v in set_headers:
+        out += (n.encode("latin-1"), b": ", v.encode("latin-1"), CRLF)
+    return out
+
+
+def upstream_head(h: RequestHead, parts: list[bytes], host: bytes, path: bytes | None = None) -> bytes:
+    """The request head sent upstream: HTTP/1.1, keep-alive, our framing."""
+    out = [h.method, b" ", path or h.path, b" HTTP/1.1\r\nHost: ", host, CRLF]
+    out += parts
+    if h.chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if h.te_trailers:
+        out.append(b"TE: trailers\r\n")
+    if h.upgrade is not None:
+        out += (b"Connection: upgrade\r\nUpgrade: ", h.upgrade, CRLF)
+    out.append(CRLF)
+    return b"".join(out)
+
+
+# -- responses -----------------------------------------------------------------------------
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class ResponseInfo:
+    """What the response head says about framing (from one pass over its headers)."""
+
+    __slots__ = ("parts", "length", "chunked", "upgrade")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        parts: list[bytes] = []
+        self.length: bytes | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+        tokens: bytes | None = None
+        codes = _RESP_CODES
+        for name, value in headers:
+            try:
+                ln = codes[name]
+            except KeyError:
+                ln = _code(codes, name, _RESP_SPECIAL)
+            if ln is None:
+                parts += (name, b": ", value, CRLF)
+            elif ln == b"content-length":
+                self.length = value
+                parts += (name, b": ", value, CRLF)
+            elif ln == b"transfer-encoding":
+                self.chunked = value.rstrip().lower().endswith(b"chunked")
+            elif ln == b"connection":
+                tokens = value if tokens is None else tokens + b"," + value
+            elif ln == b"upgrade":
+                self.upgrade = value
+        if tokens is not None:
+            drop = _named(tokens)
+            if drop:
+                parts = _without(parts, drop)
+        self.parts = parts
+
+
+def response_head(line: bytes, parts: list[bytes], extra: bytes) -> bytes:
+    out = [line]
+    out += parts
+    out += (extra, CRLF)
+    return b"".join(out)
+
+
+def local_response(status: int, text: str, *, close: bool, head_only: bool = False,
+                   request_id: bytes | None = None) -> bytes:
+    """A short plain-text response the proxy generates itself (errors, 404, 503...)."""
+    body = text.encode() + b"\n"
+    out = [status_line(status, b""), b"Content-Type: text/plain; charset=utf-8\r\n",
+           b"Content-Length: %d\r\n" % len(body)]
+    if request_id is not None:
+        out += (b"X-Request-ID: ", request_id, CRLF)
+    if close:
+        out.append(b"Connection: close\r\n")
+    out.append(CRLF)
+    if not head_only:
+        out.append(body)
+    return b"".join(out)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    out = [b"0\r\n"]
+    for name, value in trailers:
+        out += (name, b": ", value, CRLF)
+    out.append(CRLF)
+    return b"".join(out)

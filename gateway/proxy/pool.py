@@ -1,0 +1,282 @@
+"""Upstream side: one asyncio.Protocol per TCP connection and a keep-alive pool per address.
+
+An `UpstreamConnection` parses responses with httptools and hands each event to its current
+owner (an `Exchange` or a mirror sink) -- no buffering, no per-chunk task. A connection goes
+back to the pool only after a complete response on a connection both sides keep alive; the
+pool hands out the most recently used one (LIFO keeps few connections hot) and a periodic
+sweep closes those idle longer than `upstream_idle_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Protocol
+
+import httptools
+
+from gateway.proxy.tunnel import half_close
+
+log = logging.getLogger("gateway.proxy")
+
+Address = tuple[str, int]
+
+
+class Owner(Protocol):
+    """What a connection reports to whoever sent the current request on it."""
+
+    def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None: ...
+    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None: ...
+    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream address; events go to `owner`."""
+
+    __slots__ = (
+        "pool", "addr", "transport", "parser", "owner", "headers", "trailers",
+        "head_done", "interim", "keep_alive", "closed", "reused", "idle_since", "read_paused",
+        "tunnel", "got_bytes", "idle_list",
+    )
+
+    def __init__(self, pool: ConnectionPool, addr: Address) -> None:
+        self.pool = pool
+        self.addr = addr
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.owner: Owner | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.head_done = False
+        self.interim = False
+        self.keep_alive = True
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.read_paused = False
+        self.tunnel: asyncio.Protocol | None = None  # the client side once upgraded (101)
+        self.got_bytes = False  # any byte of the current response arrived
+        self.idle_list: list[UpstreamConnection] | None = None  # the pool's list for addr
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        self.pool.opened += 1
+        self.pool.live.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)  # type: ignore[attr-defined]
+            return
+        owner = self.owner
+        if owner is None:  # unsolicited bytes on an idle connection: not reusable
+            self.transport.close()
+            return
+        self.got_bytes = True
+        client = owner.client  # batch what this read produces for the client into one send
+        if client is not None and client.wbuf is None:
+            client.wbuf = []
+        else:
+            client = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.owner is owner:
+                owner.on_upgrade(self, data[exc.args[0]:])
+        except httptools.HttpParserError as exc:
+            if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
+                log.error("proxy bug while handling an upstream response", exc_info=exc.__context__)
+            if self.owner is owner:
+                self.owner = None
+                self.transport.close()
+                owner.on_upstream_failure(self, "invalid_response", exc)
+        finally:
+            if client is not None:
+                client.flush()
+                client.wbuf = None
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            return half_close(self.tunnel, self, from_client=False)  # type: ignore[arg-type]
+        return None  # close; connection_lost tells the owner (close-delimited bodies end here)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.gone(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.close()  # type: ignore[attr-defined]
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.on_upstream_failure(self, "reset", exc)
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.pause_reading()  # type: ignore[attr-defined]
+        elif self.owner is not None:
+            self.owner.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.resume_reading()  # type: ignore[attr-defined]
+        elif self.owner is not None:
+            self.owner.upstream_write_paused(False)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    # No on_message_begin/on_status (callbacks cost): per-message state is reset in
+    # on_message_complete, and the client gets the standard reason phrase (as Envoy does).
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+        else:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True  # 100/102/103: not relayed (we answered 100 ourselves)
+            return
+        self.head_done = True
+        self.keep_alive = ka = self.parser.should_keep_alive()
+        self.owner.on_response_head(self, status, b"", self.headers, ka)  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        self.owner.on_response_body(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        self.headers = []
+        self.head_done = False
+        if self.interim:
+            self.interim = False
+            return
+        owner = self.owner
+        if owner is not None:
+            owner.on_response_complete(self, self.keep_alive)
+        if self.trailers is not None:
+            self.trailers = None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.owner = None
+        if not self.closed:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per upstream address, LIFO."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int, idle_timeout: float) -> None:
+        self.loop = loop
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle: dict[Address, list[UpstreamConnection]] = {}
+        self.opened = 0
+        self.closed = 0
+        self.closing = False
+        self.live: set[UpstreamConnection] = set()  # every open connection, idle or busy
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.live)
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self.idle.values())
+
+    def acquire(self, addr: Address) -> UpstreamConnection | None:
+        lst = self.idle.get(addr)
+        while lst:
+            conn = lst.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self, addr: Address) -> UpstreamConnection:
+        _, conn = await self.loop.create_connection(
+            lambda: UpstreamConnection(self, addr), addr[0], addr[1])
+        return conn
+
+    def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        """A connection whose response completed and whose request was fully sent."""
+        conn.owner = None
+        if conn.closed:
+            return
+        lst = conn.idle_list
+        if lst is None:
+            lst = self.idle.get(conn.addr)
+            if lst is None:
+                lst = self.idle[conn.addr] = []
+            conn.idle_list = lst
+        if self.closing or len(lst) >= self.max_idle or not conn.keep_alive:
+            conn.transport.close()
+            return
+        if conn.read_paused:
+            conn.resume_reading()
+        conn.got_bytes = False
+        conn.idle_since = now or self.loop.time()
+        lst.append(conn)
+
+    def gone(self, conn: UpstreamConnection) -> None:
+        self.closed += 1
+        self.live.discard(conn)
+        lst = self.idle.get(conn.addr)
+        if lst and conn in lst:
+            lst.remove(conn)
+
+    def start(self) -> None:
+        period = max(0.05, min(5.0, self.idle_timeout / 2))
+        self._sweeper = self.loop.call_later(period, self._sweep, period)
+
+    def _sweep(self, period: float) -> None:
+        limit = self.loop.time() - self.idle_timeout
+        for lst in self.idle.values():
+            for c in [c for c in lst if c.idle_since <= limit]:
+                c.transport.close()
+        if len(self.idle) > 64:  # forget addresses nobody is connected to any more
+            used = {c.addr for c in self.live}
+            for addr in [a for a, lst in self.idle.items() if not lst and a not in used]:
+                del self.idle[addr]
+        self._sweeper = self.loop.call_later(period, self._sweep, period)
+
+    def close_idle(self) -> None:
+        for lst in self.idle.values():
+            for c in lst:
+                c.transport.close()
+            lst.clear()  # in place: busy connections keep a reference (idle_list)
+
+    def close(self) -> None:
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.close_idle()

@@ -1,0 +1,110 @@
+"""The HTTP/1.1 listener: accepts client connections, owns the upstream pool and mirrors.
+
+`router` is a plain attribute: assigning a new Router applies to every request whose head
+completes afterwards; requests in flight keep the decision they got and no connection is
+touched (issue item 15). The cluster manager is consulted per attempt, so endpoint changes
+apply to the next pick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from gateway.proxy.client import IDLE, ClientConnection
+from gateway.proxy.config import Limits
+from gateway.proxy.hooks import ProxyHooks
+from gateway.proxy.mirror import MirrorSender
+from gateway.proxy.pool import ConnectionPool
+from gateway.types import ClusterManager, Router
+
+log = logging.getLogger("gateway.proxy")
+
+
+class ProxyServer:
+    """`await start(host, port)` -> bound port; `await stop(grace)` drains, then closes."""
+
+    def __init__(
+        self,
+        router: Router,
+        clusters: ClusterManager,
+        *,
+        metrics: ProxyHooks | None = None,
+        limits: Limits | None = None,
+        xff_trusted: Iterable[str] = (),
+        scheme: str = "http",
+    ) -> None:
+        self.router = router
+        self.clusters = clusters
+        self.hooks = metrics if metrics is not None else ProxyHooks()
+        self.limits = limits if limits is not None else Limits()
+        #: Peers whose X-Forwarded-Proto/Host/Port and X-Real-IP we keep (other proxies, LBs).
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in xff_trusted]
+        self._trust_cache: dict[str, bool] = {}
+        self.scheme = scheme
+        self.conns: set[ClientConnection] = set()
+        self.stopping = False
+        self.port = 0
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.pool: ConnectionPool = None  # type: ignore[assignment]
+        self.mirror: MirrorSender = None  # type: ignore[assignment]
+        self._server: asyncio.Server | None = None
+        self._drained: asyncio.Event | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.loop = asyncio.get_running_loop()
+        lim = self.limits
+        self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
+        self.mirror = MirrorSender(self)
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.pool.start()
+        log.info("proxy listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; idle connections close now, busy ones after their response
+        (announced with `Connection: close`); whatever is left after `grace` is cut."""
+        if self._server is None:
+            return
+        self.stopping = True
+        self._server.close()
+        for c in list(self.conns):
+            if c.exchange is None and c.tunnel is None and not c.pipeline and c.state == IDLE:
+                c.close()
+        if self.conns:
+            self._drained = asyncio.Event()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        for c in list(self.conns):
+            c.abort()
+        await self.mirror.stop()
+        self.pool.close()
+        await asyncio.sleep(0)
+        self._server = None
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.conns.discard(conn)
+        self.hooks.connection_closed()
+        if self._drained is not None and not self.conns:
+            self._drained.set()
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        hit = self._trust_cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                hit = any(addr in net for net in self.trusted)
+            except ValueError:
+                hit = False
+            if len(self._trust_cache) < 4096:
+                self._trust_cache[ip] = hit
+        return hit

@@ -1,0 +1,139 @@
+"""Gateway data path: fire-and-forget mirroring (backend and URL targets, -shadow host,
+sampling, in-flight and body caps; a slow or dead mirror never touches the primary)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import aiohttp
+import pytest
+from gwkit import Env, dead_endpoint, decision, eventually
+
+from gateway.proxy import Limits
+from gateway.proxy.mirror import parse_target, shadow_host
+from gateway.types import BackendRef, MirrorPolicy
+
+SHADOW = BackendRef("default", "shadow", 80)
+
+
+@pytest.fixture
+async def env():
+    e = Env()
+    yield e
+    await e.close()
+
+
+async def fetch(env: Env, path: str = "/echo", method: str = "GET", **kw: object) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.request(method, env.url(path), **kw) as r:  # type: ignore[arg-type]
+        return r.status, await r.read()
+
+
+async def test_mirror_to_backend_gets_shadow_host_and_body(env: Env) -> None:
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    body = b"m" * 5000
+    status, _ = await fetch(env, "/echo?a=1", "POST", data=body, headers={"Host": "shop.example:8080"})
+    assert status == 200
+    await eventually(lambda: len(shadow.requests) == 1)
+    req = shadow.requests[0]
+    assert req.path == "/echo?a=1" and req.method == "POST"
+    assert req.header("host") == "shop.example-shadow:8080"
+    assert req.body == body and req.header("x-forwarded-for") == "127.0.0.1"
+    await eventually(lambda: env.hooks.mirrors == ["sent"])
+
+
+async def test_mirror_url_target_with_request_uri_and_host_override(env: Env) -> None:
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    url = f"http://127.0.0.1:{shadow.port}/copy$request_uri"
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(url=url, host="mirror.example"),))))
+    chunks = [b"a" * 3000, b"b" * 3000]
+
+    async def gen():
+        for c in chunks:
+            yield c
+
+    assert (await fetch(env, "/orig?q=1", "PUT", data=gen()))[0] == 200
+    await eventually(lambda: len(shadow.requests) == 1)
+    req = shadow.requests[0]
+    assert req.path == "/copy/orig?q=1" and req.header("host") == "mirror.example"
+    assert req.header("content-length") == "6000" and req.body == b"".join(chunks)
+
+
+async def test_slow_or_dead_mirror_never_delays_or_fails_the_primary(env: Env) -> None:
+    await env.upstream("primary")
+    slow = await env.upstream("slow", "c2", ref=SHADOW)
+    slow.default_status = 500
+    slow.delay = 1.0
+    dead = BackendRef("default", "dead", 80)
+    env.backends[dead] = [dead_endpoint()]
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW), MirrorPolicy(backend=dead)))),
+                    limits=Limits(mirror_timeout=0.5))
+    t0 = time.monotonic()
+    for _ in range(3):
+        status, body = await fetch(env)
+        assert status == 200 and b'"server": "primary"' in body
+    assert time.monotonic() - t0 < 0.5
+    await eventually(lambda: sorted(env.hooks.mirrors) == ["failed"] * 6, within=3)
+    assert [o for _, o, _ in env.clusters.reports] == ["success"] * 3  # mirrors report nothing
+
+
+async def test_mirror_in_flight_cap_drops_mirrors_not_primaries(env: Env) -> None:
+    await env.upstream("primary")
+    slow = await env.upstream("slow", "c2", ref=SHADOW)
+    slow.delay = 0.4
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))),
+                    limits=Limits(max_mirrors_in_flight=2))
+    results = await asyncio.gather(*(fetch(env) for _ in range(6)))
+    assert [s for s, _ in results] == [200] * 6
+    await eventually(lambda: sorted(env.hooks.mirrors) == ["dropped"] * 4 + ["sent"] * 2, within=3)
+    assert len(slow.requests) == 2
+    assert env.proxy is not None and env.proxy.mirror.in_flight == 0
+
+
+async def test_mirror_body_cap(env: Env) -> None:
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))),
+                    limits=Limits(max_mirror_body=1000))
+    big, small = b"B" * 2000, b"s" * 500
+
+    async def gen(data: bytes):
+        yield data[:700]
+        yield data[700:]
+
+    assert (await fetch(env, "/echo", "POST", data=big))[0] == 200  # known too long: dropped
+    status, body = await fetch(env, "/echo", "POST", data=gen(big))  # found too long while streaming
+    assert status == 200 and hashlib.sha256(big).hexdigest().encode() in body
+    assert (await fetch(env, "/echo", "POST", data=small))[0] == 200
+    await eventually(lambda: len(env.hooks.mirrors) == 3)
+    assert sorted(env.hooks.mirrors) == ["dropped", "dropped", "sent"]
+    assert [r.body for r in shadow.requests] == [small]
+
+
+async def test_mirror_percentage_and_no_body(env: Env) -> None:
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    other = BackendRef("default", "other", 80)
+    never = await env.upstream("never", "c2", ref=other)
+    await env.start(("*", "/", decision(mirrors=(
+        MirrorPolicy(backend=SHADOW, request_body=False, shadow_suffix=False),
+        MirrorPolicy(backend=other, percentage=0.0)))))
+    for _ in range(5):
+        assert (await fetch(env, "/echo", "POST", data=b"body"))[0] == 200
+    await eventually(lambda: len(shadow.requests) == 5)
+    assert never.requests == []
+    assert all(r.body == b"" and r.header("content-length") is None for r in shadow.requests)
+    assert shadow.requests[0].header("host") == f"127.0.0.1:{env.port}"
+
+
+def test_target_and_shadow_host_parsing() -> None:
+    assert parse_target("http://10.0.0.1:9000$request_uri") == ("10.0.0.1", 9000, "$request_uri")
+    assert parse_target("http://mirror.example/x?y=1") == ("mirror.example", 80, "/x?y=1")
+    assert parse_target("http://[::1]:81") == ("::1", 81, "")
+    assert parse_target("https://secure.example$request_uri") is None
+    assert shadow_host(b"cluster1") == b"cluster1-shadow"
+    assert shadow_host(b"a.example:8080") == b"a.example-shadow:8080"
