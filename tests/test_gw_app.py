@@ -1,0 +1,146 @@
+"""The gateway process: Ingresses in the hub and endpoints in the members, through real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+from fleetkit import endpoint, eventually, source_slice
+from gwkit import Upstream
+
+from gateway.app import GatewayApp
+from mcs_controller.access.embedded import EmbeddedCluster
+from mcs_controller.access.resources import ENDPOINT_SLICES, INGRESSES, NAMESPACES, SERVICES
+from mcs_controller.access.served import serve_cluster
+
+ANN = "multicluster.amcs.dev/"
+
+
+def ingress(name: str, host: str, service: str, annotations: dict | None = None,
+            class_name: str | None = "amcs") -> dict:
+    spec: dict = {"rules": [{"host": host, "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": service, "port": {"number": 80}}}}]}}]}
+    if class_name:
+        spec["ingressClassName"] = class_name
+    return {"metadata": {"name": name, "namespace": "demo", "annotations": annotations or {}},
+            "spec": spec}
+
+
+async def world(upstreams: dict[str, Upstream]) -> tuple[EmbeddedCluster, dict[str, EmbeddedCluster]]:
+    """A hub and one member per upstream, each member's `web` Service backed by that upstream."""
+    hub = EmbeddedCluster("hub")
+    await hub.create(NAMESPACES, {"metadata": {"name": "demo"}})
+    members = {}
+    for i, (name, up) in enumerate(upstreams.items()):
+        c = EmbeddedCluster(name, service_cidr=f"10.{60 + i}.0.0/16")
+        await c.create(NAMESPACES, {"metadata": {"name": "demo"}})
+        await c.create(SERVICES, {"metadata": {"name": "web", "namespace": "demo"},
+                                  "spec": {"selector": {"app": "web"},
+                                           "ports": [{"name": "http", "port": 80, "targetPort": up.port}]}})
+        await c.create(ENDPOINT_SLICES, source_slice("web", "demo", [endpoint(up.host)],
+                                                     ports=[{"name": "http", "port": up.port}]))
+        members[name] = c
+    return hub, members
+
+
+async def get(url: str, host: str, headers: dict | None = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"Host": host, **(headers or {})}) as r:
+        return r.status, await r.text()
+
+
+async def test_ingress_changes_apply_within_a_second_and_admin_shows_routes_and_metrics():
+    ups = {c: await Upstream(c, host=f"127.0.{70 + i}.1").start() for i, c in enumerate(("east", "west"))}
+    hub, members = await world(ups)
+    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=("127.0.0.1", 0))
+    await app.start()
+    try:
+        await app.wait_ready()
+        url = f"http://127.0.0.1:{app.proxy.port}/hello"
+        assert (await get(url, "shop.example.com"))[0] == 404
+        await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web",
+                                            {f"{ANN}cluster-header": "x-mcs-cluster"}))
+        # another controller's Ingress is ignored
+        await hub.create(INGRESSES, ingress("other", "other.example.com", "web", class_name="nginx"))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await eventually(lambda: _status_is(url, "shop.example.com", 200), within=1.0)
+        assert loop.time() - start < 1.0
+        assert (await get(url, "other.example.com"))[0] == 404
+        # header routing to a named cluster
+        for cluster in ("east", "west"):
+            await get(url, "shop.example.com", {"x-mcs-cluster": cluster})
+            assert ups[cluster].requests[-1].path == "/hello"
+        # a bad annotation is reported and ignored, the rest keeps serving
+        await hub.patch(INGRESSES, "demo", "shop", {"metadata": {"annotations": {
+            f"{ANN}cluster-weights": "east=fifty"}}})
+        await eventually(lambda: app.problems, within=1.0)
+        assert (await get(url, "shop.example.com"))[0] == 200
+        admin = f"http://127.0.0.1:{app.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{admin}/routes") as r:
+                routes = await r.json()
+            async with s.get(f"{admin}/metrics") as r:
+                metrics = await r.text()
+            async with s.get(f"{admin}/readyz") as r:
+                assert r.status == 200
+        assert any("cluster-weights" in p for p in routes["problems"])
+        clusters = {ep["cluster"] for b in routes["backends"] for ep in b["endpoints"]}
+        assert clusters == {"east", "west"}
+        assert 'gateway_requests_total{cluster="east",route="demo/shop|shop.example.com/",status="200"}' in metrics
+        assert "gateway_active_connections" in metrics and "gateway_endpoints" in metrics
+    finally:
+        await app.stop()
+        for up in ups.values():
+            await up.stop()
+
+
+async def _status_is(url: str, host: str, status: int) -> bool:
+    return (await get(url, host))[0] == status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
+    ups = {"east": await Upstream("east", host="127.0.72.1").start()}
+    hub, members = await world(ups)
+    await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    servers = {name: await serve_cluster(c, "127.0.0.1", 0) for name, c in {"hub": hub, **members}.items()}
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}
+    for name, server in servers.items():
+        for key, items in server.kubeconfig(name).items():
+            if isinstance(items, list):
+                config[key] += items
+    config["current-context"] = "hub"
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump({
+        "kubeconfig": str(tmp_path / "kubeconfig"), "hub": {"context": "hub"},
+        "clusters": [{"name": "east", "context": "east"}]}))
+    port, admin = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(tmp_path / "fleet.yaml"),
+        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert b"gateway listening on http 127.0.0.1:" in line, line
+        await eventually(lambda: _status_is(f"http://127.0.0.1:{port}/x", "shop.example.com", 200),
+                         within=10.0)
+        assert ups["east"].requests[-1].path == "/x"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 10)
+        for server in servers.values():
+            await server.stop()
+        await ups["east"].stop()
+    assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
