@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -19,8 +20,10 @@ from gateway.proxy import Limits, ProxyServer
 from gateway.routing import build_route_table
 from gateway.upstream import UpstreamManager
 from mcs_controller.access.api import ClusterClient
+from mcs_controller.access.errors import ApiError
 from mcs_controller.access.informer import Informer
-from mcs_controller.access.resources import INGRESS_CLASSES, INGRESSES
+from mcs_controller.access.resources import EVENTS, INGRESS_CLASSES, INGRESSES
+from mcs_controller.model.timestamps import rfc3339
 from mcs_controller.ops.admin import AdminServer
 from mcs_controller.ops.metrics import new_registry
 
@@ -46,6 +49,8 @@ class GatewayApp:
         self.metrics = GatewayMetrics(self.registry)
         self.upstream = UpstreamManager(members)
         self.registry.register(UpstreamCollector(self.upstream))
+        self.hub = hub
+        self._event_tasks: set[asyncio.Task] = set()
         self.ingresses = Informer(hub, INGRESSES)
         self.classes = Informer(hub, INGRESS_CLASSES)
         self.class_name, self.controller_name = class_name, controller
@@ -139,6 +144,7 @@ class GatewayApp:
         for problem in problems:
             if str(problem) not in old:
                 log.warning("%s", problem)
+                self._record_event(problem)
         self.problems = problems
         self.upstream.sync(table.backends())
         self.proxy.router = table
@@ -146,6 +152,33 @@ class GatewayApp:
         self.metrics.config_reloads.inc()
         self.metrics.config_problems.set(len(problems))
         self._built.set()
+
+    def _record_event(self, problem) -> None:
+        """A Warning Event on the Ingress, so `kubectl describe ingress` shows what was ignored."""
+        ns, _, name = problem.ingress.partition("/")
+        ingress = self.ingresses.get(ns, name)
+        if ingress is None:
+            return
+        now = rfc3339(time.time())
+        event = {
+            "metadata": {"generateName": f"{name}.", "namespace": ns},
+            "involvedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                               "name": name, "namespace": ns,
+                               "uid": ingress["metadata"].get("uid", "")},
+            "reason": "AnnotationIgnored" if problem.annotation else "IngressIgnored",
+            "message": str(problem), "type": "Warning",
+            "source": {"component": "amcs-gateway"}, "reportingComponent": "amcs.dev/gateway",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        task = asyncio.get_running_loop().create_task(self._create_event(event))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _create_event(self, event: dict) -> None:
+        try:
+            await self.hub.create(EVENTS, event)
+        except ApiError as exc:  # events are best effort (RBAC may not allow them)
+            log.debug("cannot record event: %s", exc)
 
     # -- admin -----------------------------------------------------------------------------------
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mcs_controller.access.api import JSON, ClusterClient
-from mcs_controller.access.embedded import rfc3339
 from mcs_controller.access.errors import Conflict
 from mcs_controller.access.informer import Informer
 from mcs_controller.access.resources import PODS
+from mcs_controller.model.timestamps import rfc3339
 
 log = logging.getLogger("mcs_fleet.pods")
 

@@ -15,7 +15,13 @@ from gwkit import Upstream
 
 from gateway.app import GatewayApp
 from mcs_controller.access.embedded import EmbeddedCluster
-from mcs_controller.access.resources import ENDPOINT_SLICES, INGRESSES, NAMESPACES, SERVICES
+from mcs_controller.access.resources import (
+    ENDPOINT_SLICES,
+    EVENTS,
+    INGRESSES,
+    NAMESPACES,
+    SERVICES,
+)
 from mcs_controller.access.served import serve_cluster
 
 ANN = "multicluster.amcs.dev/"
@@ -90,6 +96,10 @@ async def test_ingress_changes_apply_within_a_second_and_admin_shows_routes_and_
             async with s.get(f"{admin}/readyz") as r:
                 assert r.status == 200
         assert any("cluster-weights" in p for p in routes["problems"])
+        events = (await hub.list(EVENTS, "demo")).items
+        assert [(e["reason"], e["involvedObject"]["name"], e["type"]) for e in events] == [
+            ("AnnotationIgnored", "shop", "Warning")]
+        assert "cluster-weights" in events[0]["message"]
         clusters = {ep["cluster"] for b in routes["backends"] for ep in b["endpoints"]}
         assert clusters == {"east", "west"}
         assert 'gateway_requests_total{cluster="east",route="demo/shop|shop.example.com/",status="200"}' in metrics

@@ -41,6 +41,7 @@ from mcs_controller.access.resources import (
     SERVICES,
     Resource,
 )
+from mcs_controller.model.timestamps import rfc3339
 
 #: Resources whose status is written only through the `/status` subresource.
 _STATUS_SUBRESOURCE = {
@@ -51,10 +52,6 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server's generateNam
 _INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 ObjKey = tuple[str, str]  # (namespace or "", name)
-
-
-def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @dataclass

@@ -13,7 +13,6 @@ import logging
 import time
 
 from mcs_controller.access.api import JSON, ClusterClient
-from mcs_controller.access.embedded import rfc3339
 from mcs_controller.access.errors import ApiError, Conflict, Unreachable
 from mcs_controller.access.informer import Informer
 from mcs_controller.access.resources import (
@@ -35,6 +34,7 @@ from mcs_controller.model.desired import (
     import_object,
     shadow_object,
 )
+from mcs_controller.model.timestamps import rfc3339
 
 log = logging.getLogger("mcs_controller")
 Key = tuple[str, str]
