@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listen", type=host_port, default=("0.0.0.0", 8080), help="HTTP listener")
     p.add_argument("--admin", type=host_port, default=("0.0.0.0", 8082),
                    help="/metrics /healthz /readyz /routes")
-    p.add_argument("--class", dest="class_name", default="amcs", help="our IngressClass name")
-    p.add_argument("--controller", default="amcs.dev/gateway", help="our IngressClass spec.controller")
+    p.add_argument("--class", dest="class_name", default="amcs", help="our IngressClass name (default: %(default)s)")
+    p.add_argument("--controller", default="amcs.dev/gateway", help="our IngressClass spec.controller (default: %(default)s)")
     p.add_argument("--watch-ingress-without-class", action="store_true",
                    help="also serve Ingresses with no class (ingress-nginx's flag)")
     p.add_argument("--log-level", default="info")
