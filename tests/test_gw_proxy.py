@@ -9,7 +9,7 @@ import re
 
 import aiohttp
 import pytest
-from gwkit import REF, Env, closed, decision, raw, read_response
+from gwkit import REF, Env, FixedRouter, closed, decision, raw, read_response
 
 from gateway.types import BackendRef, Endpoint
 
@@ -167,7 +167,6 @@ async def test_router_swap_keeps_inflight_requests_and_connections(env: Env) -> 
     async with raw(env.port) as (r, w), aiohttp.ClientSession() as s:
         w.write(b"GET /sleep/0.3 HTTP/1.1\r\nHost: a\r\n\r\n")
         await asyncio.sleep(0.1)
-        from gwkit import FixedRouter
         env.proxy.router = FixedRouter([("*", "/", decision(new_ref, route_name="new"))])
         async with s.get(env.url("/echo")) as other:
             assert (await other.json())["server"] == "new"

@@ -8,9 +8,10 @@ import asyncio
 import time
 
 import pytest
-from gwkit import Env, closed, raw, read_response
+from gwkit import Env, closed, decision, raw, read_response
 
 from gateway.proxy import Limits
+from gateway.types import Timeouts
 
 
 @pytest.fixture
@@ -160,3 +161,13 @@ async def test_chunked_body_over_the_limit_is_413(env: Env) -> None:
     chunk = b"40\r\n" + b"x" * 64 + b"\r\n"
     await rejected(env, b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                    + chunk * 2 + b"0\r\n\r\n", 413)
+
+
+async def test_client_stalling_its_body_gets_408_and_the_upstream_is_not_blamed(env: Env) -> None:
+    await env.upstream("u1")
+    await env.start(("*", "/", decision(timeouts=Timeouts(send=0.2))))
+    async with raw(env.port) as (r, w):
+        w.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly some")
+        resp = await read_response(r)
+        assert resp.status == 408 and await closed(r)
+    assert env.clusters.reports == []

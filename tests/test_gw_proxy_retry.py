@@ -260,3 +260,40 @@ async def test_no_leaked_sockets_after_a_burst_with_failures(env: Env) -> None:
     env.proxy.pool.close_idle()
     await eventually(lambda: open_fds() <= before and env.proxy is not None
                      and env.proxy.pool.open_connections == 0, within=3.0)
+
+
+async def test_attempts_budget_and_backoff_bound_the_retries(env: Env) -> None:
+    env.backends[REF] = [dead_endpoint(f"c{i}") for i in range(5)]
+    await env.start()  # default policy: 3 attempts, backoff 25 ms base, 250 ms cap
+    t0 = time.monotonic()
+    status, text = await get(env, "/")
+    assert status == 502 and "connect error" in text
+    assert env.clusters.outcomes() == ["connect_failure"] * 3
+    assert env.hooks.retries == 2 and time.monotonic() - t0 < 0.5
+    assert len({e.cluster for e, _, _ in env.clusters.reports}) == 3  # each retry another cluster
+
+
+async def test_a_closed_pooled_connection_gets_one_free_retry(env: Env) -> None:
+    """The upstream drops a kept-alive connection when the next request arrives (the idle-close
+    race): the proxy retries once on a fresh connection, without blaming the endpoint."""
+    conns = 0
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second request on this connection...
+        writer.transport.abort()  # ...finds it closed
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    env.backends[REF] = [Endpoint("c1", "127.0.0.1", server.sockets[0].getsockname()[1])]
+    await env.start()
+    try:
+        for _ in range(3):
+            assert await get(env, "/") == (200, "ok")
+    finally:
+        server.close()
+    assert conns == 3 and env.clusters.outcomes() == ["success"] * 3
+    assert env.hooks.retries == 0

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from gateway.proxy.exchange import PAUSE_PENDING, PAUSE_UPSTREAM, Exchange
+from gateway.proxy.exchange import Exchange
 from gateway.proxy.heads import Peer, Reject, local_response, parse_request
+from gateway.proxy.states import PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM
 from gateway.proxy.tunnel import half_close
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.proxy")
 
 IDLE, HEAD, BODY = range(3)  # where the parser is
-PAUSE_PIPELINE = 1
-__all__ = ["ClientConnection", "PAUSE_PENDING", "PAUSE_PIPELINE", "PAUSE_UPSTREAM"]
 
 
 class _Stop(Exception):
@@ -246,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, ex: Exchange, now: float = 0.0) -> None:
         if self.exchange is ex:
             self.exchange = None
+        if self.paused & (PAUSE_PENDING | PAUSE_UPSTREAM):  # that exchange's reasons end with it
+            self.resume_reading(PAUSE_PENDING | PAUSE_UPSTREAM)
         if self.tunnel is not None:
             return
         if ex.client_close or self.parsing is ex or self.server.stopping:

@@ -14,24 +14,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from typing import TYPE_CHECKING
 
 from gateway.proxy.heads import (
-    CRLF,
     LazyHeaders,
     Reject,
     RequestHead,
-    ResponseInfo,
     chunk,
     last_chunk,
     local_response,
-    response_head,
-    status_line,
     upstream_head,
     with_set_headers,
 )
-from gateway.proxy.tunnel import splice
+from gateway.proxy.response import ResponseSide
+from gateway.proxy.retry import RetrySide
+from gateway.proxy.states import (
+    CONNECTING,
+    DONE,
+    INF,
+    M_NONE,
+    NEW,
+    PAUSE_PENDING,
+    PAUSE_UPSTREAM,
+    SENT,
+)
 from gateway.types import Endpoint, RequestView, RouteDecision
 
 if TYPE_CHECKING:
@@ -40,24 +46,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.proxy")
 
-INF = float("inf")
-NEW, CONNECTING, SENT, STREAMING, DRAINING, BACKOFF, DONE = range(7)
-M_NONE, M_LENGTH, M_CHUNK, M_RAW = range(4)  # response framing towards the client
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-#: cause -> (status, short text, outcome reported to the cluster manager)
-_CAUSES = {
-    "connect_failure": (502, "upstream connect error", "connect_failure"),
-    "connect_timeout": (504, "upstream connect timeout", "timeout"),
-    "reset": (502, "upstream connection reset before response", "reset"),
-    "invalid_response": (502, "invalid response from upstream", "gateway_error"),
-    "timeout": (504, "upstream response timeout", "timeout"),
-    "send_timeout": (504, "upstream send timeout", "timeout"),
-}
-PAUSE_UPSTREAM, PAUSE_PENDING = 2, 4
 
 
-class Exchange:
+class Exchange(ResponseSide, RetrySide):
     """State of one request/response; created when the client's request head is complete."""
 
     # Class-level defaults: __init__ sets only what differs per request (a hot path).
@@ -285,236 +278,6 @@ class Exchange:
         self._drop_conn()
         self._end_attempt(None, None)
         self.respond(r.status, r.reason)
-
-    # -- response (from the upstream connection) ----------------------------------------------
-
-    def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
-        if conn is not self.conn:
-            return
-        d = self.decision
-        assert d is not None
-        h = self.head
-        if status in d.retry.on_statuses and self._may_retry("status"):
-            self.phase = DRAINING
-            self.wire = False
-            self._end_attempt("http_5xx", status, f"status_{status}")
-            self.last_error = (status, f"upstream answered {status}")
-            if h.head_only:
-                self._drop_conn()
-                self._retry()
-            return
-        self.status = status
-        info = ResponseInfo(headers)
-        c = self.client
-        if status == 101:
-            if h.upgrade is None:
-                self._drop_conn()
-                self._failed("invalid_response", "101 without an upgrade request")
-                return
-            self.upgraded = self.resp_started = True
-            extra = b"Connection: upgrade\r\nUpgrade: " + (info.upgrade or h.upgrade) + CRLF
-            c.write(response_head(status_line(101, reason), info.parts, extra))
-            return
-        if h.head_only or status == 204 or status == 304:
-            mode = M_NONE
-        elif info.length is not None:
-            mode = M_LENGTH
-        else:
-            self.resp_eof = not info.chunked
-            mode = M_RAW if h.http10 else M_CHUNK
-        self.resp_mode = mode
-        close = (not h.keep_alive or mode == M_RAW or h.upgrade is not None
-                 or self.server.stopping or c.closing)
-        self.client_close = close
-        if close:
-            extra = b"Transfer-Encoding: chunked\r\nConnection: close\r\n" if mode == M_CHUNK else b"Connection: close\r\n"
-        elif mode == M_CHUNK:
-            extra = b"Transfer-Encoding: chunked\r\n"
-        else:
-            extra = b"Connection: keep-alive\r\n" if h.http10 else b""
-        c.write(response_head(status_line(status, reason), info.parts, extra))
-        self.resp_started = True
-        self.phase = STREAMING
-        self.progress += 1  # the read timeout is re-armed lazily from here on (on_deadline)
-        if h.head_only:  # llhttp would wait for the announced body: end here, do not reuse
-            conn.keep_alive = False
-            self.on_response_complete(conn, False)
-
-    def on_response_body(self, data: bytes) -> None:
-        if self.phase != STREAMING:
-            return
-        self.progress += 1
-        if self.resp_mode == M_CHUNK:
-            if data:
-                self.client.write(chunk(data))
-        else:
-            self.client.write(data)
-
-    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        if conn is not self.conn or self.upgraded:  # 101: llhttp completes it, splicing follows
-            return
-        self.conn = None
-        self.wire = False
-        now = self.client.loop.time()
-        if keep_alive and self.req_sent and conn.keep_alive:
-            self.server.pool.release(conn, now)
-        else:
-            conn.close()
-        if self.phase == DRAINING:
-            self._retry()
-            return
-        if self.resp_mode == M_CHUNK:
-            self.client.write(last_chunk(conn.trailers))
-        self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
-        self._finish(now)
-
-    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
-        if conn is not self.conn or not self.upgraded:
-            self._drop_conn()
-            return
-        self.conn = None
-        conn.owner = None
-        self._end_attempt("success", 101)
-        splice(self.client, conn, rest)
-        self._finish()
-
-    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
-        if conn is not self.conn:
-            return
-        self.conn = None
-        self.wire = False
-        self.client.resume_reading(PAUSE_UPSTREAM)
-        if self.phase == DRAINING:
-            self._retry()
-        elif self.phase == STREAMING:
-            if cause == "reset" and exc is None and self.resp_eof:  # close-delimited body ended
-                if self.resp_mode == M_CHUNK:
-                    self.client.write(last_chunk(None))
-                self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
-                self._finish()
-            else:
-                self._end_attempt(_CAUSES[cause][2], None, cause)
-                self._abort_client()
-        else:
-            self._failed(cause, str(exc) if exc else "")
-
-    def upstream_write_paused(self, paused: bool) -> None:
-        if paused:
-            self.client.pause_reading(PAUSE_UPSTREAM)
-        else:
-            self.client.resume_reading(PAUSE_UPSTREAM)
-
-    def client_write_paused(self, paused: bool) -> None:
-        conn = self.conn
-        if conn is not None:
-            if paused:
-                conn.pause_reading()
-            else:
-                conn.resume_reading()
-
-    # -- failures, retries, timeouts ---------------------------------------------------------
-
-    def _failed(self, cause: str, detail: str) -> None:
-        """An attempt failed before any response byte reached the client."""
-        status, text, outcome = _CAUSES[cause]
-        stale = (cause == "reset" and self.stale_ok and self.free_retry)
-        if stale:  # a pooled keep-alive connection the upstream had closed: not its fault
-            self.free_retry = False
-            self._end_attempt(None, None)
-            self.attempts -= 1
-            self.tried.pop()  # type: ignore[union-attr]
-        else:
-            self._end_attempt(outcome, None, cause)
-        self.last_error = (status, f"{text}: {detail}" if detail else text)
-        if self._may_retry(cause, stale):
-            self._retry(0.0 if stale else None)
-        else:
-            self.respond(*self.last_error)
-
-    def _may_retry(self, cause: str, stale: bool = False) -> bool:
-        d = self.decision
-        if self.resp_started or self.done or d is None:
-            return False
-        r = d.retry
-        if not stale and self.attempts >= r.attempts:
-            return False
-        if self.client.loop.time() >= self.total_deadline:
-            return False
-        if cause == "connect_failure":  # the request never left
-            return r.on_error
-        if cause == "connect_timeout":
-            return r.on_timeout
-        if not (self.head.idempotent or r.non_idempotent):
-            return False
-        if self.replay is None and self.body_sent:
-            return False  # the body started flowing and is longer than the replay buffer
-        if cause == "timeout" or cause == "send_timeout":
-            return r.on_timeout
-        if cause == "status":
-            return True
-        return r.on_error
-
-    def _retry(self, delay: float | None = None) -> None:
-        d = self.decision
-        assert d is not None
-        self.phase = BACKOFF
-        if self.replay is not None:
-            self.pending = list(self.replay)
-            self.pending_size = self.replay_size
-            self.body_sent = 0
-        self.req_sent = False
-        self.client.resume_reading(PAUSE_UPSTREAM)
-        if delay is None:
-            self.server.hooks.retry(self.route)
-            r = d.retry
-            delay = random.uniform(0, min(r.backoff_max, r.backoff_base * (2 ** self.attempts - 1)))
-        self.deadline = self.total_deadline
-        if self.deadline != INF:
-            self.client.arm(self.deadline)
-        self.backoff = self.client.loop.call_later(delay, self._attempt)
-
-    def _set_deadline(self, when: float) -> None:
-        self.deadline = when if when < self.total_deadline else self.total_deadline
-        self.client.arm(self.deadline)
-
-    def on_deadline(self, now: float) -> None:
-        """Called by the client connection's timer once `now >= self.deadline`."""
-        if self.done:
-            return
-        if now >= self.total_deadline:
-            self._cancel_pending()
-            self._drop_conn()
-            self._end_attempt("timeout", None, "timeout")
-            if self.resp_started:
-                self._abort_client()
-            else:
-                self.respond(504, "upstream request timeout")
-            return
-        phase = self.phase
-        d = self.decision
-        assert d is not None
-        if phase == CONNECTING:
-            self._cancel_pending()
-            self._failed("connect_timeout", "")
-        elif phase == SENT:
-            if not self.req_sent and self.progress != self.seen:
-                self.seen = self.progress
-                self._set_deadline(now + d.timeouts.send)
-                return
-            self._drop_conn()
-            self._failed("timeout" if self.req_sent else "send_timeout", "")
-        elif phase in (STREAMING, DRAINING):
-            if self.progress != self.seen:
-                self.seen = self.progress
-                self._set_deadline(now + d.timeouts.read)
-                return
-            self._drop_conn()
-            if phase == DRAINING:
-                self._retry()
-            else:
-                self._end_attempt("timeout", None, "timeout")
-                self._abort_client()
 
     # -- endings ------------------------------------------------------------------------------
 

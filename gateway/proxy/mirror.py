@@ -2,10 +2,11 @@
 
 A mirror copy is planned when the primary is routed (percentage sampling, in-flight cap),
 collects the request body by reference while it streams to the primary (size cap), and is
-sent by its own task, with its own timeout, once the body is complete. Nothing here can
-change, delay or fail the primary: overflow drops the copy, errors only count. Responses to
-mirrors are read (to keep the pooled connection usable) and ignored. Mirror outcomes are not
-reported to the cluster manager, so a failing shadow never ejects anything.
+sent once the body is complete, over the same keep-alive pool, with its own deadline (a task
+exists only while connecting). Nothing here can change, delay or fail the primary: overflow
+drops the copy, errors only count. Responses to mirrors are read (so the pooled connection
+stays usable) and ignored. Mirror outcomes are not reported to the cluster manager, so a
+failing shadow never ejects anything.
 
 Targets: a BackendRef (an endpoint picked by the cluster manager) or a URL `http://host[:port]
 [path]` where `$request_uri`, `$uri`, `$args`, `$host`, `$scheme`, `$remote_addr` are
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
     from gateway.proxy.server import ProxyServer
 
 log = logging.getLogger("gateway.proxy.mirror")
-
-
-class _Failed(Exception):
-    pass
 
 
 class MirrorJob:
@@ -88,7 +86,9 @@ class MirrorSender:
         self.server = server
         self.in_flight = 0
         self.sent = self.dropped = self.failed = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # connects only
+        self.watch: deque[_Sink] = deque()  # in-flight copies, by deadline
+        self._timer: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[str, int, str] | None] = {}
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
@@ -143,15 +143,21 @@ class MirrorSender:
                     j.body.append(data)
 
     def launch(self, jobs: list[MirrorJob]) -> None:
-        loop = self.server.loop
         for j in jobs:
             if j.over:
                 self.in_flight -= 1
                 self._count("dropped")
                 continue
-            task = loop.create_task(self._run(j))
-            self.tasks.add(task)
-            task.add_done_callback(self._done)
+            head = j.head + (b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
+            sink = _Sink(self, head.startswith(b"HEAD "))
+            conn = self.server.pool.acquire(j.addr)
+            if conn is not None:
+                sink.send(conn, head, j.body)
+            else:  # only a connect needs a task
+                task = self.server.loop.create_task(self._connect(j, head, sink))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            self._watch(sink)
         jobs.clear()
 
     def drop(self, jobs: list[MirrorJob]) -> None:
@@ -160,9 +166,35 @@ class MirrorSender:
             self._count("dropped")
         jobs.clear()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self.in_flight -= 1
+    async def _connect(self, job: MirrorJob, head: bytes, sink: _Sink) -> None:
+        try:
+            conn = await self.server.pool.connect(job.addr)
+        except OSError:
+            sink.end("failed")
+            return
+        if sink.done:  # timed out meanwhile
+            conn.close()
+        else:
+            sink.send(conn, head, job.body)
+
+    def _watch(self, sink: _Sink) -> None:
+        """Mirror deadlines: one timeout for all, so a FIFO and a single timer suffice."""
+        loop = self.server.loop
+        sink.deadline = loop.time() + self.server.limits.mirror_timeout
+        self.watch.append(sink)
+        if self._timer is None:
+            self._timer = loop.call_at(sink.deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.server.loop.time()
+        w = self.watch
+        while w and (w[0].done or w[0].deadline <= now):
+            sink = w.popleft()
+            if not sink.done:
+                sink.end("failed")
+        if w:
+            self._timer = self.server.loop.call_at(w[0].deadline, self._expire)
 
     def _count(self, outcome: str) -> None:
         if outcome == "sent":
@@ -185,34 +217,18 @@ class MirrorSender:
             self._targets[url] = t
         return self._targets[url]
 
-    async def _run(self, job: MirrorJob) -> None:
-        pool = self.server.pool
-        conn: UpstreamConnection | None = None
-        keep = False
-        body = job.body or []
-        head = job.head + (b"Content-Length: %d\r\n\r\n" % job.size if job.body is not None else CRLF)
-        try:
-            async with asyncio.timeout(self.server.limits.mirror_timeout):
-                conn = pool.acquire(job.addr) or await pool.connect(job.addr)
-                sink = _Sink(self.server.loop.create_future(), head.startswith(b"HEAD "))
-                conn.owner = sink
-                conn.transport.writelines([head, *body])
-                keep = await sink.fut
-            self._count("sent")
-        except (OSError, TimeoutError, _Failed):
-            self._count("failed")
-        finally:
-            if conn is not None:
-                if keep:
-                    pool.release(conn)
-                else:
-                    conn.close()
-
     async def stop(self) -> None:
         for t in list(self.tasks):
             t.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        while self.watch:
+            sink = self.watch.popleft()
+            if not sink.done:
+                sink.end("failed")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _expand(template: str, head: RequestHead, view: RequestView) -> str:
@@ -227,33 +243,57 @@ def _expand(template: str, head: RequestHead, view: RequestView) -> str:
 
 
 class _Sink:
-    """Owner of a connection carrying a mirror copy: reads the response, ignores it."""
+    """Owner of a connection carrying one mirror copy: reads the response and ignores it."""
 
-    __slots__ = ("fut", "head_only")
+    __slots__ = ("sender", "head_only", "conn", "done", "deadline")
     client = None  # no client to batch writes for
 
-    def __init__(self, fut: asyncio.Future[bool], head_only: bool) -> None:
-        self.fut = fut
+    def __init__(self, sender: MirrorSender, head_only: bool) -> None:
+        self.sender = sender
         self.head_only = head_only
+        self.conn: UpstreamConnection | None = None
+        self.done = False
+        self.deadline = 0.0
+
+    def send(self, conn: UpstreamConnection, head: bytes, body: list[bytes] | None) -> None:
+        self.conn = conn
+        conn.owner = self
+        if body:
+            conn.transport.writelines([head, *body])
+        else:
+            conn.transport.write(head)
+
+    def end(self, outcome: str, keep: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if keep:
+                self.sender.server.pool.release(conn)
+            else:
+                conn.close()
+        self.sender.in_flight -= 1
+        self.sender._count(outcome)
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
                          headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
-        if self.head_only and not self.fut.done():
-            self.fut.set_result(False)
+        if self.head_only:  # llhttp would wait for the announced body
+            self.end("sent")
 
     def on_response_body(self, data: bytes) -> None:
         pass
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        if not self.fut.done():
-            self.fut.set_result(keep_alive)
+        self.end("sent", keep_alive)
 
     def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(_Failed(cause))
+        self.conn = None
+        self.end("failed")
 
     def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
-        self.on_upstream_failure(conn, "upgrade", None)
+        self.end("failed")
 
     def upstream_write_paused(self, paused: bool) -> None:
         pass

@@ -1,0 +1,158 @@
+"""The response half of an exchange: upstream events -> client bytes (a mixin of Exchange).
+
+Framing towards the client: Content-Length passes through; chunked or close-delimited
+upstream bodies are re-chunked for HTTP/1.1 clients and sent raw (then close) to HTTP/1.0
+clients; HEAD/204/304 have none. A status in RetryPolicy.on_statuses is drained and
+discarded (never sent) when a retry is still allowed. 101 hands both sockets to the splice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.proxy.heads import CRLF, ResponseInfo, chunk, last_chunk, response_head, status_line
+from gateway.proxy.retry import CAUSES
+from gateway.proxy.states import (
+    DRAINING,
+    M_CHUNK,
+    M_LENGTH,
+    M_NONE,
+    M_RAW,
+    PAUSE_UPSTREAM,
+    STREAMING,
+)
+from gateway.proxy.tunnel import splice
+
+if TYPE_CHECKING:
+    from gateway.proxy.exchange import Exchange
+    from gateway.proxy.pool import UpstreamConnection
+
+
+class ResponseSide:
+    # -- response (from the upstream connection) ----------------------------------------------
+
+    def on_response_head(self: Exchange, conn: UpstreamConnection, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        if conn is not self.conn:
+            return
+        d = self.decision
+        assert d is not None
+        h = self.head
+        if status in d.retry.on_statuses and self._may_retry("status"):
+            self.phase = DRAINING
+            self.wire = False
+            self._end_attempt("http_5xx", status, f"status_{status}")
+            self.last_error = (status, f"upstream answered {status}")
+            if h.head_only:
+                self._drop_conn()
+                self._retry()
+            return
+        self.status = status
+        info = ResponseInfo(headers)
+        c = self.client
+        if status == 101:
+            if h.upgrade is None:
+                self._drop_conn()
+                self._failed("invalid_response", "101 without an upgrade request")
+                return
+            self.upgraded = self.resp_started = True
+            extra = b"Connection: upgrade\r\nUpgrade: " + (info.upgrade or h.upgrade) + CRLF
+            c.write(response_head(status_line(101, reason), info.parts, extra))
+            return
+        if h.head_only or status == 204 or status == 304:
+            mode = M_NONE
+        elif info.length is not None:
+            mode = M_LENGTH
+        else:
+            self.resp_eof = not info.chunked
+            mode = M_RAW if h.http10 else M_CHUNK
+        self.resp_mode = mode
+        close = (not h.keep_alive or mode == M_RAW or h.upgrade is not None
+                 or self.server.stopping or c.closing)
+        self.client_close = close
+        if close:
+            extra = b"Transfer-Encoding: chunked\r\nConnection: close\r\n" if mode == M_CHUNK else b"Connection: close\r\n"
+        elif mode == M_CHUNK:
+            extra = b"Transfer-Encoding: chunked\r\n"
+        else:
+            extra = b"Connection: keep-alive\r\n" if h.http10 else b""
+        c.write(response_head(status_line(status, reason), info.parts, extra))
+        self.resp_started = True
+        self.phase = STREAMING
+        self.progress += 1  # the read timeout is re-armed lazily from here on (on_deadline)
+        if h.head_only:  # llhttp would wait for the announced body: end here, do not reuse
+            conn.keep_alive = False
+            self.on_response_complete(conn, False)
+
+    def on_response_body(self: Exchange, data: bytes) -> None:
+        if self.phase != STREAMING:
+            return
+        self.progress += 1
+        if self.resp_mode == M_CHUNK:
+            if data:
+                self.client.write(chunk(data))
+        else:
+            self.client.write(data)
+
+    def on_response_complete(self: Exchange, conn: UpstreamConnection, keep_alive: bool) -> None:
+        if conn is not self.conn or self.upgraded:  # 101: llhttp completes it, splicing follows
+            return
+        self.conn = None
+        self.wire = False
+        now = self.client.loop.time()
+        if keep_alive and self.req_sent and conn.keep_alive:
+            self.server.pool.release(conn, now)
+        else:
+            conn.close()
+        if self.phase == DRAINING:
+            self._retry()
+            return
+        if self.resp_mode == M_CHUNK:
+            self.client.write(last_chunk(conn.trailers))
+        self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+        self._finish(now)
+
+    def on_upgrade(self: Exchange, conn: UpstreamConnection, rest: bytes) -> None:
+        if conn is not self.conn or not self.upgraded:
+            self._drop_conn()
+            return
+        self.conn = None
+        conn.owner = None
+        self._end_attempt("success", 101)
+        splice(self.client, conn, rest)
+        self._finish()
+
+    def on_upstream_failure(self: Exchange, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        self.wire = False
+        self.client.resume_reading(PAUSE_UPSTREAM)
+        if self.phase == DRAINING:
+            self._retry()
+        elif self.phase == STREAMING:
+            if cause == "reset" and exc is None and self.resp_eof:  # close-delimited body ended
+                if self.resp_mode == M_CHUNK:
+                    self.client.write(last_chunk(None))
+                self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+                self._finish()
+            else:
+                self._end_attempt(CAUSES[cause][2], None, cause)
+                self._abort_client()
+        else:
+            self._failed(cause, str(exc) if exc else "")
+
+    def upstream_write_paused(self: Exchange, paused: bool) -> None:
+        if paused:
+            self.client.pause_reading(PAUSE_UPSTREAM)
+        else:
+            self.client.resume_reading(PAUSE_UPSTREAM)
+
+    def client_write_paused(self: Exchange, paused: bool) -> None:
+        conn = self.conn
+        if conn is not None:
+            if paused:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
+
