@@ -147,7 +147,7 @@ class RouteDecision:
     set_headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestView:
     """What routing may look at: the request head, already parsed by the data path."""
 
