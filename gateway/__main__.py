@@ -17,16 +17,10 @@ from gateway.app import GatewayApp
 from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.config import ConfigError, load_config
 from mcs_controller.connect import connect_all
+from mcs_controller.ops.cli import host_port
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("gateway")
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
