@@ -208,20 +208,9 @@ class Controller:
         namespace, name = key
         states, mcs = self.observe(namespace, name)
         desired = desired_service(namespace, name, states, mcs)
-        pending: dict[str, str] = {}  # cluster id -> why its writes did not complete
-        for m in self.members.values():
-            try:
-                if m.cluster_id in desired.consumers:
-                    await self._sync_import(m, desired)
-                else:
-                    await self._remove_import(m, namespace, name)
-                await self._sync_mcs(m, desired)
-            except Unreachable:
-                pending[m.cluster_id] = "unreachable"
-            except Conflict:
-                pending[m.cluster_id] = "changed while we wrote; retrying"
-            except _Blocked as exc:
-                pending[m.cluster_id] = str(exc)
+        # Clusters are written concurrently: a change waits for the slowest cluster, not the sum.
+        results = await asyncio.gather(*(self._sync_member(m, desired) for m in self.members.values()))
+        pending = {cluster: why for cluster, why in results if why}  # cluster id -> why not done
         await self._write_export_status(desired, pending)
         await self._write_mcs_status(mcs, desired)
         seen = self._first_seen.pop(key, None)
@@ -229,6 +218,22 @@ class Controller:
             self.metrics.observe_propagation(seen)
         if pending:
             raise RetryLater(f"{namespace}/{name}: " + ", ".join(f"{c}: {w}" for c, w in sorted(pending.items())))
+
+    async def _sync_member(self, m: MemberCluster, desired: ServiceDesired) -> tuple[str, str]:
+        """Everything one cluster must hold for this Service; (cluster id, why not done or "")."""
+        try:
+            if m.cluster_id in desired.consumers:
+                await self._sync_import(m, desired)
+            else:
+                await self._remove_import(m, desired.namespace, desired.name)
+            await self._sync_mcs(m, desired)
+        except Unreachable:
+            return m.cluster_id, "unreachable"
+        except Conflict:
+            return m.cluster_id, "changed while we wrote; retrying"
+        except _Blocked as exc:
+            return m.cluster_id, str(exc)
+        return m.cluster_id, ""
 
     async def _sync_import(self, m: MemberCluster, desired: ServiceDesired) -> None:
         ns, name = desired.namespace, desired.name
