@@ -49,6 +49,7 @@ class DnsApp:
         registry: CollectorRegistry | None = None,
         idle_timeout: float = 30.0,
         max_connections: int = 1024,
+        udp_batch: bool = True,
     ) -> None:
         self.client = client
         self.registry = registry if registry is not None else new_registry()
@@ -59,7 +60,7 @@ class DnsApp:
         self.server = DnsServer(
             self.responder, listen[0], listen[1],
             observe=self.metrics.udp_latency.observe, observe_tcp=self.metrics.tcp_latency.observe,
-            idle_timeout=idle_timeout, max_connections=max_connections,
+            idle_timeout=idle_timeout, max_connections=max_connections, udp_batch=udp_batch,
         )
         self.metrics.tcp_connections.set_function(lambda: len(self.server.connections))
         self.metrics.internal_errors.set_function(lambda: self.server.errors.count)

@@ -17,6 +17,7 @@ import dnslib
 
 from clusterset_dns.catalog import Catalog, ServiceKey
 from clusterset_dns.wire import (
+    CUTS,
     EDNS_PAYLOAD,
     FULL_LEN,
     HITS_TCP,
@@ -26,14 +27,13 @@ from clusterset_dns.wire import (
     QTYPE,
     RCODE,
     TAIL,
-    TPRE0,
-    TTAIL,
     aliasable,
     assemble,
     badvers_reply,
     fast_answer,
     header_reply,
     render,
+    variant,
 )
 from clusterset_dns.zone import FORMERR, NOTIMP, OPT, REFUSED, Name, Zone
 
@@ -43,7 +43,7 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
                5: "REFUSED", 16: "BADVERS"}
 #: Entry slots after wire's: the cache-index key the entry is filed under, and whether it
 #: carries the SOA.
-DEP, HAS_SOA = RCODE + 1, RCODE + 2
+DEP, HAS_SOA = CUTS + 1, CUTS + 2
 
 Dep = tuple[str, ...]
 StatKey = tuple[str, str, str]  # (qtype, rcode, transport)
@@ -200,10 +200,9 @@ class Responder:
             return  # options (cookies ...): the question-keyed entry serves those
         if not aliasable(data[qe + 3], data[qe + 4]):
             return
-        whole = entry[FULL_LEN] <= limit
         alias = list(entry)
-        if not whole:
-            alias[PRE0:TAIL + 1] = entry[TPRE0:TTAIL + 1]
+        if entry[FULL_LEN] > limit:
+            alias[PRE0:TAIL + 1] = variant(entry, limit)
         alias[HITS_UDP] = alias[HITS_TCP] = 0
         key = data[12:].lower()
         if self.entries >= self.max_entries:

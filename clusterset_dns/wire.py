@@ -12,19 +12,23 @@ are the same for every spelling of a name, so one entry serves all case variants
 answers spell names the way the client did (digest G1).
 
 Entries are lists (mutable hit counters, fixed slots):
-    [pre_rd0, pre_rd1, tail, tc_pre_rd0, tc_pre_rd1, tc_tail, full_len, hits_udp, hits_tcp,
-     qtype, rcode] (+ the responder's bookkeeping slots)
-`pre_*` are the 10 header bytes after the ID; the `tc_*` variant is the same answer
-truncated (TC=1, no records but the OPT: the client retries over TCP) for UDP clients
-whose limit it exceeds. Parsing here is by hand; dnslib is used only on the slow path.
+    [pre_rd0, pre_rd1, tail, u_pre_rd0, u_pre_rd1, u_tail, full_len, hits_udp, hits_tcp,
+     qtype, rcode, cuts] (+ the responder's bookkeeping slots)
+`pre_*` are the 10 header bytes after the ID; the `u_*` variant is the answer as it goes
+to a UDP client with the plain 512-byte limit. Answers over a client's UDP limit are cut
+per RFC 2181 section 9 (`variant`): the additional section goes first (whole RRsets
+from its end), then optional authority, and TC is set only when the answer section
+itself does not fit; a TC answer keeps the whole answer RRsets that fit (no partial
+RRset ever reaches a cache). Parsing here is by hand; dnslib is used only on the slow path.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from bisect import bisect_right
 
-from clusterset_dns.zone import AAAA, NS, OPT, SOA, SRV, TXT, A, Answer, Name, Soa, Srv
+from clusterset_dns.zone import AAAA, NS, OPT, RR, SOA, SRV, TXT, A, Answer, Name, Soa, Srv
 
 #: Our EDNS UDP payload size, and the most we send over UDP whatever the client offers
 #: (the DNS flag day 2020 value: no IP fragmentation on common paths).
@@ -37,7 +41,7 @@ PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 # Entry slots.
-PRE0, PRE1, TAIL, TPRE0, TPRE1, TTAIL, FULL_LEN, HITS_UDP, HITS_TCP, QTYPE, RCODE = range(11)
+PRE0, PRE1, TAIL, UPRE0, UPRE1, UTAIL, FULL_LEN, HITS_UDP, HITS_TCP, QTYPE, RCODE, CUTS = range(12)
 
 _RR_HEAD = struct.Struct("!HHIH")
 _OPT_RR = b"\x00" + _RR_HEAD.pack(OPT, EDNS_PAYLOAD, 0, 0)
@@ -70,7 +74,7 @@ def fast_answer(plain: dict, edns: dict, alias: dict, data: bytes, tcp: bool) ->
         else:
             e[HITS_UDP] += 1
             if e[FULL_LEN] > PLAIN_LIMIT:
-                return data[:2] + e[TPRE0 + rd] + q + e[TTAIL]
+                return data[:2] + e[UPRE0 + rd] + q + e[UTAIL]
         return data[:2] + e[rd] + q + e[TAIL]
     if counts == EDNS_COUNTS:
         if data[2] & 0xF8:
@@ -103,8 +107,10 @@ def fast_answer(plain: dict, edns: dict, alias: dict, data: bytes, tcp: bool) ->
         else:
             e[HITS_UDP] += 1
             size = (data[qe + 3] << 8) | data[qe + 4]
-            if e[FULL_LEN] > (size if size > PLAIN_LIMIT else PLAIN_LIMIT) or e[FULL_LEN] > EDNS_PAYLOAD:
-                return data[:2] + e[TPRE0 + rd] + q + e[TTAIL]
+            limit = PLAIN_LIMIT if size < PLAIN_LIMIT else EDNS_PAYLOAD if size > EDNS_PAYLOAD else size
+            if e[FULL_LEN] > limit:
+                cut = variant(e, limit)
+                return data[:2] + cut[rd] + q + cut[2]
         return data[:2] + e[rd] + q + e[TAIL]
     return None
 
@@ -178,9 +184,17 @@ class _Writer:
         struct.pack_into("!H", self.buf, head + 8, len(self.buf) - start)
 
 
-def _flags(answer: Answer, tc: bool) -> tuple[int, int]:
-    hi = 0x80 | (0x04 if answer.aa else 0) | (0x02 if tc else 0)  # QR, AA, TC (RD added per query)
+def _flags(answer: Answer) -> tuple[int, int]:
+    hi = 0x80 | (0x04 if answer.aa else 0)  # QR, AA (RD is added per query, TC per cut)
     return hi, answer.rcode & 0x0F
+
+
+def _rrsets(records: tuple[RR, ...]) -> list[list[RR]]:
+    """Records grouped into RRsets (owner, type), in order of first appearance."""
+    groups: dict[tuple[Name, int], list[RR]] = {}
+    for rr in records:
+        groups.setdefault((rr.name, rr.rtype), []).append(rr)
+    return list(groups.values())
 
 
 #: The largest DNS message (the TCP length prefix is 16 bits).
@@ -191,40 +205,91 @@ def render(answer: Answer, qname: Name, qlen: int, edns: bool, qtype: int) -> li
     """A cache entry for `answer` to a question of `qlen` bytes (qname wire length + 4).
 
     Records past 64 KiB are left out (a valid subset: every address of a huge Headless
-    service cannot be sent in one message anyway), the additional section first.
+    service cannot be sent in one message anyway), the additional section first. Each
+    section is written RRset by RRset; the end of each RRset is a place where an answer
+    may be cut for a UDP client (`variant`). Cuts are kept only when the whole answer
+    exceeds 512 bytes, and only those that fit `EDNS_PAYLOAD` (no UDP limit is larger).
     """
     w = _Writer(qname, qlen)
     opt = _OPT_RR if edns else b""
-    room = MAX_MESSAGE - 12 - qlen - len(opt)
+    base = 12 + qlen + len(opt)  # the message with no records
+    room = MAX_MESSAGE - base
     sent = [0, 0, 0]
+    # Without TC a message must hold its answer section, or, when that is empty, its
+    # authority (the SOA of a negative answer, RFC 2308); `required` is where that ends.
+    need = 0 if answer.answer else 1 if answer.authority else -1
+    required: int | None = 0 if need < 0 else None
+    cuts: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]  # (body bytes kept, an, ns, ar)
+    clipped = False
     for i, section in enumerate((answer.answer, answer.authority, answer.additional)):
-        for rr in section:
-            mark = len(w.buf)
-            w.rr(rr.name, rr.rtype, rr.ttl, rr.rdata)
-            if len(w.buf) > room:
-                del w.buf[mark:]  # later names never point past here: nothing more is written
+        for rrset in _rrsets(section):
+            for rr in rrset:
+                mark = len(w.buf)
+                w.rr(rr.name, rr.rtype, rr.ttl, rr.rdata)
+                if len(w.buf) > room:
+                    del w.buf[mark:]  # later names never point past here: nothing more is written
+                    clipped = True
+                    break
+                sent[i] += 1
+            if clipped:
                 break
-            sent[i] += 1
-        else:
-            continue
-        break
+            if base + len(w.buf) <= EDNS_PAYLOAD:
+                cuts.append((len(w.buf), sent[0], sent[1], sent[2]))
+        if clipped:
+            break
+        if i == need:
+            required = len(w.buf)
     tail = bytes(w.buf) + opt
+    full_len = base + len(w.buf)
     counts = struct.pack("!HHHH", 1, sent[0], sent[1], sent[2] + (1 if edns else 0))
-    tc_counts = struct.pack("!HHHH", 1, 0, 0, 1 if edns else 0)
-    hi, lo = _flags(answer, False)
-    thi, tlo = _flags(answer, True)
-    return [
-        bytes((hi, lo)) + counts, bytes((hi | 1, lo)) + counts, tail,
-        bytes((thi, tlo)) + tc_counts, bytes((thi | 1, tlo)) + tc_counts, opt,
-        12 + qlen + len(tail), 0, 0, qtype, answer.rcode,
-    ]
+    hi, lo = _flags(answer)
+    pre0, pre1 = bytes((hi, lo)) + counts, bytes((hi | 1, lo)) + counts
+    entry = [pre0, pre1, tail, pre0, pre1, tail, full_len, 0, 0, qtype, answer.rcode, None]
+    if full_len > PLAIN_LIMIT:
+        # A cut short of `required` sets TC; those cut only between answer RRsets.
+        kept = [(body, an, ns, ar, required is None or body < required)
+                for body, an, ns, ar in cuts
+                if required is None or body >= required or not (ns or ar)]
+        sizes = [base + c[0] for c in kept]
+        entry[CUTS] = (sizes, kept, opt, hi, lo, {})
+        entry[UPRE0:UTAIL + 1] = variant(entry, PLAIN_LIMIT)
+    return entry
+
+
+def variant(entry: list, limit: int) -> tuple[bytes, bytes, bytes]:
+    """(pre_rd0, pre_rd1, tail) of `entry` cut for a UDP limit its whole answer exceeds.
+
+    The longest cut that fits (RFC 2181 section 9): additional RRsets are dropped from
+    the end, then authority where the answer section holds the answer; TC is set only
+    when the answer section itself does not fit, and then the whole answer RRsets that
+    fit are kept (none for the usual one-RRset answer). Built once per cut, on demand.
+
+    Why whole RRsets with TC rather than an always-empty answer: whoever honours TC
+    (glibc, unbound, dnsmasq, current CoreDNS forward, dnspython, dig) retries over TCP
+    either way, and unbound cuts its own replies just so; whoever does not (musl before
+    1.2.4 has no TCP fallback; CoreDNS forward once passed such replies on without TC,
+    coredns/coredns#4183) uses the UDP reply as it is, and then complete RRsets beat an
+    empty answer taken for NODATA, and a partial RRset would be taken for the whole.
+    """
+    sizes, kept, opt, hi, lo, built = entry[CUTS]
+    i = bisect_right(sizes, limit) - 1  # the empty cut (<= 12 + 259 + 11 bytes) always fits
+    cut = built.get(i)
+    if cut is None:
+        body, an, ns, ar, tc = kept[i]
+        if tc:
+            hi |= 0x02
+        counts = struct.pack("!HHHH", 1, an, ns, ar + (1 if opt else 0))
+        cut = built[i] = (bytes((hi, lo)) + counts, bytes((hi | 1, lo)) + counts,
+                          entry[TAIL][:body] + opt)
+    return cut
 
 
 def assemble(entry: list, data: bytes, qe: int, limit: int | None) -> bytes:
-    """The reply to `data` (question ending at `qe`) from an entry; truncated past `limit`."""
+    """The reply to `data` (question ending at `qe`) from an entry, cut to fit `limit`."""
     rd = data[2] & 1
     if limit is not None and entry[FULL_LEN] > limit:
-        return data[:2] + entry[TPRE0 + rd] + data[12:qe] + entry[TTAIL]
+        cut = variant(entry, limit)
+        return data[:2] + cut[rd] + data[12:qe] + cut[2]
     return data[:2] + entry[rd] + data[12:qe] + entry[TAIL]
 
 
