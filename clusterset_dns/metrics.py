@@ -4,6 +4,8 @@ Per-query counting must cost next to nothing: cache hits bump an int in their ca
 entry and the slow path a dict; a collector folds them into counters at scrape time.
 Latency is a histogram of sampled queries (one in `server.LATENCY_SAMPLE` over UDP,
 every TCP query), because timing each cached answer costs about as much as serving it.
+Over batched UDP (`udp.BatchUdp`) a sampled query counts the time of its whole batch,
+receive to send: what that query waited inside the server.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class DnsMetrics:
         registry.register(_ResponderCollector(responder))
         self.latency = Histogram(
             f"{PREFIX}_query_duration_seconds",
-            "Time to answer one query inside the server (sampled: 1 in 64 over UDP).",
+            "Time to answer one query inside the server (sampled: 1 in 64 over UDP, where "
+            "a batch of queries answered together counts as one time).",
             ["transport"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.udp_latency = self.latency.labels(transport="udp")

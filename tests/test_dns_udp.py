@@ -187,3 +187,28 @@ def test_served_app_uses_batches_and_the_portable_path_answers_the_same():
             assert len(tcp(s, big).answer[0]) == 100
             replies[batched] = got
     assert replies[True] == replies[False]
+
+
+async def test_batches_on_the_stock_asyncio_loop():
+    """pytest-asyncio runs the stock loop: add_reader + recvmmsg work there too, and stop()
+    closes the socket."""
+    import asyncio
+
+    from clusterset_dns.server import DnsServer
+
+    responder = Responder(Zone(Z, 5), build_catalog())
+    responder.set_synced()
+    server = DnsServer(responder, "127.0.0.1", 0)
+    host, port = await server.start()
+    assert server._batch is not None
+    loop = asyncio.get_running_loop()
+    try:
+        q = dns.message.make_query(f"WEB.demo.svc.{Z}", "A")
+        for _ in range(3):
+            reply = await loop.run_in_executor(None, lambda: dns.query.udp(q, host, port=port, timeout=2))
+            assert records(reply.answer) == ["A 10.96.0.10"]
+            assert reply.question[0].name.to_text() == f"WEB.demo.svc.{Z}."
+    finally:
+        await server.stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, port))  # the port is free again: the UDP socket was closed
