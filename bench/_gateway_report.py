@@ -1,0 +1,144 @@
+"""The report of bench/gateway.py: the table, the ratios, the targets, a profile's top."""
+
+from __future__ import annotations
+
+import pstats
+from pathlib import Path
+
+import _gateway_setup as S
+
+TARGET_RPS, TARGET_ADDED_MS, TARGET_MIRROR = 0.75, 1.0, 0.9
+QUIET = 15.0  # % of a core: above this, other processes' load makes figures incomparable
+
+
+def disturbed(r: dict) -> bool:
+    """Other processes, or the hypervisor, took a noticeable share of our cores."""
+    return max(r["bg_pct"]) >= QUIET or r["steal_pct"] >= QUIET
+
+
+def verdicts(res: dict) -> dict[str, dict]:
+    """The issue's targets, for the runs that were made: value and pass."""
+    out: dict[str, dict] = {}
+    peak = res["peak"]
+    ratio = peak["ours"]["rps"] / peak["nginx"]["rps"]
+    out["rps_ratio"] = {"value": ratio, "pass": ratio >= TARGET_RPS}
+    if "half" in res:
+        half = res["half"]
+        # The direct path has wrk and the pod on one core, which can make it slower than a
+        # proxied one; the lower of direct and nginx is the stricter baseline.
+        base = min(half["direct"]["p99_us"], half["nginx"]["p99_us"])
+        added = (half["ours"]["p99_us"] - base) / 1000
+        out["p99_added_ms"] = {"value": added, "pass": added <= TARGET_ADDED_MS}
+    if "mirror" in res:
+        mirrored = res["mirror"]["ours"]["rps"] / peak["ours"]["rps"]
+        out["mirror_ratio"] = {"value": mirrored, "pass": mirrored >= TARGET_MIRROR}
+    if "failover" in res:
+        bad = res["failover"]["ours"]["non2xx"] + res["failover"]["ours"]["socket_errors"]
+        out["failover_failed"] = {"value": bad, "pass": bad == 0}
+    return out
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+HEADER = ("run       target      req/s  p50 ms  p99 ms p99.9 ms  cpu %  usr us  sys us  bg %   "
+          " st %  a/b %  errors")
+
+
+def _row(run: str, r: dict) -> str:
+    share = f"{100 * r['share_a']:.0f}/{100 - 100 * r['share_a']:.0f}" if r["share_a"] else "-"
+    return (f"{run:<9} {r['target']:<7} {r['rps']:>9.0f} {_ms(r['p50_us']):>7} "
+            f"{_ms(r['p99_us']):>7} {_ms(r['p999_us']):>8} {_opt(r['cpu_pct'], '.0f'):>6} "
+            f"{_opt(r['user_us'], '.1f'):>7} {_opt(r['sys_us'], '.1f'):>7} "
+            f"{r['bg_pct'][0]:>3.0f}/{r['bg_pct'][1]:<3.0f} {r['steal_pct']:>4.0f} {share:>6} {r['socket_errors'] + r['status']:>7}")
+
+
+def report(res: dict) -> str:
+    s, peak = res["setup"], res["peak"]
+    lines = [HEADER]
+    for kind in ("peak", "half", "mirror", "mirror10"):
+        lines += [_row(kind, r) for r in res.get(kind, {}).values()]
+    for name, r in res.get("failover", {}).items():
+        lines.append(f"failover  {name:<7} {r['requests']} requests, non-2xx {r['non2xx']}, "
+                     f"socket errors {r['socket_errors']} ({S.KILLED.name} killed at "
+                     f"{r['killed_at_s']:.1f} s of {s['duration_s']} s; max latency "
+                     f"{_ms(r['max_us'])} ms)")
+    cost = {t: (peak[t]["user_us"] or 0) + (peak[t]["sys_us"] or 0) for t in ("ours", "nginx")}
+    timed = [r for k in ("peak", "half", "mirror", "mirror10") for r in res.get(k, {}).values()]
+    busy = sum(disturbed(r) for r in timed)
+    redone = sum(r["redone"] for r in timed)
+    lines += [
+        *([f"WARNING: other processes (bg %) or the hypervisor (st %) took >= {QUIET:g} % of a "
+           f"core during {busy} of "
+           f"{len(timed)} timed runs: their req/s and latency are not comparable; CPU per "
+           "request is the steadier figure (try --wait-quiet 600)"] if busy else []),
+        *([f"{redone} disturbed runs were redone (--wait-quiet)"] if redone else []),
+        "",
+        f"setup: code {s['code']}; {s['cpus']} CPUs, load average {s['load_average']:.1f} at "
+        "start. The proxy under "
+        f"test is pinned to core {s['proxy_cpu']}; wrk (1 thread, {s['connections']} connections, "
+        f"{s['duration_s']} s runs) and the upstream nginx pods share core {s['client_cpu']}. "
+        f"bg % = other processes' load on core {s['proxy_cpu']} / core {s['client_cpu']} during "
+        "the run (beyond the proxy, wrk and the pods); st % = hypervisor steal (the larger of "
+        "the two cores); before the runs: "
+        + ", ".join(f"core {c} {v:.0f} %" for c, v in s["background_pct"].items()),
+        f"upstream: {', '.join(f'{k} {v} pods' for k, v in s['pods'].items())}; split "
+        f"{s['weights']} on both proxies (nginx per-server weights "
+        f"{sorted(set(s['nginx_weights'].values()))}); a/b % = what the pods counted; "
+        f"{S.SHADOW.name} is the mirror target",
+        f"ratio ours/nginx at peak: req/s {peak['ours']['rps'] / peak['nginx']['rps']:.2f}; "
+        f"by CPU per request {cost['nginx'] / (cost['ours'] or 1):.2f} "
+        f"(ours {cost['ours']:.1f} us, nginx {cost['nginx']:.1f} us)",
+    ]
+    if "half" in res:
+        half = res["half"]
+        lines.append(
+            f"half load: wrk paced (Lua delay(), wrk2 is not packaged) to {res['half_rate']:.0f} "
+            f"req/s, half of ours' peak, for all three. p99 added over direct: ours "
+            f"{_ms(half['ours']['p99_us'] - half['direct']['p99_us'])} ms, nginx "
+            f"{_ms(half['nginx']['p99_us'] - half['direct']['p99_us'])} ms; ours over nginx "
+            f"{_ms(half['ours']['p99_us'] - half['nginx']['p99_us'])} ms")
+    if "mirror" in res:
+        m, m10 = res["mirror"], res["mirror10"]["ours"]
+        lines.append(
+            f"mirroring 100 %: ours {m['ours']['rps'] / peak['ours']['rps']:.2f}x of without "
+            f"({100 * (m['ours']['mirrored'] or 0):.1f} % of requests reached {S.SHADOW.name}), "
+            f"nginx {m['nginx']['rps'] / peak['nginx']['rps']:.2f}x "
+            f"({100 * (m['nginx']['mirrored'] or 0):.1f} %); mirroring 10 %: ours "
+            f"{m10['rps'] / peak['ours']['rps']:.2f}x ({100 * (m10['mirrored'] or 0):.1f} %)")
+    mt = res["metrics"]
+    lines.append(
+        f"our metrics after the runs: {mt.get('gateway_requests_total', 0):.0f} requests, "
+        f"{mt.get('gateway_retries_total', 0):.0f} retries, "
+        f"{mt.get('gateway_upstream_errors_total', 0):.0f} upstream errors, mirror copies: "
+        + (", ".join(f"{k.split(':', 1)[1]} {v:.0f}" for k, v in sorted(mt.items())
+                     if k.startswith("gateway_mirror_requests_total:")) or "none"))
+    v, ok = res["verdicts"], {True: "PASS", False: "FAIL"}
+    texts = {
+        "rps_ratio": lambda x: f"ours >= {TARGET_RPS}x nginx's req/s: {x:.2f}x",
+        "p99_added_ms": lambda x: f"p99 added at half load <= {TARGET_ADDED_MS:g} ms "
+                                  f"(over the lower of direct and nginx): {x:+.2f} ms",
+        "mirror_ratio": lambda x: f"req/s with mirroring (100 %) >= {TARGET_MIRROR}x without: "
+                                  f"{x:.2f}x",
+        "failover_failed": lambda x: f"failover, non-2xx + socket errors = 0 (item 9): {x}",
+    }
+    lines += [f"target: {texts[k](x['value'])} {ok[x['pass']]}" for k, x in v.items()]
+    return "\n".join(lines)
+
+
+def profile_top(path: Path, count: int = 25) -> str:
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime")
+    width, items = stats.total_tt, list(stats.stats.items())  # type: ignore[attr-defined]
+    items.sort(key=lambda kv: kv[1][2], reverse=True)
+    out = [f"profile (cProfile, ours, while serving; {width:.1f} s in total), top {count} by own time:",
+           "  own s   cum s    calls  function"]
+    for (file, line, func), (_cc, calls, tt, ct, _callers) in items[:count]:
+        where = f"{Path(file).name}:{line}" if line else file
+        out.append(f"{tt:7.2f} {ct:7.2f} {calls:8d}  {func} ({where})")
+    return "\n".join(out)

@@ -1,0 +1,74 @@
+"""bench/gateway.py runs end to end: both proxies answer through the same weighted upstream,
+each run reports its figures, and the report carries the targets with a verdict.
+Figures are printed, never asserted: tests assert behaviour, not timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ("wrk", "nginx", "taskset")
+
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(t) or Path("/usr/sbin", t).exists() for t in TOOLS),
+    reason="wrk, nginx and taskset are needed (Debian packages wrk, nginx, util-linux)")
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, list[str]]:
+    out = tmp_path / "gateway.json"
+    done = subprocess.run([sys.executable, "bench/gateway.py", "--json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text()), done.stdout.splitlines()
+
+
+def check_run(r: dict, proxied: bool) -> None:
+    assert r["requests"] > 0 and r["rps"] > 0 and 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+    if proxied:  # the proxy's own CPU was measured, and the pods saw the weighted split
+        assert r["cpu_pct"] is not None and r["user_us"] is not None and r["sys_us"] is not None
+        assert r["upstream"]["cluster-a"] > 0 and r["upstream"]["cluster-b"] > 0
+
+
+@needs_tools
+def test_smoke_peak_and_failover_report_both_proxies(tmp_path: Path) -> None:
+    res, lines = run_bench(tmp_path, "--duration", "1", "--runs", "failover", "--no-warmup",
+                           timeout=90)
+    assert list(res["peak"]) == ["direct", "ours", "nginx"]
+    for name, r in res["peak"].items():
+        check_run(r, proxied=name != "direct")
+        assert r["socket_errors"] == 0 and r["status"] == 0, name
+    assert res["peak"]["direct"]["upstream"]["cluster-a"] > 0  # direct goes to one pod of a
+    assert res["peak"]["direct"]["upstream"]["cluster-b"] == 0
+    for name, r in res["failover"].items():
+        assert r["requests"] > 0 and r["killed_at_s"] is not None, name
+        assert r["upstream"]["cluster-a"] is None  # its nginx was killed mid-run
+    assert res["metrics"]["gateway_requests_total"] >= res["peak"]["ours"]["requests"]
+    assert "half" not in res and "mirror" not in res
+    assert lines[0].split()[:3] == ["run", "target", "req/s"]
+    assert [line.split()[:2] for line in lines[1:4]] == [
+        ["peak", "direct"], ["peak", "ours"], ["peak", "nginx"]]
+    assert sum(line.startswith("failover ") for line in lines) == 2
+    verdicts = [line for line in lines if line.startswith("target: ")]
+    assert len(verdicts) == 2 and all(("PASS" in v) != ("FAIL" in v) for v in verdicts)
+
+
+@pytest.mark.slow
+@needs_tools
+def test_full_run_reports_every_run_and_target(tmp_path: Path) -> None:
+    res, lines = run_bench(tmp_path, "--duration", "2", timeout=300)
+    for kind, targets in (("peak", ["direct", "ours", "nginx"]), ("half", ["direct", "ours", "nginx"]),
+                          ("mirror", ["ours", "nginx"]), ("mirror10", ["ours"])):
+        assert list(res[kind]) == targets, kind
+        for name, r in res[kind].items():
+            check_run(r, proxied=name != "direct")
+    assert all(r["rate"] == pytest.approx(res["half_rate"]) for r in res["half"].values())
+    assert res["mirror"]["ours"]["upstream"]["cluster-c"] > 0  # the mirror target got copies
+    assert res["mirror"]["nginx"]["upstream"]["cluster-c"] > 0
+    assert set(res["verdicts"]) == {"rps_ratio", "p99_added_ms", "mirror_ratio", "failover_failed"}
+    assert len([line for line in lines if line.startswith("target: ")]) == 4
