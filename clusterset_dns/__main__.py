@@ -17,24 +17,10 @@ from pathlib import Path
 
 from clusterset_dns.app import DnsApp
 from mcs_controller.access.api import ClusterClient
+from mcs_controller.ops.cli import host_port, run
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("clusterset_dns")
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[v6]:PORT` or `:PORT` (all addresses) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: port must be a number") from None
-    if not 0 <= number < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: port out of range")
-    return host, number
 
 
 def admin_address(text: str) -> tuple[str, int] | None:
@@ -135,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"clusterset_dns: {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(amain(args))
-    return uvloop.run(amain(args))
+    return run(amain(args))
 
 
 if __name__ == "__main__":

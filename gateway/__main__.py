@@ -17,7 +17,7 @@ from gateway.app import GatewayApp
 from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.config import ConfigError, load_config
 from mcs_controller.connect import connect_all
-from mcs_controller.ops.cli import host_port
+from mcs_controller.ops.cli import host_port, run
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -74,11 +74,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(amain(args))
-    return uvloop.run(amain(args))
+    return run(amain(args))
 
 
 if __name__ == "__main__":

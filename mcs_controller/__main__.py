@@ -13,6 +13,7 @@ from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.app import ControllerApp
 from mcs_controller.config import ConfigError, load_config
 from mcs_controller.connect import connect_all
+from mcs_controller.ops.cli import run
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("mcs_controller")
@@ -56,7 +57,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    return asyncio.run(amain(args))
+    return run(amain(args))
 
 
 if __name__ == "__main__":

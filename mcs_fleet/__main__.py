@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mcs_controller.access.loader import load_fleet
+from mcs_controller.ops.cli import run
 from mcs_controller.ops.logs import setup_logging
 from mcs_fleet.allinone import AllInOne, Ports
 from mcs_fleet.report import access_report, fleet_report
@@ -83,14 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     return run(up(args))
 
-
-def run(coro) -> int:
-    """uvloop when installed (the `fast` extra), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -18,3 +21,12 @@ def host_port(text: str) -> tuple[str, int]:
     if not 0 <= number < 65536:
         raise argparse.ArgumentTypeError(f"{text!r}: port out of range")
     return host, number
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run an entry point's main coroutine: on uvloop when installed (the `fast` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
