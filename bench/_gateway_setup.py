@@ -76,7 +76,7 @@ def pod_weights() -> dict[str, int]:
 # -- child processes ---------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Children get SIGKILL if the benchmark itself is killed (no orphans holding ports)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -97,7 +97,7 @@ class Procs:
         err = open(self.logs / f"{name}.err", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err,
                                 stdout=kw.pop("stdout", subprocess.DEVNULL),
-                                preexec_fn=_die_with_parent, **kw)
+                                preexec_fn=die_with_parent, **kw)
         err.close()
         self.running[name] = proc
         return proc

@@ -155,7 +155,8 @@ class Bench:
         (u0, s0), mine0 = S.cpu_times(pid), self._client_side_cpu()
         times0, t0 = (S.core_times(pc), S.core_times(cc)), time.monotonic()
         wrk = subprocess.Popen(self.wrk_cmd(target, host, script, seconds),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=S.die_with_parent)
         killed_at = None
         if failover:
             time.sleep(seconds * self.args.failover_at)
@@ -232,7 +233,8 @@ class Bench:
 
     def measure_short(self, target: str) -> None:
         script = S.wrk_script(self.work)
-        subprocess.run(self.wrk_cmd(target, S.HOST, script, 1), capture_output=True, timeout=30)
+        subprocess.run(self.wrk_cmd(target, S.HOST, script, 1), capture_output=True, timeout=30,
+                       preexec_fn=S.die_with_parent)
 
     def scrape(self) -> dict[str, float]:
         """Our gateway's own counters after the runs (proof that metrics were on)."""
