@@ -8,11 +8,11 @@ reported and ignored) and builds one `BackendPolicy` per backend.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import hashkey
 from gateway.types import (
     BackendPolicy,
     HealthCheckPolicy,
@@ -22,10 +22,6 @@ from gateway.types import (
 from .values import Annotations, is_dns_label, split_list
 
 #: nginx variables usable in upstream-hash-by (kept in step with gateway/upstream/lb.py).
-_HASH_VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-_HASH_SIMPLE = frozenset({"request_uri", "uri", "args", "query_string", "host", "remote_addr",
-                          "binary_remote_addr", "request_method"})
-_HASH_PREFIXES = ("http_", "arg_", "cookie_")
 _ALGORITHMS = {"round_robin": "round_robin", "least_conn": "least_conn", "random": "random"}
 
 #: Keys of the explicit-field dict for HealthCheckPolicy / OutlierPolicy sub-fields.
@@ -81,14 +77,13 @@ def parse_balancing(ann: Annotations, fields: dict[str, Any]) -> None:
 def hash_key_error(template: str) -> str | None:
     """Why an upstream-hash-by text is unusable: nginx variables ($host, ${arg_uid}, ...)
     and literals, at least one variable, every variable one we can compute."""
-    names = [m.group(1) or m.group(2) for m in _HASH_VAR.finditer(template)]
+    names = [m.group(1) or m.group(2) for m in hashkey.VARIABLE.finditer(template)]
     if not names:
         return f"{template!r} names no variable (e.g. $request_uri, $http_<name>)"
     for name in names:
-        lower = name.lower()
-        if lower not in _HASH_SIMPLE and not any(
-                lower.startswith(p) and len(lower) > len(p) for p in _HASH_PREFIXES):
-            return (f"unsupported variable ${name} (supported: {', '.join(sorted(_HASH_SIMPLE))}"
+        if not hashkey.known(name):
+            return (f"unsupported variable ${name} (supported: "
+                    f"{', '.join(sorted(hashkey.SIMPLE_NAMES))}"
                     ", $http_<header>, $arg_<param>, $cookie_<name>)")
     return None
 
