@@ -130,6 +130,28 @@ class MirrorPolicy:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    """A response the gateway gives itself instead of proxying."""
+
+    status: int  # 301, 302, 307 or 308
+    location: str
+
+
+@dataclass(frozen=True)
+class SessionAffinity:
+    """ingress-nginx cookie affinity: a request carrying the cookie goes back to its endpoint."""
+
+    cookie: str = "INGRESSCOOKIE"
+    path: str | None = None  # Set-Cookie Path; None: the matched Ingress path
+    max_age: int | None = None  # seconds (session-cookie-max-age)
+    expires: int | None = None  # seconds from now (session-cookie-expires)
+    samesite: str | None = None  # None, Lax, Strict
+    secure: bool = False
+    persistent: bool = False  # affinity-mode: persistent (never rebalanced) vs balanced
+    change_on_failure: bool = False  # session-cookie-change-on-failure
+
+
+@dataclass(frozen=True)
 class RouteDecision:
     """Where one request goes, and how (the routing part's answer to the data path)."""
 
@@ -145,6 +167,12 @@ class RouteDecision:
     canary: bool = False
     #: Extra request headers to set upstream (MSE request-header-control), name -> value.
     set_headers: tuple[tuple[str, str], ...] = ()
+    #: The request-target sent upstream when `rewrite-target` changed it (path plus "?query").
+    path: str | None = None
+    #: Answer with this redirect instead of proxying (app-root, permanent-/temporal-redirect).
+    redirect: Redirect | None = None
+    #: Cookie session affinity (ingress-nginx `affinity: cookie`); None: no affinity.
+    affinity: SessionAffinity | None = None
 
 
 @dataclass(slots=True)
