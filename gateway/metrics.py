@@ -1,71 +1,109 @@
-"""The gateway's Prometheus metrics: data path hooks plus upstream state read at scrape time."""
+"""The gateway's Prometheus metrics: plain counters on the data path, exported at scrape time.
+
+The proxy calls `observe` once per request; a labelled prometheus_client child costs several
+calls and a lock per increment, so requests, latency buckets, retries, errors and mirrors are
+plain dict entries here and become metric families only when /metrics is scraped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.proxy.hooks import MirrorOutcome, ProxyHooks
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SUM = len(LATENCY_BUCKETS) + 1  # index of the sum in a latency row (after the +Inf bucket)
 
 
-class GatewayMetrics(ProxyHooks):
-    """Called on every request: one labelled counter increment and one histogram observe."""
+class GatewayMetrics(ProxyHooks, Collector):
+    """Data path counters (a Collector: read at scrape) plus the rare config metrics."""
 
     def __init__(self, registry: CollectorRegistry):
-        self.requests = Counter(
-            "gateway_requests_total", "Client requests by route, serving cluster and final status",
-            ["route", "cluster", "status"], registry=registry)
-        self.latency = Histogram(
-            "gateway_upstream_latency_seconds", "First upstream attempt to the end of the response",
-            ["route", "cluster"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self.retries = Counter("gateway_retries_total", "Extra attempts on another endpoint",
-                               ["route"], registry=registry)
-        self.upstream_errors = Counter(
-            "gateway_upstream_errors_total", "Failed upstream attempts by cause",
-            ["route", "cluster", "cause"], registry=registry)
-        self.mirrors = Counter("gateway_mirror_requests_total", "Mirror copies by outcome",
-                               ["outcome"], registry=registry)
-        self.connections = Gauge("gateway_active_connections", "Open client connections",
-                                 registry=registry)
+        self.requests: dict[tuple[str, str, int], int] = {}
+        #: (route, cluster) -> per-bucket counts (not cumulative), +Inf count, then the sum.
+        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.retries: dict[str, int] = {}
+        self.upstream_errors: dict[tuple[str, str, str], int] = {}
+        self.mirrors: dict[str, int] = {}
+        self.connections = 0
         self.config_reloads = Counter("gateway_config_reloads_total", "Route table rebuilds",
                                       registry=registry)
         self.config_problems = Gauge("gateway_config_problems", "Ignored Ingresses or annotations",
                                      registry=registry)
-        # Children cached per label tuple: labels() costs more than the increment itself.
-        self._req: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._lat: dict[tuple[str, str], Callable[[float], None]] = {}
+        registry.register(self)
+
+    # -- hooks (per request) ---------------------------------------------------------------
 
     def observe(self, route: str, cluster: str, status: int, upstream_seconds: float) -> None:
         key = (route, cluster, status)
-        inc = self._req.get(key)
-        if inc is None:
-            inc = self._req[key] = self.requests.labels(route, cluster, str(status)).inc
-        inc()
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         if cluster:
-            lat = self._lat.get((route, cluster))
-            if lat is None:
-                lat = self._lat[(route, cluster)] = self.latency.labels(route, cluster).observe
-            lat(upstream_seconds)
+            row = self.latency.get((route, cluster))
+            if row is None:
+                row = self.latency[(route, cluster)] = [0] * (_SUM + 1)
+            row[bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
+            row[_SUM] += upstream_seconds
 
     def retry(self, route: str) -> None:
-        self.retries.labels(route).inc()
+        self.retries[route] = self.retries.get(route, 0) + 1
 
     def upstream_error(self, route: str, cluster: str, cause: str) -> None:
-        self.upstream_errors.labels(route, cluster, cause).inc()
+        key = (route, cluster, cause)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def mirror(self, outcome: MirrorOutcome) -> None:
-        self.mirrors.labels(outcome).inc()
+        self.mirrors[outcome] = self.mirrors.get(outcome, 0) + 1
 
     def connection_opened(self) -> None:
-        self.connections.inc()
+        self.connections += 1
 
     def connection_closed(self) -> None:
-        self.connections.dec()
+        self.connections -= 1
+
+    # -- scrape ------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("gateway_requests", "Client requests by route, serving cluster and final status",
+                                       labels=["route", "cluster", "status"])
+        for (route, cluster, status), n in list(self.requests.items()):
+            requests.add_metric([route, cluster, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("gateway_upstream_latency_seconds",
+                                        "First upstream attempt to the end of the response",
+                                        labels=["route", "cluster"])
+        bounds = [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+        for (route, cluster), row in list(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip(bounds, row[:_SUM], strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            latency.add_metric([route, cluster], buckets, row[_SUM])
+        yield latency
+        retries = CounterMetricFamily("gateway_retries", "Extra attempts on another endpoint", labels=["route"])
+        for route, n in list(self.retries.items()):
+            retries.add_metric([route], n)
+        yield retries
+        errors = CounterMetricFamily("gateway_upstream_errors", "Failed upstream attempts by cause",
+                                     labels=["route", "cluster", "cause"])
+        for labels, n in list(self.upstream_errors.items()):
+            errors.add_metric(list(labels), n)
+        yield errors
+        mirrors = CounterMetricFamily("gateway_mirror_requests", "Mirror copies by outcome", labels=["outcome"])
+        for outcome, n in list(self.mirrors.items()):
+            mirrors.add_metric([outcome], n)
+        yield mirrors
+        yield GaugeMetricFamily("gateway_active_connections", "Open client connections", value=self.connections)
 
 
 class UpstreamCollector(Collector):

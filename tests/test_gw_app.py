@@ -104,6 +104,18 @@ async def test_ingress_changes_apply_within_a_second_and_admin_shows_routes_and_
         assert clusters == {"east", "west"}
         assert 'gateway_requests_total{cluster="east",route="demo/shop|shop.example.com/",status="200"}' in metrics
         assert "gateway_active_connections" in metrics and "gateway_endpoints" in metrics
+        # the latency histogram counts every proxied request once, in cumulative buckets
+        samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in metrics.splitlines() if line and not line.startswith("#")}
+        served = sum(v for k, v in samples.items() if k.startswith("gateway_requests_total{")
+                     and 'cluster=""' not in k)
+        counts = sum(v for k, v in samples.items() if k.startswith("gateway_upstream_latency_seconds_count"))
+        inf = sum(v for k, v in samples.items()
+                  if k.startswith("gateway_upstream_latency_seconds_bucket") and 'le="+Inf"' in k)
+        assert served >= 2 and counts == inf == served
+        buckets = [v for k, v in samples.items() if k.startswith("gateway_upstream_latency_seconds_bucket")
+                   and 'cluster="east"' in k]
+        assert buckets == sorted(buckets) and buckets[-1] >= 1
     finally:
         await app.stop()
         for up in ups.values():
