@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from gwkit import REF, Env, FixedRouter, closed, decision, raw, read_response
 
-from gateway.types import BackendRef, Endpoint
+from gateway.types import BackendRef, Endpoint, Redirect
 
 
 @pytest.fixture
@@ -44,6 +44,21 @@ async def test_no_route_is_404_with_short_body(env: Env) -> None:
         async with s.get(env.url("/"), headers={"Host": "Only.Example:8080"}) as r:
             assert r.status == 200  # host matched lower-cased, port stripped
     assert env.hooks.observed[0] == ("", "", 404)
+
+
+async def test_local_answer_keeps_a_bodiless_connection_and_closes_one_with_a_body(env: Env) -> None:
+    """A 404 to a GET leaves the connection usable (as nginx); a 404 to a POST whose body was
+    not read closes it, or the body would be parsed as the next request."""
+    await env.upstream("u1")
+    await env.start(("only.example", "/", decision()))
+    async with raw(env.port) as (rd, w):
+        w.write(b"GET / HTTP/1.1\r\nHost: other\r\n\r\nGET / HTTP/1.1\r\nHost: only.example\r\n\r\n")
+        assert (await read_response(rd)).status == 404
+        assert (await read_response(rd)).status == 200
+    async with raw(env.port) as (rd, w):
+        w.write(b"POST / HTTP/1.1\r\nHost: other\r\nContent-Length: 10\r\n\r\n")
+        assert (await read_response(rd)).status == 404
+        assert await closed(rd)
 
 
 async def test_no_endpoint_is_503_no_healthy_upstream(env: Env) -> None:
@@ -102,6 +117,30 @@ async def test_upstream_host_and_set_headers(env: Env) -> None:
         hs = (await r.json())["headers"]
     assert dict(hs)["Host"] == "internal.svc"
     assert [v for k, v in hs if k.lower() == "x-env"] == ["canary"]
+
+
+async def test_rewritten_path_goes_upstream(env: Env) -> None:
+    """RouteDecision.path (rewrite-target) replaces the request-target sent upstream."""
+    await env.upstream("u1")
+    await env.start(("*", "/", decision(path="/inner/x?q=1")))
+    async with aiohttp.ClientSession() as s, s.get(env.url("/outer/x?q=1")) as r:
+        assert r.status == 200
+        assert (await r.json())["path"] == "/inner/x?q=1"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirect_is_answered_by_the_proxy(env: Env, status: int) -> None:
+    """RouteDecision.redirect: no upstream attempt, Location set, connection kept alive."""
+    up = await env.upstream("u1")
+    await env.start(("*", "/", decision(redirect=Redirect(status, "http://example.com/app\r\nX: y"))))
+    async with raw(env.port) as (rd, w):
+        for _ in range(2):  # the same connection serves both: a redirect does not close it
+            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = await read_response(rd)
+            assert r.status == status
+            assert r.header("location") == "http://example.com/appX: y"  # CR/LF never pass
+            assert r.body.startswith(b"redirecting to ")
+    assert up.requests == []
 
 
 async def test_hop_by_hop_headers_stripped_both_ways(env: Env) -> None:

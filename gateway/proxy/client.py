@@ -239,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
             self.trailers = None
         if ex is not None:
             ex.on_request_complete(trailers)
+            if self.exchange is None and not self.closing and not self.pipeline:
+                self._idle(self.limits.keepalive_timeout)  # answered before its end was parsed
 
     # -- called by the exchange -----------------------------------------------------------------
 
@@ -249,7 +251,9 @@ class ClientConnection(asyncio.Protocol):
             self.resume_reading(PAUSE_PENDING | PAUSE_UPSTREAM)
         if self.tunnel is not None:
             return
-        if ex.client_close or self.parsing is ex or self.server.stopping:
+        # Answered before its body was read (413, 404 on a POST...): the rest of the body
+        # would be read as a next request, so close. A bodiless request's end follows at once.
+        if ex.client_close or (self.parsing is ex and not ex.req_done) or self.server.stopping:
             self.close()
             return
         if self.advancing:

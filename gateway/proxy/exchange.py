@@ -118,9 +118,14 @@ class Exchange(ResponseSide, RetrySide):
             return
         self.decision = d
         self.route = d.route_name
+        if d.redirect is not None:  # app-root, permanent-/temporal-redirect: answered here
+            self.respond(d.redirect.status, f"redirecting to {d.redirect.location}", d.redirect.location)
+            return
         parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
         host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
-        self.up_head = upstream_head(h, parts, host)
+        # rewrite-target: the request-target sent upstream (mirrors keep the original)
+        path = d.path.encode("latin-1", "replace") if d.path is not None else None
+        self.up_head = upstream_head(h, parts, host, path)
         if d.mirrors and h.upgrade is None:
             self.mirrors = srv.mirror.plan(h, view, d.mirrors, parts)
             if self.mirrors and self.req_done:
@@ -281,8 +286,8 @@ class Exchange(ResponseSide, RetrySide):
 
     # -- endings ------------------------------------------------------------------------------
 
-    def respond(self, status: int, text: str) -> None:
-        """A response of our own (404, 503, 502, 504...) unless response bytes already left."""
+    def respond(self, status: int, text: str, location: str | None = None) -> None:
+        """A response of our own (404, 503, 502, 504, redirects) unless response bytes already left."""
         if self.done:
             return
         if self.resp_started:
@@ -295,7 +300,7 @@ class Exchange(ResponseSide, RetrySide):
         self.status = status
         self.resp_started = True
         self.client.write(local_response(
-            status, text, close=close, head_only=h.head_only, request_id=h.request_id))
+            status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location))
         self._finish()
 
     def _finish(self, now: float = 0.0) -> None:

@@ -373,11 +373,13 @@ def response_head(line: bytes, parts: list[bytes], extra: bytes) -> bytes:
 
 
 def local_response(status: int, text: str, *, close: bool, head_only: bool = False,
-                   request_id: bytes | None = None) -> bytes:
-    """A short plain-text response the proxy generates itself (errors, 404, 503...)."""
+                   request_id: bytes | None = None, location: str | None = None) -> bytes:
+    """A short plain-text response the proxy generates itself (errors, 404, 503, redirects)."""
     body = text.encode() + b"\n"
     out = [status_line(status, b""), b"Content-Type: text/plain; charset=utf-8\r\n",
            b"Content-Length: %d\r\n" % len(body)]
+    if location is not None:  # latin-1 keeps every byte; CR/LF never reach a header line
+        out += (b"Location: ", location.encode("latin-1", "replace").translate(None, b"\r\n"), CRLF)
     if request_id is not None:
         out += (b"X-Request-ID: ", request_id, CRLF)
     if close:
