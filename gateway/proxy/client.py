@@ -26,6 +26,7 @@ from gateway.proxy.states import PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM
 from gateway.proxy.tunnel import half_close
 
 if TYPE_CHECKING:
+    from gateway.proxy.exchange_base import ExchangeBase
     from gateway.proxy.pool import UpstreamConnection
     from gateway.proxy.server import ProxyServer
 
@@ -244,7 +245,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- called by the exchange -----------------------------------------------------------------
 
-    def exchange_done(self, ex: Exchange, now: float = 0.0) -> None:
+    def exchange_done(self, ex: ExchangeBase, now: float = 0.0) -> None:
         if self.exchange is ex:
             self.exchange = None
         if self.paused & (PAUSE_PENDING | PAUSE_UPSTREAM):  # that exchange's reasons end with it

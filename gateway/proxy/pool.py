@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
 from gateway.proxy.tunnel import half_close
+
+if TYPE_CHECKING:
+    from gateway.proxy.client import ClientConnection
 
 log = logging.getLogger("gateway.proxy")
 
@@ -25,6 +28,10 @@ Address = tuple[str, int]
 
 class Owner(Protocol):
     """What a connection reports to whoever sent the current request on it."""
+
+    @property
+    def client(self) -> ClientConnection | None:
+        """Whose writes one upstream read batches (None: a mirror sink)."""
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
                          headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...

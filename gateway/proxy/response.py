@@ -1,4 +1,4 @@
-"""The response half of an exchange: upstream events -> client bytes (a mixin of Exchange).
+"""The response half of an exchange: upstream events -> client bytes (third step of the Exchange class).
 
 Framing towards the client: Content-Length passes through; chunked or close-delimited
 upstream bodies are re-chunked for HTTP/1.1 clients and sent raw (then close) to HTTP/1.0
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.proxy.heads import CRLF, ResponseInfo, chunk, last_chunk, response_head, status_line
-from gateway.proxy.retry import CAUSES
+from gateway.proxy.retry import CAUSES, RetrySide
 from gateway.proxy.states import (
     DRAINING,
     M_CHUNK,
@@ -24,14 +24,13 @@ from gateway.proxy.states import (
 from gateway.proxy.tunnel import splice
 
 if TYPE_CHECKING:
-    from gateway.proxy.exchange import Exchange
     from gateway.proxy.pool import UpstreamConnection
 
 
-class ResponseSide:
+class ResponseSide(RetrySide):
     # -- response (from the upstream connection) ----------------------------------------------
 
-    def on_response_head(self: Exchange, conn: UpstreamConnection, status: int, reason: bytes,
+    def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
                          headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         if conn is not self.conn:
             return
@@ -84,7 +83,7 @@ class ResponseSide:
             conn.keep_alive = False
             self.on_response_complete(conn, False)
 
-    def on_response_body(self: Exchange, data: bytes) -> None:
+    def on_response_body(self, data: bytes) -> None:
         if self.phase != STREAMING:
             return
         self.progress += 1
@@ -94,7 +93,7 @@ class ResponseSide:
         else:
             self.client.write(data)
 
-    def on_response_complete(self: Exchange, conn: UpstreamConnection, keep_alive: bool) -> None:
+    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         if conn is not self.conn or self.upgraded:  # 101: llhttp completes it, splicing follows
             return
         self.conn = None
@@ -112,7 +111,7 @@ class ResponseSide:
         self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
         self._finish(now)
 
-    def on_upgrade(self: Exchange, conn: UpstreamConnection, rest: bytes) -> None:
+    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         if conn is not self.conn or not self.upgraded:
             self._drop_conn()
             return
@@ -122,7 +121,7 @@ class ResponseSide:
         splice(self.client, conn, rest)
         self._finish()
 
-    def on_upstream_failure(self: Exchange, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
+    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
         if conn is not self.conn:
             return
         self.conn = None
@@ -142,13 +141,13 @@ class ResponseSide:
         else:
             self._failed(cause, str(exc) if exc else "")
 
-    def upstream_write_paused(self: Exchange, paused: bool) -> None:
+    def upstream_write_paused(self, paused: bool) -> None:
         if paused:
             self.client.pause_reading(PAUSE_UPSTREAM)
         else:
             self.client.resume_reading(PAUSE_UPSTREAM)
 
-    def client_write_paused(self: Exchange, paused: bool) -> None:
+    def client_write_paused(self, paused: bool) -> None:
         conn = self.conn
         if conn is not None:
             if paused:

@@ -1,4 +1,4 @@
-"""Failures, retries and timeouts of an exchange (a mixin of Exchange).
+"""Failures, retries and timeouts of an exchange (second step of the Exchange class).
 
 A failed attempt (connect error or timeout, reset or invalid response before any byte
 reached the client, a per-try timeout, a retriable status) is retried on another endpoint
@@ -19,8 +19,8 @@ the last check pushes it on.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
+from gateway.proxy.exchange_base import ExchangeBase
 from gateway.proxy.states import (
     BACKOFF,
     CONNECTING,
@@ -30,9 +30,6 @@ from gateway.proxy.states import (
     SENT,
     STREAMING,
 )
-
-if TYPE_CHECKING:
-    from gateway.proxy.exchange import Exchange
 
 #: cause -> (status, short text, outcome reported to the cluster manager)
 CAUSES = {
@@ -45,10 +42,10 @@ CAUSES = {
 }
 
 
-class RetrySide:
+class RetrySide(ExchangeBase):
     # -- failures, retries, timeouts ---------------------------------------------------------
 
-    def _failed(self: Exchange, cause: str, detail: str) -> None:
+    def _failed(self, cause: str, detail: str) -> None:
         """An attempt failed before any response byte reached the client."""
         status, text, outcome = CAUSES[cause]
         stale = (cause == "reset" and self.stale_ok and self.free_retry)
@@ -65,7 +62,7 @@ class RetrySide:
         else:
             self.respond(*self.last_error)
 
-    def _may_retry(self: Exchange, cause: str, stale: bool = False) -> bool:
+    def _may_retry(self, cause: str, stale: bool = False) -> bool:
         d = self.decision
         if self.resp_started or self.done or d is None:
             return False
@@ -88,7 +85,7 @@ class RetrySide:
             return True
         return r.on_error
 
-    def _retry(self: Exchange, delay: float | None = None) -> None:
+    def _retry(self, delay: float | None = None) -> None:
         d = self.decision
         assert d is not None
         self.phase = BACKOFF
@@ -107,11 +104,11 @@ class RetrySide:
             self.client.arm(self.deadline)
         self.backoff = self.client.loop.call_later(delay, self._attempt)
 
-    def _set_deadline(self: Exchange, when: float) -> None:
+    def _set_deadline(self, when: float) -> None:
         self.deadline = when if when < self.total_deadline else self.total_deadline
         self.client.arm(self.deadline)
 
-    def on_deadline(self: Exchange, now: float) -> None:
+    def on_deadline(self, now: float) -> None:
         """Called by the client connection's timer once `now >= self.deadline`."""
         if self.done:
             return
