@@ -143,7 +143,7 @@ class GatewayApp:
             self.ingresses.items(), self.classes.items(),
             class_name=self.class_name, controller=self.controller_name,
             clusters=self.clusters, services=self._services(),
-            accept_classless=self.accept_classless,
+            accept_classless=self.accept_classless, scheme=self.proxy.scheme,
         )
         old = {str(p) for p in self.problems}
         for problem in problems:

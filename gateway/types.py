@@ -133,7 +133,7 @@ class MirrorPolicy:
 class Redirect:
     """A response the gateway gives itself instead of proxying."""
 
-    status: int  # 301, 302, 307 or 308
+    status: int  # 300-303, 307 or 308
     location: str
 
 

@@ -3,7 +3,8 @@
 Ingresses are processed oldest first (creationTimestamp, then namespace/name, as
 ingress-nginx sorts them): rules for the same host merge; on a duplicate host + path +
 pathType the oldest Ingress wins and the newer rule is reported. Canary Ingresses merge
-afterwards into the main rule with the identical host, path and pathType.
+afterwards into the main rule with the identical host, path and pathType. `app-root` is an
+Exact "/" route of its host that answers with the redirect (nginx: `if ($uri = /)`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from gateway.types import BackendPolicy, BackendRef, MirrorPolicy, RouteDecision
 
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import ClassFilter
-from .matching import EXACT, IMPL, HostTable, host_error, path_error
+from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
+from .rewrite import compile_rewriter
 from .settings import RouteSettings, parse_header_control, parse_settings, resolve_port
 from .table import Choice, Route, RouteTable
 from .values import Annotations, Problem
@@ -68,6 +70,7 @@ def build_route_table(
     services: Mapping[tuple[str, str], dict] | None = None,
     rng: random.Random | None = None,
     accept_classless: bool = False,
+    scheme: str = "http",
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -75,8 +78,9 @@ def build_route_table(
     only pins known clusters). `services`: Services by (namespace, name), to resolve
     named and default ports. `accept_classless`: serve Ingresses with no class even
     without a default IngressClass (ingress-nginx --watch-ingress-without-class).
+    `scheme`: the listener's scheme, for `app-root` redirects ($scheme in ingress-nginx).
     """
-    builder = _Builder(frozenset(clusters), services)
+    builder = _Builder(frozenset(clusters), services, scheme)
     try:
         classes = ClassFilter(ingress_classes or [], class_name, controller, accept_classless)
     except Exception as exc:  # malformed IngressClass list: fall back to the class name only
@@ -106,16 +110,21 @@ def _key(ing: dict) -> str:
 
 
 class _Builder:
-    def __init__(self, clusters: frozenset[str], services: Mapping | None):
+    def __init__(self, clusters: frozenset[str], services: Mapping | None,
+                 scheme: str = "http"):
         self.clusters = clusters
         self.services = services
+        self.scheme = scheme
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
         self.index: dict[tuple[str, str, str], Route] = {}
         self.fields: dict[BackendRef, dict[str, Any]] = {}
         self.owners: dict[tuple[BackendRef, str], str] = {}
-        self.regex_hosts: set[str] = set()
+        #: Hosts in regex mode -> the annotation that turned it on (first one).
+        self.regex_hosts: dict[str, str] = {}
+        #: host -> (Ingress key, app-root, a decision of that Ingress's rule on the host).
+        self.app_roots: dict[str, tuple[str, str, RouteDecision]] = {}
 
     def problem(self, key: str, message: str, annotation: str | None = None) -> None:
         self.problems.append(Problem(key, annotation, message))
@@ -152,6 +161,9 @@ class _Builder:
             else:
                 parsed.default_ref = narrow(ref)
         parsed.has_rules = bool(spec.get("rules"))
+        if not parsed.has_rules and parsed.default_ref is not None:
+            for full in settings.rewrite.keys():  # ingress-nginx skips them on the catch-all
+                self.problem(key, "not applied to a catch-all defaultBackend; ignored", full)
         for rule_obj in spec.get("rules") or []:
             host = str(rule_obj.get("host") or "").strip().lower()
             error = host_error(host) if host else None
@@ -208,8 +220,7 @@ class _Builder:
                                  "rule ignored")
                     continue
                 self.index[(host, path, path_type)] = route
-                if parsed.settings.use_regex:
-                    self.regex_hosts.add(host)
+                self._note_rewrite(parsed, host, route)
             if parsed.default_ref is None:
                 continue
             if not parsed.has_rules:
@@ -225,15 +236,37 @@ class _Builder:
                     vhost.default = self._route(parsed, host, "", "", parsed.default_ref)
         if catch_all_owner is not None:
             vhost = self.hosts.get_or_create("")
-            vhost.default = self._route(catch_all_owner, "", "", "", catch_all_owner.default_ref)
+            vhost.default = self._route(catch_all_owner, "", "", "", catch_all_owner.default_ref,
+                                        catch_all=True)
+
+    def _note_rewrite(self, parsed: Parsed, host: str, route: Route) -> None:
+        """Regex mode for the host (use-regex, or a rewritten path) and its app-root."""
+        rewrite = parsed.settings.rewrite
+        if parsed.settings.use_regex:
+            self.regex_hosts.setdefault(host, "nginx.ingress.kubernetes.io/use-regex")
+        if rewrite.needs_rewrite(route.path) and rewrite.target_key:
+            self.regex_hosts.setdefault(host, rewrite.target_key)
+        if rewrite.app_root is None:
+            return
+        old = self.app_roots.get(host)
+        if old is None:
+            self.app_roots[host] = (parsed.key, rewrite.app_root, route.primary[0][1].decision)
+        elif old[0] != parsed.key and old[1] != rewrite.app_root:
+            self.problem(parsed.key, f"{host or '*'}: app-root {old[1]!r} of {old[0]} already "
+                         "applies to this host (the oldest Ingress wins); ignored here",
+                         rewrite.app_root_key)
 
     def _route(self, parsed: Parsed, host: str, path: str, path_type: str,
-               ref: BackendRef) -> Route:
+               ref: BackendRef, catch_all: bool = False) -> Route:
         settings = parsed.settings
+        # ingress-nginx leaves redirects and rewrites off the catch-all defaultBackend.
+        redirect = None if catch_all else settings.rewrite.redirect
         name = f"{parsed.key}|{host}{path}" if path_type else f"{parsed.key}|{host}(default)"
         weighted = list(parsed.destinations) or [(100, ref)]
         mirrors: tuple[MirrorPolicy, ...] = settings.mirrors
-        if settings.mirror_cluster is not None:
+        if redirect is not None:  # nginx returns before the mirror phase: nothing to mirror
+            mirrors = ()
+        elif settings.mirror_cluster is not None:
             cluster, percentage = settings.mirror_cluster
             mirrors += (MirrorPolicy(backend=replace(weighted[0][1], cluster=cluster),
                                      percentage=percentage),)
@@ -247,10 +280,12 @@ class _Builder:
                 backend=target, route_name=name,
                 fallbacks=tuple(r for r in refs if r != target),
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
-                upstream_host=settings.upstream_host, set_headers=settings.set_headers)
+                upstream_host=settings.upstream_host, set_headers=settings.set_headers,
+                redirect=redirect)
             primary.append((cumulative, Choice(decision)))
         return Route(parsed.key, host, path, path_type, primary,
-                     routing=settings.cluster_routing)
+                     routing=settings.cluster_routing,
+                     rewrite=settings.rewrite if path_type else None)
 
     def _merge_fields(self, parsed: Parsed, ref: BackendRef) -> None:
         """Service-scoped policy: the oldest Ingress's explicit value wins per field."""
@@ -311,15 +346,28 @@ class _Builder:
     # -- finishing ---------------------------------------------------------------------------
 
     def finish(self, rng: random.Random | None) -> RouteTable:
-        for host in self.regex_hosts:
+        unusable: set[int] = set()  # ids of routes whose path is not a valid regex
+        for host, reason in self.regex_hosts.items():
             vhost = self.hosts.get_or_create(host)
-            owners = {r.path: r.ingress for r in vhost.paths.prefix.values()}
+            owners = {r.path: r for r in vhost.paths.prefix.values()}
             for bad in vhost.paths.enable_regex():
-                self.problem(owners.get(bad, "-"), f"use-regex: {host or '*'} path {bad!r} is "
-                             "not a valid regex; path ignored", "nginx.ingress.kubernetes.io/"
-                             "use-regex")
+                owner = owners.get(bad)
+                unusable.add(id(owner))
+                self.problem(owner.ingress if owner else "-", f"{host or '*'} path {bad!r} is "
+                             "not a valid regex (regex paths are on for this host by "
+                             f"{reason.rsplit('/', 1)[-1]}); path ignored", reason)
             for route in vhost.paths.values():
                 route.use_regex = route.path_type != EXACT
+        for vhost in self.hosts.hosts():
+            for route in vhost.paths.values():
+                rewrite = route.rewrite  # a redirect answers first (ingress-nginx's order)
+                if (rewrite is not None and rewrite.needs_rewrite(route.path)
+                        and rewrite.redirect is None and id(route) not in unusable):
+                    route.rewriter, problems = compile_rewriter(route.path, rewrite)
+                    for annotation, message in problems:
+                        self.problem(route.ingress, f"{route.host or '*'}: {message}", annotation)
+            if vhost.name in self.app_roots:
+                self._install_app_root(vhost)
         backends: dict[BackendRef, BackendPolicy] = {}
         for vhost in self.hosts.hosts():
             routes = vhost.paths.values() + ([vhost.default] if vhost.default else [])
@@ -332,6 +380,13 @@ class _Builder:
                         if ref not in backends:
                             backends[ref] = self._policy(ref)
         return RouteTable(self.hosts, backends, self.clusters, rng)
+
+    def _install_app_root(self, vhost: VirtualHost[Route]) -> None:
+        """app-root answers a request for exactly "/" on the host, before any path rule."""
+        key, app_root, decision = self.app_roots[vhost.name]
+        base = replace(decision, route_name=f"{key}|{vhost.name}/(app-root)", mirrors=())
+        vhost.paths.exact["/"] = Route(key, vhost.name, "/", EXACT, [(100.0, Choice(base))],
+                                       app_root=app_root, scheme=self.scheme)
 
     def _policy(self, ref: BackendRef) -> BackendPolicy:
         """Base Service fields, then the subset's, then this exact backend's."""

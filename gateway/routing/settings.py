@@ -1,5 +1,5 @@
 """Rule-scoped annotations of a main Ingress: retries, timeouts, mirrors, Host rewrite,
-request headers, and our per-request cluster routing."""
+request headers, path rewrite and redirects, and our per-request cluster routing."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 
 from .policy import Context, check_cluster
+from .rewrite import RewriteSettings, parse_rewrite
 from .values import Annotations, split_list
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -42,6 +43,7 @@ class RouteSettings:
     set_headers: tuple[tuple[str, str], ...] = ()
     cluster_routing: ClusterRouting = field(default_factory=ClusterRouting)
     use_regex: bool = False
+    rewrite: RewriteSettings = field(default_factory=RewriteSettings)
 
 
 def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
@@ -61,6 +63,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         set_headers=parse_header_control(ann),
         cluster_routing=_cluster_routing(ann, ctx),
         use_regex=bool(ann.boolean("use-regex")),
+        rewrite=parse_rewrite(ann),
     )
 
 

@@ -1,9 +1,10 @@
 """The compiled route table: what the data path asks per request (`Router.route`).
 
 Per request: one host lookup, a few path dict probes, then either a prebuilt
-`RouteDecision` (the common case: no canary, no weighted destinations, no cluster header)
-or the canary procedure / weighted pick / cluster pin, each choosing among decisions that
-were also prebuilt. Nothing is allocated or compiled per request.
+`RouteDecision` (the common case: no canary, no weighted destinations, no cluster header,
+no rewrite; redirects are prebuilt too) or the canary procedure / weighted pick / cluster
+pin, each choosing among decisions that were also prebuilt. Only `rewrite-target` and
+`app-root` build a decision per request (a `dataclasses.replace` of a prebuilt one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision
 from .canary import CanaryRule
 from .matching import HostTable, normalize_request_host
 from .policy import policy_json
+from .rewrite import Rewriter, RewriteSettings, app_root_redirect
 from .settings import ClusterRouting
 
 
@@ -54,6 +56,13 @@ class Route:
     canary_choice: Choice | None = None
     use_regex: bool = False
     static: bool = True
+    plain: bool = True  # one prebuilt decision, before any rewrite
+    #: The owning Ingress's rewrite/redirect annotations (rule routes of main Ingresses).
+    rewrite: RewriteSettings | None = None
+    rewriter: Rewriter | None = None  # compiled at finish when this rule is rewritten
+    #: Set on the synthetic Exact "/" route of a host with `app-root`: the Location path.
+    app_root: str | None = None
+    scheme: str = "http"
 
     def finish(self, clusters: frozenset[str]) -> None:
         """Precompute pinned variants; decide whether route() can skip all logic."""
@@ -62,12 +71,23 @@ class Route:
         if self.routing.active and clusters:
             for choice in choices:
                 choice.pin_all(clusters, self.routing.strict)
-        self.static = (self.canary is None and len(self.primary) == 1
-                       and not (self.routing.active and clusters))
+        self.plain = (self.canary is None and len(self.primary) == 1
+                      and not (self.routing.active and clusters))
+        self.static = self.plain and self.rewriter is None and self.app_root is None
 
     def decide(self, request: RequestView, rng: random.Random,
                clusters: frozenset[str]) -> RouteDecision:
-        if self.static:
+        if self.app_root is not None:
+            return app_root_redirect(self.primary[0][1].decision, self.scheme,
+                                     self.app_root, request)
+        decision = self._choose(request, rng, clusters)
+        if self.rewriter is not None and decision.redirect is None:
+            return self.rewriter.apply(decision, request.path)
+        return decision
+
+    def _choose(self, request: RequestView, rng: random.Random,
+                clusters: frozenset[str]) -> RouteDecision:
+        if self.plain:
             return self.primary[0][1].decision
         choice: Choice | None = None
         if self.canary is not None:
@@ -191,7 +211,17 @@ class RouteTable:
             "timeouts": asdict(main.timeouts),
             "upstreamHost": main.upstream_host,
             "setHeaders": dict(main.set_headers),
+            "rewrite": route.rewriter.describe() if route.rewriter else None,
+            "redirect": _redirect_json(route, main),
         }
+
+
+def _redirect_json(route: Route, main: RouteDecision) -> dict | None:
+    if route.app_root is not None:  # the Location is built per request from the Host
+        return {"status": 302, "location": f"{route.scheme}://$http_host{route.app_root}"}
+    if main.redirect is not None:
+        return {"status": main.redirect.status, "location": main.redirect.location}
+    return None
 
 
 def ref_json(ref: BackendRef) -> dict:

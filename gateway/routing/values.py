@@ -24,6 +24,8 @@ COMPATIBLE_KEYS = frozenset({
     "proxy-next-upstream", "proxy-next-upstream-tries", "proxy-next-upstream-timeout",
     "proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout",
     "upstream-vhost", "use-regex",
+    "rewrite-target", "x-forwarded-prefix", "app-root",
+    "permanent-redirect", "permanent-redirect-code", "temporal-redirect", "temporal-redirect-code",
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
@@ -47,9 +49,9 @@ OUR_KEYS = frozenset({
 })
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).
 UNSUPPORTED_KEYS = frozenset({
-    "rewrite-target", "app-root", "affinity", "affinity-mode", "affinity-canary-behavior",
+    "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "default-backend", "custom-http-errors", "backend-protocol",
-    "permanent-redirect", "temporal-redirect", "ssl-redirect", "force-ssl-redirect",
+    "ssl-redirect", "force-ssl-redirect", "from-to-www-redirect",
     "configuration-snippet", "server-snippet", "auth-url", "auth-type",
 })
 
