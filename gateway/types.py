@@ -139,7 +139,11 @@ class Redirect:
 
 @dataclass(frozen=True)
 class SessionAffinity:
-    """ingress-nginx cookie affinity: a request carrying the cookie goes back to its endpoint."""
+    """ingress-nginx cookie affinity: a request carrying the cookie goes back to its endpoint.
+
+    Parsed per Ingress by gateway/routing/affinity.py; each RouteDecision gets its own copy
+    with `path` defaulted to the rule's path and `backend_tag` naming the decision's backend.
+    """
 
     cookie: str = "INGRESSCOOKIE"
     path: str | None = None  # Set-Cookie Path; None: the matched Ingress path
@@ -149,6 +153,11 @@ class SessionAffinity:
     secure: bool = False
     persistent: bool = False  # affinity-mode: persistent (never rebalanced) vs balanced
     change_on_failure: bool = False  # session-cookie-change-on-failure
+    domain: str | None = None  # Set-Cookie Domain (session-cookie-domain); None: host-only
+    #: Which backend issues the cookie (8 hex chars, routing.affinity.backend_tag): the
+    #: cookie carries it, so a request can be sent back to the side (main line or canary,
+    #: weighted destination) that pinned it before the canary rules run.
+    backend_tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,11 +233,29 @@ class ClusterManager(Protocol):
         *,
         exclude: frozenset[tuple[str, int]] = frozenset(),
         avoid_clusters: frozenset[str] = frozenset(),
+        sticky: str | None = None,
     ) -> Endpoint | None:
         """An endpoint for this request; None when nothing is usable (503 no healthy upstream).
 
         `exclude`: addresses already tried by this request. `avoid_clusters`: clusters to
         avoid when another cluster has a usable endpoint (retries prefer another cluster).
+        `sticky`: the request's affinity cookie value (only passed when the decision has
+        `affinity`); when it names a usable endpoint of `backend` not in `exclude`, that
+        endpoint wins over balancing.
+        """
+
+    def sticky_cookie(
+        self,
+        backend: BackendRef,
+        endpoint: Endpoint,
+        affinity: SessionAffinity,
+        *,
+        current: str | None = None,
+        retried: bool = False,
+    ) -> str | None:
+        """The affinity cookie value to set on the response `endpoint` (of `backend`, the one
+        actually used, a fallback included) served; None: set no cookie (the request's
+        `current` value still holds). `retried`: an earlier attempt of this request failed.
         """
 
     def report(self, endpoint: Endpoint, outcome: Outcome, status: int | None = None) -> None:

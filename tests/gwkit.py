@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.proxy import Limits, ProxyHooks, ProxyServer
-from gateway.types import BackendRef, Endpoint, Outcome, RequestView, RouteDecision
+from gateway.types import BackendRef, Endpoint, Outcome, RequestView, RouteDecision, SessionAffinity
+from gateway.upstream.affinity import sticky_cookie, sticky_endpoint
 
 # -- Router + ClusterManager ------------------------------------------------------------------
 
@@ -36,7 +37,8 @@ class FixedRouter:
 
 
 class FixedClusters:
-    """Round robin over fixed endpoints, honouring `exclude` and `avoid_clusters`."""
+    """Round robin over fixed endpoints, honouring `exclude`, `avoid_clusters` and a sticky
+    cookie (persistent semantics)."""
 
     def __init__(self, backends: dict[BackendRef, list[Endpoint]]) -> None:
         self.backends = backends
@@ -45,16 +47,25 @@ class FixedClusters:
 
     def pick(self, backend: BackendRef, request: RequestView, *,
              exclude: frozenset[tuple[str, int]] = frozenset(),
-             avoid_clusters: frozenset[str] = frozenset()) -> Endpoint | None:
+             avoid_clusters: frozenset[str] = frozenset(),
+             sticky: str | None = None) -> Endpoint | None:
         eps = self.backends.get(backend)
         if not eps:
             return None
+        if sticky is not None:
+            hit = sticky_endpoint(eps, sticky, exclude=exclude)
+            if hit is not None:
+                return hit
         self.n += 1
         if not exclude and not avoid_clusters and len(eps) == 1 and eps[0].ready:
             return eps[0]  # the common case, kept cheap for benchmarks
         eps = [e for e in eps if e.ready and e.address not in exclude]
         eps = [e for e in eps if e.cluster not in avoid_clusters] or eps
         return eps[self.n % len(eps)] if eps else None
+
+    def sticky_cookie(self, backend: BackendRef, endpoint: Endpoint, affinity: SessionAffinity,
+                      *, current: str | None = None, retried: bool = False) -> str | None:
+        return sticky_cookie(None, endpoint, affinity, current=current, retried=retried)
 
     def report(self, endpoint: Endpoint, outcome: Outcome, status: int | None = None) -> None:
         self.reports.append((endpoint, outcome, status))

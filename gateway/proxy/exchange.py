@@ -15,6 +15,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from gateway.proxy.affinity import request_cookie, set_cookie_header
 from gateway.proxy.heads import (
     LazyHeaders,
     Reject,
@@ -29,7 +30,7 @@ from gateway.proxy.states import (
     PAUSE_PENDING,
     SENT,
 )
-from gateway.types import Endpoint, RequestView
+from gateway.types import Endpoint, RequestView, RouteDecision
 
 if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamConnection
@@ -82,6 +83,8 @@ class Exchange(ResponseSide):
     def _pick(self) -> Endpoint | None:
         d = self.decision
         assert d is not None and self.view is not None
+        if d.affinity is not None:
+            return self._pick_sticky(d, self.view)
         pick = self.server.clusters.pick
         if self.tried:
             exclude = frozenset(e.address for e in self.tried)
@@ -98,6 +101,30 @@ class Exchange(ResponseSide):
                 break
             ep = pick(fb, self.view)
         return ep
+
+    def _pick_sticky(self, d: RouteDecision, view: RequestView) -> Endpoint | None:
+        """`_pick` with cookie affinity: the cookie's endpoint first (gateway/upstream/
+        affinity.py), and the Set-Cookie line for the endpoint picked (re-pinned only when
+        it changes the session), against the backend actually used (a fallback included)."""
+        aff = d.affinity
+        assert aff is not None
+        clusters = self.server.clusters
+        if not self.tried:
+            self.sticky = request_cookie(aff, view.headers)
+            exclude: frozenset[tuple[str, int]] = frozenset()
+            avoid: frozenset[str] = frozenset()
+        else:
+            exclude = frozenset(e.address for e in self.tried)
+            avoid = frozenset(e.cluster for e in self.tried) if d.retry.prefer_other_cluster else frozenset()
+        sticky = self.sticky
+        for ref in (d.backend, *d.fallbacks):
+            ep = clusters.pick(ref, view, exclude=exclude, avoid_clusters=avoid, sticky=sticky)
+            if ep is not None:
+                value = clusters.sticky_cookie(ref, ep, aff, current=sticky, retried=bool(self.tried))
+                self.resp_extra = b"" if value is None else set_cookie_header(
+                    aff, ep, aff.path or "/", value=value)
+                return ep
+        return None
 
     def _attempt(self, now: float = 0.0) -> None:
         self.backoff = None

@@ -64,6 +64,9 @@ class ExchangeBase:
     sent_continue = False
     upgraded = False
     stale_ok = False
+    # cookie session affinity (only when decision.affinity is set)
+    sticky: str | None = None  # the request's sticky cookie value
+    resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client

@@ -56,6 +56,8 @@ class ResponseSide(RetrySide):
                 return
             self.upgraded = self.resp_started = True
             extra = b"Connection: upgrade\r\nUpgrade: " + (info.upgrade or h.upgrade) + CRLF
+            if self.resp_extra:
+                extra += self.resp_extra
             c.write(response_head(status_line(101, reason), info.parts, extra))
             return
         if h.head_only or status == 204 or status == 304:
@@ -75,6 +77,8 @@ class ResponseSide(RetrySide):
             extra = b"Transfer-Encoding: chunked\r\n"
         else:
             extra = b"Connection: keep-alive\r\n" if h.http10 else b""
+        if self.resp_extra:  # Set-Cookie of session affinity, next to the upstream's own
+            extra += self.resp_extra
         c.write(response_head(status_line(status, reason), info.parts, extra))
         self.resp_started = True
         self.phase = STREAMING

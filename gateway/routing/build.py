@@ -16,6 +16,13 @@ from typing import Any
 
 from gateway.types import BackendPolicy, BackendRef, MirrorPolicy, RouteDecision
 
+from .affinity import (
+    CANARY_AFFINITY_KEYS,
+    AffinitySettings,
+    bind_affinity,
+    canary_affinity,
+    parse_affinity,
+)
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import ClassFilter
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
@@ -37,6 +44,7 @@ CANARY_ALLOWED = frozenset({
     "health-check-host", "health-check-statuses", "outlier-consecutive-5xx",
     "outlier-consecutive-gateway-failure", "outlier-base-ejection-time",
     "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
+    *CANARY_AFFINITY_KEYS,
 })
 #: Which annotation sets a policy field (to name it in conflict reports).
 _FIELD_ANNOTATION = {
@@ -58,6 +66,7 @@ class Parsed:
     rules: list[tuple[str, str, str, BackendRef]] = field(default_factory=list)
     default_ref: BackendRef | None = None
     has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
+    affinity: AffinitySettings = AffinitySettings()
 
 
 def build_route_table(
@@ -147,8 +156,9 @@ class _Builder:
         else:
             settings = parse_settings(ann, ctx)
             destinations = parse_destination(ann, ctx)
+        affinity = parse_affinity(ann, canary=is_canary)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
-        parsed = Parsed(key, rule, fields, settings, destinations)
+        parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity)
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -281,7 +291,7 @@ class _Builder:
                 fallbacks=tuple(r for r in refs if r != target),
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
-                redirect=redirect)
+                redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path))
             primary.append((cumulative, Choice(decision)))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
@@ -339,7 +349,8 @@ class _Builder:
         main = route.primary[0][1].decision
         decision = replace(main, backend=ref, fallbacks=refs, canary=True,
                            route_name=f"{parsed.key}|{where or '(default)'}",
-                           set_headers=parsed.settings.set_headers)
+                           set_headers=parsed.settings.set_headers,
+                           affinity=canary_affinity(main.affinity, parsed.affinity, ref, route.path))
         route.canary, route.canary_ingress = parsed.canary, parsed.key
         route.canary_choice = Choice(decision)
 

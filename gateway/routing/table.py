@@ -2,8 +2,9 @@
 
 Per request: one host lookup, a few path dict probes, then either a prebuilt
 `RouteDecision` (the common case: no canary, no weighted destinations, no cluster header,
-no rewrite; redirects are prebuilt too) or the canary procedure / weighted pick / cluster
-pin, each choosing among decisions that were also prebuilt. Only `rewrite-target` and
+no rewrite; redirects and cookie affinity are prebuilt too) or the affinity steps / canary
+procedure / weighted pick / cluster pin, each choosing among decisions that were also
+prebuilt. Only `rewrite-target` and
 `app-root` build a decision per request (a `dataclasses.replace` of a prebuilt one).
 """
 
@@ -13,8 +14,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision
+from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision, SessionAffinity
 
+from .affinity import regex_cookie_path, sticky_side
 from .canary import CanaryRule
 from .matching import HostTable, normalize_request_host
 from .policy import policy_json
@@ -63,11 +65,21 @@ class Route:
     #: Set on the synthetic Exact "/" route of a host with `app-root`: the Location path.
     app_root: str | None = None
     scheme: str = "http"
+    #: Cookie affinity of each side, when there is more than one side (main line, weighted
+    #: destinations, canary): a request whose cookie one of them issued goes back to it.
+    sticky: tuple[tuple[SessionAffinity, Choice], ...] = ()
 
     def finish(self, clusters: frozenset[str]) -> None:
         """Precompute pinned variants; decide whether route() can skip all logic."""
         choices = [c for _, c in self.primary] + ([self.canary_choice] if self.canary_choice
                                                   else [])
+        for choice in choices:
+            d = choice.decision
+            if d.affinity is not None and self.use_regex:
+                choice.decision = replace(d, affinity=regex_cookie_path(d.affinity, self.path))
+        if len(choices) > 1:  # one side only: its prebuilt decision carries the affinity
+            self.sticky = tuple((c.decision.affinity, c) for c in choices
+                                if c.decision.affinity is not None)
         if self.routing.active and clusters:
             for choice in choices:
                 choice.pin_all(clusters, self.routing.strict)
@@ -89,8 +101,9 @@ class Route:
                 clusters: frozenset[str]) -> RouteDecision:
         if self.plain:
             return self.primary[0][1].decision
-        choice: Choice | None = None
-        if self.canary is not None:
+        # ingress-nginx runs the affinity steps first: a cookie keeps its side.
+        choice = sticky_side(request.headers, self.sticky) if self.sticky else None
+        if choice is None and self.canary is not None:
             path = request.path
             mark = path.find("?")
             query = path[mark + 1:] if mark >= 0 else ""
@@ -189,7 +202,8 @@ class RouteTable:
         if route.canary is not None and route.canary_choice is not None:
             ref = route.canary_choice.decision.backend
             canary = {"ingress": route.canary_ingress, **route.canary.describe(),
-                      "backend": {**ref_json(ref), "policy": policy_json(self._backends[ref])}}
+                      "backend": {**ref_json(ref), "policy": policy_json(self._backends[ref])},
+                      "affinity": _affinity_json(route.canary_choice.decision.affinity)}
         return {
             "host": host or "*",
             "path": route.path,
@@ -213,7 +227,14 @@ class RouteTable:
             "setHeaders": dict(main.set_headers),
             "rewrite": route.rewriter.describe() if route.rewriter else None,
             "redirect": _redirect_json(route, main),
+            "affinity": _affinity_json(main.affinity),
         }
+
+
+def _affinity_json(affinity: SessionAffinity | None) -> dict | None:
+    if affinity is None:
+        return None
+    return {"mode": "persistent" if affinity.persistent else "balanced", **asdict(affinity)}
 
 
 def _redirect_json(route: Route, main: RouteDecision) -> dict | None:

@@ -26,6 +26,11 @@ COMPATIBLE_KEYS = frozenset({
     "upstream-vhost", "use-regex",
     "rewrite-target", "x-forwarded-prefix", "app-root",
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect", "temporal-redirect-code",
+    # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
+    "affinity", "affinity-mode", "affinity-canary-behavior",
+    "session-cookie-name", "session-cookie-path", "session-cookie-domain",
+    "session-cookie-max-age", "session-cookie-expires", "session-cookie-samesite",
+    "session-cookie-secure", "session-cookie-change-on-failure",
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
@@ -49,8 +54,8 @@ OUR_KEYS = frozenset({
 })
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).
 UNSUPPORTED_KEYS = frozenset({
-    "affinity", "affinity-mode", "affinity-canary-behavior",
-    "session-cookie-name", "default-backend", "custom-http-errors", "backend-protocol",
+    "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
+    "session-cookie-hash", "default-backend", "custom-http-errors", "backend-protocol",
     "ssl-redirect", "force-ssl-redirect", "from-to-www-redirect",
     "configuration-snippet", "server-snippet", "auth-url", "auth-type",
 })

@@ -21,7 +21,9 @@ from gateway.types import (
     Outcome,
     OutlierPolicy,
     RequestView,
+    SessionAffinity,
 )
+from gateway.upstream.affinity import sticky_cookie, sticky_pick
 from gateway.upstream.balancer import Balancer
 from gateway.upstream.discovery import EndpointCatalog, ServiceKey
 from gateway.upstream.health import HealthChecker
@@ -263,17 +265,39 @@ class UpstreamManager:
         *,
         exclude: frozenset[tuple[str, int]] = frozenset(),
         avoid_clusters: frozenset[str] = frozenset(),
+        sticky: str | None = None,
     ) -> Endpoint | None:
+        """`sticky`: the request's affinity cookie value; when it names a usable endpoint of
+        this backend (not in `exclude`) that endpoint wins over the balancer."""
         hit = self._by_id.get(id(backend))
         if hit is not None and hit[0] is backend:
-            return hit[1].pick(request, exclude, avoid_clusters)
-        bal = self._balancers.get(backend)
-        if bal is None:
-            bal = self._track(backend)
-        if len(self._by_id) >= _ID_CACHE:
-            self._by_id.clear()
-        self._by_id[id(backend)] = (backend, bal)
+            bal = hit[1]
+        else:
+            bal = self._balancers.get(backend)
+            if bal is None:
+                bal = self._track(backend)
+            if len(self._by_id) >= _ID_CACHE:
+                self._by_id.clear()
+            self._by_id[id(backend)] = (backend, bal)
+        if sticky is not None:
+            ep = sticky_pick(bal, sticky, exclude)
+            if ep is not None:
+                return ep
         return bal.pick(request, exclude, avoid_clusters)
+
+    def sticky_cookie(
+        self,
+        backend: BackendRef,
+        endpoint: Endpoint,
+        affinity: SessionAffinity,
+        *,
+        current: str | None = None,
+        retried: bool = False,
+    ) -> str | None:
+        """The affinity cookie value for a response `endpoint` served (None: set no cookie,
+        the request's `current` one still holds). See gateway/upstream/affinity.py."""
+        return sticky_cookie(self._balancers.get(backend), endpoint, affinity,
+                             current=current, retried=retried)
 
     def _track(self, ref: BackendRef) -> Balancer:
         """A backend the route table did not announce (e.g. a mirror): track it with defaults."""
