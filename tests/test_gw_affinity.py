@@ -24,7 +24,7 @@ from gateway.routing.affinity import (
     parse_affinity_annotations,
     read_sticky_cookie,
 )
-from gateway.types import BackendPolicy, BackendRef, Endpoint, SessionAffinity
+from gateway.types import BackendPolicy, BackendRef, Endpoint, RequestView, SessionAffinity
 from gateway.upstream.affinity import StickyIndex, index_of, sticky_cookie, sticky_endpoint
 from gateway.upstream.balancer import Balancer
 
@@ -248,7 +248,7 @@ def test_backup_pool_sessions_return_to_primary_only_when_balanced(persistent, s
     for ep in a:
         ep.healthy = False
     bal.update(a + b, NOW)
-    ep = bal.pick(None)  # type: ignore[arg-type]
+    ep = bal.pick(RequestView("GET", "/", "h", {}))
     assert ep.cluster == "b"  # failover
     value = index_of(bal).issue(ep, persistent=persistent)
     assert index_of(bal).lookup(value, now=NOW) is ep

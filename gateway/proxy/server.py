@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Any, cast
 
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
@@ -60,7 +61,9 @@ class ProxyServer:
         self.mirror = MirrorSender(self)
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # uvloop gives a list where typeshed says tuple (compiled code checks declared types)
+        sockets = cast(Any, self._server).sockets
+        self.port = sockets[0].getsockname()[1]
         self.pool.start()
         log.info("proxy listening on %s:%d", host, self.port)
         return self.port

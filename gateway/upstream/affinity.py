@@ -29,7 +29,6 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from weakref import WeakKeyDictionary
 
 from gateway.routing.affinity import StickyValue, decode_sticky, endpoint_key
 from gateway.types import Endpoint, SessionAffinity
@@ -174,14 +173,11 @@ def _eligible(levels: Sequence[Level]) -> set[Endpoint]:
     return out
 
 
-_INDEXES: WeakKeyDictionary[Balancer, StickyIndex] = WeakKeyDictionary()
-
-
 def index_of(bal: Balancer) -> StickyIndex:
     """The balancer's index, rebuilt lazily after any update (new endpoints/levels lists)."""
-    idx = _INDEXES.get(bal)
+    idx: StickyIndex | None = bal.sticky_index
     if idx is None or idx.endpoints is not bal.endpoints or idx.levels is not bal.levels:
-        idx = _INDEXES[bal] = StickyIndex(bal.endpoints, bal.levels, idx)
+        idx = bal.sticky_index = StickyIndex(bal.endpoints, bal.levels, idx)
     return idx
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import reduce
 from math import gcd
+from typing import Any
 
 from gateway.types import BackendPolicy, Endpoint, RequestView
 from gateway.upstream.lb import (
@@ -154,6 +155,8 @@ class Balancer:
 
     def __init__(self, policy: BackendPolicy) -> None:
         self.policy = policy
+        #: Cookie affinity's lookup index for these endpoints (gateway/upstream/affinity.py).
+        self.sticky_index: Any = None
         self._key: KeyFunc | None = None
         if policy.algorithm == "hash":
             try:

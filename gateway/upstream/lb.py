@@ -103,6 +103,7 @@ class Pool:
         self.algorithm = algorithm
         self.ring: HashRing | None = None
         self._members: set[Endpoint] | None = None
+        self.pick: Callable[[int], Endpoint]  # the algorithm's pick, bound once
         if algorithm == "hash":
             self.ring = ring if ring is not None else HashRing(self.eps)
             if len(self.ring.members) == self.n:
@@ -118,7 +119,8 @@ class Pool:
             self.pick = self._rr
 
     def _walk(self, h: int) -> Endpoint:
-        return self.ring.walk(h, self._members.__contains__)  # type: ignore[union-attr,return-value]
+        assert self.ring is not None and self._members is not None
+        return self.ring.walk(h, self._members.__contains__)  # type: ignore[return-value]
 
     def _rr(self, _h: int) -> Endpoint:
         i = self.i

@@ -273,9 +273,8 @@ class UpstreamManager:
         if hit is not None and hit[0] is backend:
             bal = hit[1]
         else:
-            bal = self._balancers.get(backend)
-            if bal is None:
-                bal = self._track(backend)
+            known = self._balancers.get(backend)
+            bal = known if known is not None else self._track(backend)
             if len(self._by_id) >= _ID_CACHE:
                 self._by_id.clear()
             self._by_id[id(backend)] = (backend, bal)
