@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.affinity import request_cookie, set_cookie_header
 from gateway.proxy.heads import (
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.proxy")
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class Exchange(ResponseSide):

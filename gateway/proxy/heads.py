@@ -11,25 +11,26 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
+from typing import Final
 
 import httptools
 
 #: RFC 9110 7.6.1 plus the legacy ones; never forwarded in either direction.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
-_REQ_SPECIAL = HOP_BY_HOP | {
+_REQ_SPECIAL: Final = HOP_BY_HOP | {
     b"content-length", b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-forwarded-port", b"x-real-ip", b"x-request-id",
 }
-_TRUSTED_KEEP = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
-_CANON = {b"x-forwarded-proto": b"X-Forwarded-Proto", b"x-forwarded-host": b"X-Forwarded-Host",
+_TRUSTED_KEEP: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
+_CANON: Final = {b"x-forwarded-proto": b"X-Forwarded-Proto", b"x-forwarded-host": b"X-Forwarded-Host",
           b"x-forwarded-port": b"X-Forwarded-Port", b"x-real-ip": b"X-Real-IP"}
 #: nginx's list: not passed to the next upstream once sent, unless `non_idempotent`.
-NON_IDEMPOTENT = frozenset({b"POST", b"PATCH", b"LOCK"})
-CRLF = b"\r\n"
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+NON_IDEMPOTENT: Final = frozenset({b"POST", b"PATCH", b"LOCK"})
+CRLF: Final = b"\r\n"
+REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class Reject(Exception):
@@ -122,7 +123,7 @@ class RequestHead:
         return self.chunked or bool(self.length)
 
 
-_HOST_KEYS: dict[bytes, str] = {}
+_HOST_KEYS: Final[dict[bytes, str]] = {}
 
 
 def host_key(raw: bytes) -> str:
@@ -260,9 +261,9 @@ def parse_request(
 
 #: Raw header name -> its lower-cased form when the proxy must look at it, else None.
 #: Names repeat across requests, so one dict hit replaces lower() and a set lookup per header.
-_REQ_CODES: dict[bytes, bytes | None] = {}
-_RESP_CODES: dict[bytes, bytes | None] = {}
-_RESP_SPECIAL = HOP_BY_HOP | {b"content-length"}
+_REQ_CODES: Final[dict[bytes, bytes | None]] = {}
+_RESP_CODES: Final[dict[bytes, bytes | None]] = {}
+_RESP_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def _code(codes: dict[bytes, bytes | None], name: bytes, special: frozenset[bytes]) -> bytes | None:
@@ -273,7 +274,7 @@ def _code(codes: dict[bytes, bytes | None], name: bytes, special: frozenset[byte
     return code
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
 
 
 def _named(tokens: bytes) -> set[bytes]:
@@ -317,16 +318,18 @@ def upstream_head(h: RequestHead, parts: list[bytes], host: bytes, path: bytes |
 
 # -- responses -----------------------------------------------------------------------------
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
-def status_line(status: int, reason: bytes) -> bytes:
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """`HTTP/1.1 <status> <standard phrase>` (cached per status), or with `reason`."""
+    if reason:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    line = _STATUS_LINES.get(status)
     if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))
+        line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
         if len(_STATUS_LINES) < 1024:
-            _STATUS_LINES[key] = line
+            _STATUS_LINES[status] = line
     return line
 
 

@@ -19,6 +19,7 @@ the last check pushes it on.
 from __future__ import annotations
 
 import random
+from typing import Final
 
 from gateway.proxy.exchange_base import ExchangeBase
 from gateway.proxy.states import (
@@ -32,7 +33,7 @@ from gateway.proxy.states import (
 )
 
 #: cause -> (status, short text, outcome reported to the cluster manager)
-CAUSES = {
+CAUSES: Final = {
     "connect_failure": (502, "upstream connect error", "connect_failure"),
     "connect_timeout": (504, "upstream connect timeout", "timeout"),
     "reset": (502, "upstream connection reset before response", "reset"),

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import reduce
 from math import gcd
-from typing import Any
+from typing import Any, Final
 
 from gateway.types import BackendPolicy, Endpoint, RequestView
 from gateway.upstream.lb import (
@@ -48,7 +48,7 @@ def usable(ep: Endpoint, now: float) -> bool:
 RingOf = Callable[[list[Endpoint]], HashRing]
 
 #: Longest precomputed weighted cycle (entries); longer ones run nginx's SWRR step by step.
-_MAX_CYCLE = 4096
+_MAX_CYCLE: Final = 4096
 
 
 def _interleave(eps: list[Endpoint]) -> list[Endpoint]:

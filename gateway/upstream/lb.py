@@ -12,12 +12,13 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Final
 
 from gateway.hashkey import KeyFunc, compile_hash_key  # noqa: F401 - re-exported
 from gateway.types import Endpoint
 
 #: Points per endpoint on the hash ring (nginx's ketama-compatible `hash ... consistent` uses 160).
-VNODES = 160
+VNODES: Final = 160
 
 Accept = Callable[[Endpoint], bool]
 
@@ -41,7 +42,7 @@ def _points(cluster: str, ip: str, port: int) -> tuple[int, ...]:
     return tuple(zlib.crc32(base + str(i).encode()) for i in range(VNODES))
 
 
-_IDX_BITS = 20  # endpoints per ring: up to 2**20
+_IDX_BITS: Final = 20  # endpoints per ring: up to 2**20
 
 
 class HashRing:

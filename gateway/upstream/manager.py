@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from gateway.types import (
     BackendPolicy,
@@ -33,8 +33,8 @@ from mcs_controller.access.api import ClusterClient
 log = logging.getLogger("gateway.upstream")
 
 BaseKey = tuple[str, str, int | str]  # (namespace, service, port): one Envoy "cluster"
-_DEFAULT_POLICY = BackendPolicy()
-_ID_CACHE = 4096
+_DEFAULT_POLICY: Final = BackendPolicy()
+_ID_CACHE: Final = 4096
 
 
 def _base(ref: BackendRef) -> BaseKey:
