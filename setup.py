@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent
 COMPILED = [
     "gateway/types.py",
     "gateway/hashkey.py",
+    "gateway/routing/matching.py",
     "gateway/routing/table.py",
     "gateway/proxy/config.py",
     "gateway/proxy/states.py",
@@ -36,6 +37,7 @@ COMPILED = [
     "gateway/upstream/balancer.py",
     "gateway/upstream/outlier.py",
     "gateway/upstream/manager.py",
+    "gateway/metrics.py",
 ]
 
 

@@ -2,13 +2,16 @@
 
 The proxy calls `observe` once per request; a labelled prometheus_client child costs several
 calls and a lock per increment, so requests, latency buckets, retries, errors and mirrors are
-plain dict entries here and become metric families only when /metrics is scraped.
+plain dict entries here and become metric families only when /metrics is scraped. This
+module is compiled with the data path (setup.py): GatewayMetrics implements the proxy's
+`Hooks` protocol and the registry's collector interface without subclassing either.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -19,13 +22,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.proxy.hooks import MirrorOutcome, ProxyHooks
+from gateway.proxy.hooks import MirrorOutcome
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_SUM = len(LATENCY_BUCKETS) + 1  # index of the sum in a latency row (after the +Inf bucket)
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SUM: Final = len(LATENCY_BUCKETS) + 1  # index of the sum in a latency row (after the +Inf bucket)
 
 
-class GatewayMetrics(ProxyHooks, Collector):
+class GatewayMetrics:
     """Data path counters (a Collector: read at scrape) plus the rare config metrics."""
 
     def __init__(self, registry: CollectorRegistry):
@@ -51,7 +54,7 @@ class GatewayMetrics(ProxyHooks, Collector):
         if cluster:
             row = self.latency.get((route, cluster))
             if row is None:
-                row = self.latency[(route, cluster)] = [0] * (_SUM + 1)
+                row = self.latency[(route, cluster)] = [0.0] * (_SUM + 1)
             row[bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
             row[_SUM] += upstream_seconds
 
@@ -84,9 +87,9 @@ class GatewayMetrics(ProxyHooks, Collector):
                                         labels=["route", "cluster"])
         bounds = [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
         for (route, cluster), row in list(self.latency.items()):
-            cumulative, buckets = 0, []
-            for bound, n in zip(bounds, row[:_SUM], strict=True):
-                cumulative += n
+            cumulative, buckets = 0.0, []
+            for bound, count in zip(bounds, row[:_SUM], strict=True):
+                cumulative += count
                 buckets.append((bound, cumulative))
             latency.add_metric([route, cluster], buckets, row[_SUM])
         yield latency

@@ -184,15 +184,24 @@ class RouteDecision:
     affinity: SessionAffinity | None = None
 
 
-@dataclass(slots=True)
 class RequestView:
-    """What routing may look at: the request head, already parsed by the data path."""
+    """What routing may look at: the request head, already parsed by the data path.
 
-    method: str
-    path: str  # as received: path plus "?query"
-    host: str  # lower-cased, ":port" stripped
-    headers: Mapping[str, str]  # lower-cased names; repeated headers joined with ", "
-    client_ip: str = ""
+    A plain class (not a dataclass): one is built per request, and its `__init__` then
+    compiles with the data path."""
+
+    __slots__ = ("method", "path", "host", "headers", "client_ip")
+
+    def __init__(self, method: str, path: str, host: str, headers: Mapping[str, str],
+                 client_ip: str = "") -> None:
+        self.method = method
+        self.path = path  # as received: path plus "?query"
+        self.host = host  # lower-cased, ":port" stripped
+        self.headers = headers  # lower-cased names; repeated headers joined with ", "
+        self.client_ip = client_ip
+
+    def __repr__(self) -> str:
+        return f"RequestView({self.method} {self.host}{self.path} from {self.client_ip or '-'})"
 
 
 class Router(Protocol):

@@ -1,15 +1,26 @@
-"""Metrics hooks of the data path: a no-op base class the app subclasses (e.g. Prometheus).
+"""Metrics hooks of the data path: the `Hooks` protocol and `ProxyHooks`, its no-op version.
 
 The proxy calls these on every request, so they are plain methods with positional
-arguments and no return value; keep overrides cheap (a counter increment, a histogram
-observe). The proxy never catches exceptions raised here.
+arguments and no return value; keep implementations cheap (a counter increment, a
+histogram observe). The proxy never catches exceptions raised here. An implementation
+need not subclass ProxyHooks (gateway/metrics.py does not: it is compiled with the data
+path, so the per-request call stays in native code).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 MirrorOutcome = Literal["sent", "dropped", "failed"]
+
+
+class Hooks(Protocol):
+    def observe(self, route: str, cluster: str, status: int, upstream_seconds: float) -> None: ...
+    def retry(self, route: str) -> None: ...
+    def upstream_error(self, route: str, cluster: str, cause: str) -> None: ...
+    def mirror(self, outcome: MirrorOutcome) -> None: ...
+    def connection_opened(self) -> None: ...
+    def connection_closed(self) -> None: ...
 
 
 class ProxyHooks:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
-from gateway.proxy.hooks import ProxyHooks
+from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.pool import ConnectionPool
 from gateway.types import ClusterManager, Router
@@ -32,14 +32,14 @@ class ProxyServer:
         router: Router,
         clusters: ClusterManager,
         *,
-        metrics: ProxyHooks | None = None,
+        metrics: Hooks | None = None,
         limits: Limits | None = None,
         xff_trusted: Iterable[str] = (),
         scheme: str = "http",
     ) -> None:
         self.router = router
         self.clusters = clusters
-        self.hooks = metrics if metrics is not None else ProxyHooks()
+        self.hooks: Hooks = metrics if metrics is not None else ProxyHooks()
         self.limits = limits if limits is not None else Limits()
         #: Peers whose X-Forwarded-Proto/Host/Port and X-Real-IP we keep (other proxies, LBs).
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in xff_trusted]

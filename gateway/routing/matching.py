@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -71,15 +70,15 @@ def prefix_key(path: str) -> str:
     return path.rstrip("/")
 
 
-@dataclass
 class PathTable(Generic[T]):
     """The paths of one host. Values are opaque (routes)."""
 
-    exact: dict[str, T] = field(default_factory=dict)
-    prefix: dict[str, T] = field(default_factory=dict)
-    #: Original path of each prefix entry (for '/foo' vs '/foo/' and for regex mode).
-    prefix_paths: dict[str, str] = field(default_factory=dict)
-    regex: list[tuple[re.Pattern[str], T]] | None = None
+    def __init__(self) -> None:
+        self.exact: dict[str, T] = {}
+        self.prefix: dict[str, T] = {}
+        #: Original path of each prefix entry (for '/foo' vs '/foo/' and for regex mode).
+        self.prefix_paths: dict[str, str] = {}
+        self.regex: list[tuple[re.Pattern[str], T]] | None = None
 
     def add_exact(self, path: str, value: T) -> T | None:
         """Add unless taken; returns the value already there (the older one wins)."""
@@ -145,14 +144,14 @@ class PathTable(Generic[T]):
         return list(self.exact.values()) + list(self.prefix.values())
 
 
-@dataclass
 class VirtualHost(Generic[T]):
     """One host of the table: its paths and the default for unmatched paths."""
 
-    name: str  # "foo.com", "*.foo.com", or "" for the host-less catch-all
-    paths: PathTable[T] = field(default_factory=PathTable)
-    default: T | None = None
-    default_owner: str | None = None
+    def __init__(self, name: str) -> None:
+        self.name = name  # "foo.com", "*.foo.com", or "" for the host-less catch-all
+        self.paths: PathTable[T] = PathTable()
+        self.default: T | None = None
+        self.default_owner: str | None = None
 
 
 class HostTable(Generic[T]):
