@@ -9,7 +9,6 @@ module is compiled with the data path (setup.py): GatewayMetrics implements the 
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Final
 
@@ -25,16 +24,39 @@ from prometheus_client.registry import Collector
 from gateway.proxy.hooks import MirrorOutcome
 
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_SUM: Final = len(LATENCY_BUCKETS) + 1  # index of the sum in a latency row (after the +Inf bucket)
+
+
+class RouteStats:
+    """Requests of one (route, cluster): counts by status and the latency histogram."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket (not cumulative), then +Inf
+        self.total = 0.0  # sum of the observed seconds
+        self.observed = 0  # requests that had an upstream (the histogram's count)
+
+    def count(self, status: int) -> None:
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+
+    def time(self, seconds: float) -> None:
+        i = 0
+        for bound in LATENCY_BUCKETS:  # most requests stop in the first buckets
+            if seconds <= bound:
+                break
+            i += 1
+        self.buckets[i] += 1
+        self.total += seconds
+        self.observed += 1
 
 
 class GatewayMetrics:
     """Data path counters (a Collector: read at scrape) plus the rare config metrics."""
 
     def __init__(self, registry: CollectorRegistry):
-        self.requests: dict[tuple[str, str, int], int] = {}
-        #: (route, cluster) -> per-bucket counts (not cumulative), +Inf count, then the sum.
-        self.latency: dict[tuple[str, str], list[float]] = {}
+        #: route -> cluster ("" when no endpoint served) -> stats; two str-keyed lookups per
+        #: request (their hashes are cached), no key tuple.
+        self.routes: dict[str, dict[str, RouteStats]] = {}
         self.retries: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str, str], int] = {}
         self.mirrors: dict[str, int] = {}
@@ -48,15 +70,15 @@ class GatewayMetrics:
     # -- hooks (per request) ---------------------------------------------------------------
 
     def observe(self, route: str, cluster: str, status: int, upstream_seconds: float) -> None:
-        key = (route, cluster, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        clusters = self.routes.get(route)
+        if clusters is None:
+            clusters = self.routes[route] = {}
+        stats = clusters.get(cluster)
+        if stats is None:
+            stats = clusters[cluster] = RouteStats()
+        stats.count(status)
         if cluster:
-            row = self.latency.get((route, cluster))
-            if row is None:
-                row = self.latency[(route, cluster)] = [0.0] * (_SUM + 1)
-            row[bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
-            row[_SUM] += upstream_seconds
+            stats.time(upstream_seconds)
 
     def retry(self, route: str) -> None:
         self.retries[route] = self.retries.get(route, 0) + 1
@@ -79,19 +101,22 @@ class GatewayMetrics:
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("gateway_requests", "Client requests by route, serving cluster and final status",
                                        labels=["route", "cluster", "status"])
-        for (route, cluster, status), n in list(self.requests.items()):
-            requests.add_metric([route, cluster, str(status)], n)
-        yield requests
         latency = HistogramMetricFamily("gateway_upstream_latency_seconds",
                                         "First upstream attempt to the end of the response",
                                         labels=["route", "cluster"])
         bounds = [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
-        for (route, cluster), row in list(self.latency.items()):
-            cumulative, buckets = 0.0, []
-            for bound, count in zip(bounds, row[:_SUM], strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([route, cluster], buckets, row[_SUM])
+        for route, clusters in list(self.routes.items()):
+            for cluster, stats in list(clusters.items()):
+                for status, n in list(stats.statuses.items()):
+                    requests.add_metric([route, cluster, str(status)], n)
+                if stats.observed:
+                    cumulative = 0
+                    buckets: list[tuple[str, float]] = []
+                    for bound, count in zip(bounds, list(stats.buckets), strict=True):
+                        cumulative += count
+                        buckets.append((bound, cumulative))
+                    latency.add_metric([route, cluster], buckets, stats.total)
+        yield requests
         yield latency
         retries = CounterMetricFamily("gateway_retries", "Extra attempts on another endpoint", labels=["route"])
         for route, n in list(self.retries.items()):

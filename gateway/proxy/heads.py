@@ -264,6 +264,9 @@ def parse_request(
 _REQ_CODES: Final[dict[bytes, bytes | None]] = {}
 _RESP_CODES: Final[dict[bytes, bytes | None]] = {}
 _RESP_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
+#: Lengths of those names: most response headers (Server, Date, Content-Type...) are ruled
+#: out by their length alone, before a dict lookup hashes the (new) name bytes.
+_RESP_SPECIAL_LENGTHS: Final = frozenset(len(n) for n in _RESP_SPECIAL)
 
 
 def _code(codes: dict[bytes, bytes | None], name: bytes, special: frozenset[bytes]) -> bytes | None:
@@ -346,10 +349,13 @@ class ResponseInfo:
         tokens: bytes | None = None
         codes = _RESP_CODES
         for name, value in headers:
-            try:
-                ln = codes[name]
-            except KeyError:
-                ln = _code(codes, name, _RESP_SPECIAL)
+            if len(name) not in _RESP_SPECIAL_LENGTHS:
+                ln = None
+            else:
+                try:
+                    ln = codes[name]
+                except KeyError:
+                    ln = _code(codes, name, _RESP_SPECIAL)
             if ln is None:
                 parts += (name, b": ", value, CRLF)
             elif ln == b"content-length":
