@@ -31,6 +31,7 @@ COMPILED = [
     "gateway/proxy/response.py",
     "gateway/proxy/exchange.py",
     "gateway/proxy/client.py",
+    "gateway/proxy/mirror_line.py",
     "gateway/proxy/mirror.py",
     "gateway/proxy/server.py",
     "gateway/upstream/lb.py",

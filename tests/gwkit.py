@@ -115,6 +115,7 @@ class Upstream:
     server: asyncio.Server | None = None
     hook: Callable[[Req], None] | None = None
     delay: float = 0.0  # before every answer
+    keepalive: bool = True  # False: JSON echoes say `Connection: close` and the connection closes
     conns_total: int = 0
     sent_bytes: int = 0  # body bytes written by /bytes
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -233,7 +234,12 @@ class Upstream:
                 "headers": req.headers, "body_len": len(req.body),
                 "body_sha": hashlib.sha256(req.body).hexdigest(),
             }).encode()
-            w.write(response(200, body, ctype="application/json"))
+            head = response(200, body, ctype="application/json")
+            if not self.keepalive:
+                head = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+            w.write(head)
+            await w.drain()
+            return self.keepalive and (req.header("connection") or "").lower() != "close"
         await w.drain()
         return (req.header("connection") or "").lower() != "close"
 

@@ -12,7 +12,7 @@ import pytest
 from gwkit import Env, dead_endpoint, decision, eventually
 
 from gateway.proxy import Limits
-from gateway.proxy.mirror import parse_target, shadow_host
+from gateway.proxy.mirror import LINES_PER_ADDRESS, parse_target, shadow_host
 from gateway.types import BackendRef, MirrorPolicy
 
 SHADOW = BackendRef("default", "shadow", 80)
@@ -128,6 +128,41 @@ async def test_mirror_percentage_and_no_body(env: Env) -> None:
     assert never.requests == []
     assert all(r.body == b"" and r.header("content-length") is None for r in shadow.requests)
     assert shadow.requests[0].header("host") == f"127.0.0.1:{env.port}"
+
+
+async def test_copies_are_pipelined_on_few_connections(env: Env) -> None:
+    """Concurrent copies to one address share a few mirror lines (not a connection each),
+    every copy arrives whole, and each response completes one copy."""
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    bodies = [f"copy-{i}-".encode() * (i + 1) for i in range(40)]
+    conn = aiohttp.TCPConnector(limit=40)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async def one(body: bytes) -> int:
+            async with s.post(env.url("/echo"), data=body) as r:
+                await r.read()
+                return r.status
+        assert await asyncio.gather(*(one(b) for b in bodies)) == [200] * 40
+    await eventually(lambda: env.hooks.mirrors.count("sent") == 40, within=3)
+    assert sorted(r.body for r in shadow.requests) == sorted(bodies)
+    assert 1 <= shadow.conns_total <= LINES_PER_ADDRESS
+    assert env.proxy is not None and env.proxy.mirror.in_flight == 0
+
+
+async def test_shadow_closing_after_each_response_gets_one_copy_per_connection(env: Env) -> None:
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    shadow.keepalive = False
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    assert (await fetch(env))[0] == 200  # the first answer says close: no more pipelining there
+    await eventually(lambda: env.hooks.mirrors == ["sent"])
+    results = await asyncio.gather(*(fetch(env) for _ in range(10)))  # concurrent copies
+    assert [status for status, _ in results] == [200] * 10
+    await eventually(lambda: len(env.hooks.mirrors) == 11, within=3)
+    assert env.hooks.mirrors == ["sent"] * 11 and len(shadow.requests) == 11
+    assert shadow.conns_total == 11
+    assert env.proxy is not None and env.proxy.mirror.in_flight == 0
 
 
 def test_target_and_shadow_host_parsing() -> None:

@@ -2,11 +2,18 @@
 
 A mirror copy is planned when the primary is routed (percentage sampling, in-flight cap),
 collects the request body by reference while it streams to the primary (size cap), and is
-sent once the body is complete, over the same keep-alive pool, with its own deadline (a task
-exists only while connecting). Nothing here can change, delay or fail the primary: overflow
-drops the copy, errors only count. Responses to mirrors are read (so the pooled connection
-stays usable) and ignored. Mirror outcomes are not reported to the cluster manager, so a
-failing shadow never ejects anything.
+sent once the body is complete, with its own deadline. Nothing here can change, delay or fail
+the primary: overflow drops the copy, errors only count. Mirror outcomes are not reported to
+the cluster manager, so a failing shadow never ejects anything.
+
+Copies to one address are pipelined on a few connections of their own (`MirrorLine`): what a
+loop turn produced leaves in one write, and the responses, read in order, are only counted
+(their parser reports message ends, not headers). A copy costs a few appends, not a whole
+upstream exchange. A line whose oldest copy is past its deadline, or that the shadow stopped
+reading, is closed and its copies fail; a full line (depth) opens another, up to a cap, then
+copies are dropped. HEAD copies (a response parser cannot tell their bodies are absent), and
+every copy to a shadow that answered `Connection: close`, go one per connection over the
+shared pool instead.
 
 Targets: a BackendRef (an endpoint picked by the cluster manager) or a URL `http://host[:port]
 [path]` where `$request_uri`, `$uri`, `$args`, `$host`, `$scheme`, `$remote_addr` are
@@ -22,9 +29,10 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.heads import CRLF, RequestHead, _without
+from gateway.proxy.mirror_line import MirrorLine
 from gateway.types import MirrorPolicy, RequestView
 
 if TYPE_CHECKING:
@@ -32,6 +40,9 @@ if TYPE_CHECKING:
     from gateway.proxy.server import ProxyServer
 
 log = logging.getLogger("gateway.proxy.mirror")
+
+LINE_DEPTH: Final = 64  # copies waiting on one line (sent or queued) before another opens
+LINES_PER_ADDRESS: Final = 4
 
 
 class MirrorJob:
@@ -87,9 +98,13 @@ class MirrorSender:
         self.in_flight = 0
         self.sent = self.dropped = self.failed = 0
         self.tasks: set[asyncio.Task[None]] = set()  # connects only
-        self.watch: deque[_Sink] = deque()  # in-flight copies, by deadline
+        self.watch: deque[_Sink] = deque()  # in-flight HEAD copies, by deadline
         self._timer: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[str, int, str] | None] = {}
+        self.lines: dict[tuple[str, int], list[MirrorLine]] = {}
+        #: Shadows that close after a response: their copies go one per pooled connection.
+        self.no_pipelining: set[tuple[str, int]] = set()
+        self._line_timer: asyncio.TimerHandle | None = None
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
              parts: list[bytes]) -> list[MirrorJob] | None:
@@ -149,6 +164,15 @@ class MirrorSender:
                 self._count("dropped")
                 continue
             head = j.head + (b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
+            if not head.startswith(b"HEAD ") and j.addr not in self.no_pipelining:
+                line = self._line(j.addr)
+                if line is None:
+                    self.in_flight -= 1
+                    self._count("dropped")
+                else:
+                    line.send(head, j.body, self.server.loop.time() + self.server.limits.mirror_timeout)
+                    self._arm_lines()
+                continue
             sink = _Sink(self, head.startswith(b"HEAD "))
             conn = self.server.pool.acquire(j.addr)
             if conn is not None:
@@ -159,6 +183,47 @@ class MirrorSender:
                 task.add_done_callback(self.tasks.discard)
             self._watch(sink)
         jobs.clear()
+
+    def _line(self, addr: tuple[str, int]) -> MirrorLine | None:
+        """The least loaded usable line to `addr`, a new one if all are full, else None."""
+        lines = self.lines.get(addr)
+        if lines is None:
+            lines = self.lines[addr] = []
+        best: MirrorLine | None = None
+        for line in lines:
+            if not line.paused and line.depth < LINE_DEPTH and (best is None or line.depth < best.depth):
+                best = line
+        if best is None and len(lines) < LINES_PER_ADDRESS:
+            best = MirrorLine(self, addr)
+            lines.append(best)
+            task = self.server.loop.create_task(best.connect())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return best
+
+    def line_closed(self, line: MirrorLine) -> None:
+        lines = self.lines.get(line.addr)
+        if lines is not None and line in lines:
+            lines.remove(line)
+
+    def _arm_lines(self) -> None:
+        if self._line_timer is None:
+            period = max(0.01, self.server.limits.mirror_timeout / 4)
+            self._line_timer = self.server.loop.call_later(period, self._check_lines)
+
+    def _check_lines(self) -> None:
+        """Close lines whose oldest copy is past its deadline (a stuck or slow shadow)."""
+        self._line_timer = None
+        now = self.server.loop.time()
+        busy = False
+        for lines in list(self.lines.values()):
+            for line in list(lines):
+                if line.deadlines and line.deadlines[0] <= now:
+                    line.abort()
+                elif line.depth:
+                    busy = True
+        if busy:
+            self._arm_lines()
 
     def drop(self, jobs: list[MirrorJob]) -> None:
         for _ in jobs:
@@ -222,6 +287,12 @@ class MirrorSender:
             t.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        for lines in list(self.lines.values()):
+            for line in list(lines):
+                line.abort()
+        if self._line_timer is not None:
+            self._line_timer.cancel()
+            self._line_timer = None
         while self.watch:
             sink = self.watch.popleft()
             if not sink.done:
@@ -297,3 +368,4 @@ class _Sink:
 
     def upstream_write_paused(self, paused: bool) -> None:
         pass
+
