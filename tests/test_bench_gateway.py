@@ -72,3 +72,13 @@ def test_full_run_reports_every_run_and_target(tmp_path: Path) -> None:
     assert res["mirror"]["nginx"]["upstream"]["cluster-c"] > 0
     assert set(res["verdicts"]) == {"rps_ratio", "p99_added_ms", "mirror_ratio", "failover_failed"}
     assert len([line for line in lines if line.startswith("target: ")]) == 4
+
+
+def test_instruction_harness_drives_the_real_data_path() -> None:
+    """bench/_gateway_instructions.py: requests through the real proxy objects (its own
+    assertion checks the upstream's body reached the client); the figure is only printed."""
+    for host in ("bench.local", "mirror.local"):
+        done = subprocess.run([sys.executable, "bench/_gateway_instructions.py", "--requests", "300",
+                               "--host", host], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"{host}: " in done.stdout and "CPU per request" in done.stdout

@@ -1,0 +1,126 @@
+"""The gateway data path's own cost per request, with in-memory transports (no kernel, no
+wrk): a real GatewayApp over the benchmark's fleet (bench/_gateway_setup.py), one client
+connection and pooled upstream connections whose transports are lists. Each request is fed
+to `ClientConnection.data_received`, and a canned nginx response to the upstream connection
+the proxy wrote to.
+
+Deterministic figure (instructions, not time; what bench/README.md's table uses):
+
+    PY=$(python -c 'import sys; print(sys.executable)')
+    for n in 1000 6000; do valgrind --tool=cachegrind --cache-sim=no \\
+        --cachegrind-out-file=/dev/null $PY bench/_gateway_instructions.py --requests $n; done
+    # instructions per request = (I refs of the second - I refs of the first) / 5000
+
+Without valgrind it prints CPU µs per request (noisy on a shared VM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/gateway.py
+sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE))
+
+import _gateway_setup as S  # noqa: E402
+
+from gateway.app import GatewayApp  # noqa: E402
+from gateway.proxy.client import ClientConnection  # noqa: E402
+from gateway.proxy.pool import UpstreamConnection  # noqa: E402
+from mcs_controller.access.loader import load_fleet  # noqa: E402
+from mcs_controller.ops.cli import run as run_loop  # noqa: E402  (uvloop when installed)
+
+BODY = b"This is env cluster-a !"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 21:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s"
+            % (len(BODY), BODY))
+
+
+class ListTransport:
+    """What the proxy writes to, kept in a list; `wrote` names upstream connections written to."""
+
+    def __init__(self, wrote: list[UpstreamConnection], owner: UpstreamConnection | None = None) -> None:
+        self.owner, self.wrote, self.out = owner, wrote, []
+
+    def write(self, data: bytes) -> None:
+        if self.owner is None and len(self.out) > 8:
+            del self.out[:]
+        self.out.append(data)
+        if self.owner is not None:
+            self.wrote.append(self.owner)
+
+    def writelines(self, data: list[bytes]) -> None:
+        for d in data:
+            self.write(d)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+    def get_extra_info(self, key: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8080)}.get(key, default)
+
+
+async def measure(requests: int, host: str) -> float:
+    fleet, errors = await load_fleet(S.write_fleet(Path(tempfile.mkdtemp())))
+    assert not errors and fleet.hub is not None, errors
+    app = GatewayApp(fleet.clusters[fleet.hub], fleet.member_clients(),
+                     listen=("127.0.0.1", 0), admin=None)
+    await app.start()
+    await app.wait_ready(15)
+    wrote: list[UpstreamConnection] = []
+    for c in S.CLUSTERS:
+        for addr in c.addresses:
+            up = UpstreamConnection(app.proxy.pool, (addr, S.POD_PORT))
+            up.connection_made(ListTransport(wrote, up))  # type: ignore[arg-type]
+            app.proxy.pool.release(up)
+    client_side = ListTransport(wrote)
+    client = ClientConnection(app.proxy)
+    client.connection_made(client_side)  # type: ignore[arg-type]
+    request = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode()
+
+    def one() -> None:
+        client.data_received(request)
+        up = wrote.pop()
+        wrote.clear()
+        up.transport.out.clear()  # type: ignore[attr-defined]
+        up.data_received(RESPONSE)
+
+    for _ in range(2000):  # warm: routes, pools, caches
+        one()
+    assert BODY in b"".join(client_side.out[-3:]), client_side.out[-3:]
+    t0 = time.process_time()
+    for _ in range(requests):
+        one()
+    spent = time.process_time() - t0
+    await app.stop(0.1)
+    return spent / requests
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=100000)
+    p.add_argument("--host", default=S.HOST)
+    args = p.parse_args(argv)
+    result: list[float] = []
+
+    async def go() -> int:
+        result.append(await measure(args.requests, args.host))
+        return 0
+
+    run_loop(go())
+    print(f"{args.host}: {result[0] * 1e6:.2f} µs CPU per request (in-memory transports)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
