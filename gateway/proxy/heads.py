@@ -182,7 +182,10 @@ def parse_request(
         except KeyError:
             ln = _code(codes, name, _REQ_SPECIAL)
         if ln is None:
-            parts += (name, b": ", value, CRLF)
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(CRLF)
         elif ln == b"content-length":
             length = int(value)
             parts += (name, b": ", value, CRLF)
@@ -357,7 +360,10 @@ class ResponseInfo:
                 except KeyError:
                     ln = _code(codes, name, _RESP_SPECIAL)
             if ln is None:
-                parts += (name, b": ", value, CRLF)
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(CRLF)
             elif ln == b"content-length":
                 self.length = value
                 parts += (name, b": ", value, CRLF)
