@@ -345,7 +345,8 @@ class ResponseInfo:
     __slots__ = ("parts", "length", "chunked", "upgrade")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        parts: list[bytes] = []
+        # parts[0] is the status line's slot (response_head fills it): one list, one join
+        parts: list[bytes] = [b""]
         self.length: bytes | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
@@ -376,15 +377,16 @@ class ResponseInfo:
         if tokens is not None:
             drop = _named(tokens)
             if drop:
-                parts = _without(parts, drop)
+                parts = [b"", *_without(parts[1:], drop)]
         self.parts = parts
 
 
 def response_head(line: bytes, parts: list[bytes], extra: bytes) -> bytes:
-    out = [line]
-    out += parts
-    out += (extra, CRLF)
-    return b"".join(out)
+    """The head sent to the client; fills and extends ResponseInfo.parts (used once)."""
+    parts[0] = line
+    parts.append(extra)
+    parts.append(CRLF)
+    return b"".join(parts)
 
 
 def local_response(status: int, text: str, *, close: bool, head_only: bool = False,
