@@ -340,45 +340,53 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
 
 
 class ResponseInfo:
-    """What the response head says about framing (from one pass over its headers)."""
+    """A response head as it is parsed: the lines to forward and what they say about framing.
 
-    __slots__ = ("parts", "length", "chunked", "upgrade")
+    Filled one header at a time from the parser's callback (`add`), so no list of header
+    tuples is built and walked again; `finish` drops the headers Connection names.
+    """
 
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+    __slots__ = ("parts", "length", "chunked", "upgrade", "tokens")
+
+    def __init__(self) -> None:
         # parts[0] is the status line's slot (response_head fills it): one list, one join
-        parts: list[bytes] = [b""]
+        self.parts: list[bytes] = [b""]
         self.length: bytes | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
-        tokens: bytes | None = None
-        codes = _RESP_CODES
-        for name, value in headers:
-            if len(name) not in _RESP_SPECIAL_LENGTHS:
-                ln = None
-            else:
-                try:
-                    ln = codes[name]
-                except KeyError:
-                    ln = _code(codes, name, _RESP_SPECIAL)
-            if ln is None:
-                parts.append(name)
-                parts.append(b": ")
-                parts.append(value)
-                parts.append(CRLF)
-            elif ln == b"content-length":
-                self.length = value
-                parts += (name, b": ", value, CRLF)
-            elif ln == b"transfer-encoding":
-                self.chunked = value.rstrip().lower().endswith(b"chunked")
-            elif ln == b"connection":
-                tokens = value if tokens is None else tokens + b"," + value
-            elif ln == b"upgrade":
-                self.upgrade = value
-        if tokens is not None:
-            drop = _named(tokens)
+        self.tokens: bytes | None = None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        if len(name) not in _RESP_SPECIAL_LENGTHS:
+            ln = None
+        else:
+            codes = _RESP_CODES
+            try:
+                ln = codes[name]
+            except KeyError:
+                ln = _code(codes, name, _RESP_SPECIAL)
+        parts = self.parts
+        if ln is None:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(CRLF)
+        elif ln == b"content-length":
+            self.length = value
+            parts += (name, b": ", value, CRLF)
+        elif ln == b"transfer-encoding":
+            self.chunked = value.rstrip().lower().endswith(b"chunked")
+        elif ln == b"connection":
+            self.tokens = value if self.tokens is None else self.tokens + b"," + value
+        elif ln == b"upgrade":
+            self.upgrade = value
+
+    def finish(self) -> ResponseInfo:
+        if self.tokens is not None:
+            drop = _named(self.tokens)
             if drop:
-                parts = [b"", *_without(parts[1:], drop)]
-        self.parts = parts
+                self.parts = [b"", *_without(self.parts[1:], drop)]
+        return self
 
 
 def response_head(line: bytes, parts: list[bytes], extra: bytes) -> bytes:

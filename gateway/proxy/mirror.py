@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from gateway.proxy.heads import CRLF, RequestHead, _without
+from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, _without
 from gateway.proxy.mirror_line import MirrorLine
 from gateway.types import MirrorPolicy, RequestView
 
@@ -349,7 +349,7 @@ class _Sink:
         self.sender._count(outcome)
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+                         info: ResponseInfo, keep_alive: bool) -> None:
         if self.head_only:  # llhttp would wait for the announced body
             self.end("sent")
 

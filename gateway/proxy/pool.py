@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
+from gateway.proxy.heads import ResponseInfo
 from gateway.proxy.tunnel import half_close
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class Owner(Protocol):
         """Whose writes one upstream read batches (None: a mirror sink)."""
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+                         info: ResponseInfo, keep_alive: bool) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None: ...
     def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None: ...
@@ -46,7 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream address; events go to `owner`."""
 
     __slots__ = (
-        "pool", "addr", "transport", "parser", "owner", "headers", "trailers",
+        "pool", "addr", "transport", "parser", "owner", "info", "trailers",
         "head_done", "interim", "keep_alive", "closed", "reused", "idle_since", "read_paused",
         "tunnel", "got_bytes", "idle_list",
     )
@@ -57,7 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
         self.owner: Owner | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.info = ResponseInfo()  # the head of the response being read
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.head_done = False
         self.interim = False
@@ -154,22 +155,24 @@ class UpstreamConnection(asyncio.Protocol):
                 self.trailers = []
             self.trailers.append((name, value))
         else:
-            self.headers.append((name, value))
+            self.info.add(name, value)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self.interim = True  # 100/102/103: not relayed (we answered 100 ourselves)
+            self.info = ResponseInfo()
             return
         self.head_done = True
         self.keep_alive = ka = self.parser.should_keep_alive()
-        self.owner.on_response_head(self, status, b"", self.headers, ka)  # type: ignore[union-attr]
+        info = self.info
+        self.info = ResponseInfo()  # for the next response
+        self.owner.on_response_head(self, status, b"", info.finish(), ka)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
         self.owner.on_response_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
-        self.headers = []
         self.head_done = False
         if self.interim:
             self.interim = False

@@ -31,7 +31,7 @@ class ResponseSide(RetrySide):
     # -- response (from the upstream connection) ----------------------------------------------
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+                         info: ResponseInfo, keep_alive: bool) -> None:
         if conn is not self.conn:
             return
         d = self.decision
@@ -47,7 +47,6 @@ class ResponseSide(RetrySide):
                 self._retry()
             return
         self.status = status
-        info = ResponseInfo(headers)
         c = self.client
         if status == 101:
             if h.upgrade is None:
