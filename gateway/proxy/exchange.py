@@ -87,8 +87,7 @@ class Exchange(ResponseSide):
             return self._pick_sticky(d, self.view)
         pick = self.server.clusters.pick
         if self.tried:
-            exclude = frozenset(e.address for e in self.tried)
-            avoid = frozenset(e.cluster for e in self.tried) if d.retry.prefer_other_cluster else frozenset()
+            exclude, avoid = self._retry_filters(d)
             ep = pick(d.backend, self.view, exclude=exclude, avoid_clusters=avoid)
             for fb in d.fallbacks:
                 if ep is not None:
@@ -102,6 +101,12 @@ class Exchange(ResponseSide):
             ep = pick(fb, self.view)
         return ep
 
+    def _retry_filters(self, d: RouteDecision) -> tuple[frozenset[tuple[str, int]], frozenset[str]]:
+        """A retry's picks: not an address tried, and (when preferred) not their clusters."""
+        exclude = frozenset(e.address for e in self.tried)
+        avoid = frozenset(e.cluster for e in self.tried) if d.retry.prefer_other_cluster else frozenset()
+        return exclude, avoid
+
     def _pick_sticky(self, d: RouteDecision, view: RequestView) -> Endpoint | None:
         """`_pick` with cookie affinity: the cookie's endpoint first (gateway/upstream/
         affinity.py), and the Set-Cookie line for the endpoint picked (re-pinned only when
@@ -114,8 +119,7 @@ class Exchange(ResponseSide):
             exclude: frozenset[tuple[str, int]] = frozenset()
             avoid: frozenset[str] = frozenset()
         else:
-            exclude = frozenset(e.address for e in self.tried)
-            avoid = frozenset(e.cluster for e in self.tried) if d.retry.prefer_other_cluster else frozenset()
+            exclude, avoid = self._retry_filters(d)
         sticky = self.sticky
         for ref in (d.backend, *d.fallbacks):
             ep = clusters.pick(ref, view, exclude=exclude, avoid_clusters=avoid, sticky=sticky)
