@@ -106,11 +106,7 @@ class ExchangeBase:
             self._drop_conn()
         if self.ep is not None:
             self._end_attempt(None, None)
-        self.done = True
-        self.phase = DONE
-        if self.mirrors and not self.req_done:
-            self.server.mirror.drop(self.mirrors)
-            self.mirrors = None
+        self._mark_done()
         if not now:
             now = self.client.loop.time()
         self.server.hooks.observe(self.route, self.cluster, self.status, now - self.t0 if self.t0 else 0.0)
@@ -123,13 +119,17 @@ class ExchangeBase:
         self._cancel_pending()
         self._drop_conn()
         self._end_attempt(None, None)
+        self._mark_done()
+        self.server.hooks.observe(self.route, self.cluster, self.status if self.resp_started else 499,
+                                  self.client.loop.time() - self.t0 if self.t0 else 0.0)
+
+    def _mark_done(self) -> None:
+        """Ended: mirror copies still waiting for a body that will not come are dropped."""
         self.done = True
         self.phase = DONE
         if self.mirrors and not self.req_done:
             self.server.mirror.drop(self.mirrors)
             self.mirrors = None
-        self.server.hooks.observe(self.route, self.cluster, self.status if self.resp_started else 499,
-                                  self.client.loop.time() - self.t0 if self.t0 else 0.0)
 
     def _abort_client(self) -> None:
         """Response bytes already reached the client: the only honest signal left is closing."""

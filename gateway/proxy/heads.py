@@ -146,6 +146,14 @@ def _host_key(raw: bytes) -> str:
     return h[:i] if i >= 0 else h
 
 
+def add_line(parts: list[bytes], name: bytes, value: bytes) -> None:
+    """One forwarded header line into a flat head list (joined once at the end)."""
+    parts.append(name)
+    parts.append(b": ")
+    parts.append(value)
+    parts.append(CRLF)
+
+
 def parse_request(
     method: bytes,
     url: bytes,
@@ -182,13 +190,10 @@ def parse_request(
         except KeyError:
             ln = _code(codes, name, _REQ_SPECIAL)
         if ln is None:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(CRLF)
+            add_line(parts, name, value)
         elif ln == b"content-length":
             length = int(value)
-            parts += (name, b": ", value, CRLF)
+            add_line(parts, name, value)
         elif ln == b"host":
             if host_raw is not None:
                 raise Reject(400, "duplicate Host header")
@@ -214,7 +219,7 @@ def parse_request(
         elif ln in _TRUSTED_KEEP:
             if trusted:
                 (kept := kept or set()).add(ln)
-                parts += (name, b": ", value, CRLF)
+                add_line(parts, name, value)
     if host_raw is None:
         if not http10:
             raise Reject(400, "missing Host header")
@@ -367,13 +372,10 @@ class ResponseInfo:
                 ln = _code(codes, name, _RESP_SPECIAL)
         parts = self.parts
         if ln is None:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(CRLF)
+            add_line(parts, name, value)
         elif ln == b"content-length":
             self.length = value
-            parts += (name, b": ", value, CRLF)
+            add_line(parts, name, value)
         elif ln == b"transfer-encoding":
             self.chunked = value.rstrip().lower().endswith(b"chunked")
         elif ln == b"connection":

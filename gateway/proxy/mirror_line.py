@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
+
+from gateway.proxy.pool import set_nodelay
 
 if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorSender
@@ -78,12 +79,7 @@ class MirrorLine(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr: asyncio.Transport = transport  # type: ignore[assignment]
         self.transport = tr
-        sock = tr.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        set_nodelay(tr)
         if self.closed:
             tr.abort()
         elif self.out:
