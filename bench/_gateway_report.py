@@ -98,8 +98,10 @@ def report(res: dict) -> str:
     if "half" in res:
         half = res["half"]
         lines.append(
-            f"half load: wrk paced (Lua delay(), wrk2 is not packaged) to {res['half_rate']:.0f} "
-            f"req/s, half of ours' peak, for all three. p99 added over direct: ours "
+            f"half load: {res['half_rate']:.0f} req/s (half of ours' peak) for all three, open loop "
+            f"(bench/_paced_load.c: a request every 1/rate s, latency from its slot; late sends: "
+            f"direct {half['direct'].get('late', 0)}, ours {half['ours'].get('late', 0)}, nginx "
+            f"{half['nginx'].get('late', 0)}). p99 added over direct: ours "
             f"{_ms(half['ours']['p99_us'] - half['direct']['p99_us'])} ms, nginx "
             f"{_ms(half['nginx']['p99_us'] - half['direct']['p99_us'])} ms; ours over nginx "
             f"{_ms(half['ours']['p99_us'] - half['nginx']['p99_us'])} ms")

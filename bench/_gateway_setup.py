@@ -315,26 +315,6 @@ function done(summary, latency, requests)
 end
 """
 
-# wrk has no rate limit (wrk2 is not packaged): pace requests with delay(), one schedule per
-# wrk thread; a slot missed because every connection was busy is skipped, not bunched up.
-_PACED = """
-local ffi = require("ffi")
-ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } bench_ts;
-           int clock_gettime(int, bench_ts *); ]]
-local ts, interval, next_slot = ffi.new("bench_ts"), 1000 / %f, nil
-local function now_ms()
-  ffi.C.clock_gettime(1, ts)
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
-function delay()
-  local now = now_ms()
-  if next_slot == nil or next_slot < now then next_slot = now end
-  local wait = next_slot - now
-  next_slot = next_slot + interval
-  return math.floor(wait)
-end
-"""
-
 _COUNT = """
 non2xx = 0
 function response(status, headers, body)
@@ -343,11 +323,11 @@ end
 """
 
 
-def wrk_script(work: Path, rate: float | None = None, count_status: bool = False) -> Path:
-    """done() prints one JSON line; `rate` (req/s, per wrk thread) paces; count_status counts
-    every non-2xx (wrk's own count is of >= 400 only)."""
-    text = _DONE + (_PACED % rate if rate else "") + (_COUNT if count_status else "")
-    name = f"wrk-{'paced' if rate else 'peak'}{'-count' if count_status else ''}.lua"
+def wrk_script(work: Path, count_status: bool = False) -> Path:
+    """done() prints one JSON line; count_status counts every non-2xx (wrk's own count is of
+    >= 400 only). wrk runs flat out; paced runs use bench/_paced.py."""
+    text = _DONE + (_COUNT if count_status else "")
+    name = f"wrk-peak{'-count' if count_status else ''}.lua"
     path = work / name
     path.write_text(text)
     return path

@@ -6,9 +6,9 @@ member clusters split 50/50 by cluster weight (cluster-a has 2 pods, cluster-b 3
 `mirror.local`, the same plus a 100 % mirror to a third cluster. Ours runs with its metrics
 and admin port on. The upstream "pods" are nginx processes, one per cluster. Each proxy in
 turn is driven by wrk; the proxy is pinned to core 0 alone, wrk and the upstream nginx share
-core 1 (the same for both proxies). Runs: peak (flat out), half load (wrk paced to half of
-ours' peak, against each proxy and the upstream direct: latency added = p99 through the
-proxy - p99 direct), mirroring, and failover (cluster-a's nginx killed mid-run; non-2xx
+core 1 (the same for both proxies). Runs: peak (flat out), half load (an open-loop generator,
+bench/_paced_load.c, at half of ours' peak, against each proxy and the upstream direct:
+latency added = p99 through the proxy - p99 direct), mirroring, and failover (cluster-a's nginx killed mid-run; non-2xx
 counted). Targets: ours >= 0.75x nginx's req/s; p99 added <= 1 ms at half load; req/s with
 mirroring >= 0.9x without.
 
@@ -37,6 +37,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import _gateway_setup as S  # noqa: E402
+import _paced  # noqa: E402
 from _gateway_report import QUIET, disturbed, profile_top, report, verdicts  # noqa: E402
 
 RUNS = ("half", "mirror", "failover")
@@ -148,14 +149,17 @@ class Bench:
         on both cores meanwhile (bg %), and what each upstream cluster counted."""
         if failover and S.KILLED.name not in self.procs.running:
             self.start_cluster(S.KILLED)
-        script = S.wrk_script(self.work, rate, count_status=failover)
         seconds, pid = self.args.duration, self.pids.get(target)
         pc, cc = self.args.proxy_cpu, self.args.client_cpu
+        if rate:  # open loop, a request every 1/rate s, latency from each one's slot
+            cmd = S.pinned(cc, _paced.command(_paced.build(), self.urls[target], host, rate,
+                                              self.args.connections, seconds))
+        else:
+            cmd = self.wrk_cmd(target, host, S.wrk_script(self.work, count_status=failover), seconds)
         before = {c.name: S.stub_requests(c) for c in S.CLUSTERS}
         (u0, s0), mine0 = S.cpu_times(pid), self._client_side_cpu()
         times0, t0 = (S.core_times(pc), S.core_times(cc)), time.monotonic()
-        wrk = subprocess.Popen(self.wrk_cmd(target, host, script, seconds),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=S.die_with_parent)
         killed_at = None
         if failover:
@@ -168,7 +172,7 @@ class Bench:
         busy = (times[0][0] - times0[0][0], times[1][0] - times0[1][0])
         steal = max(times[i][1] - times0[i][1] for i in (0, 1))
         (u1, s1), mine = S.cpu_times(pid), self._client_side_cpu() - mine0
-        res = S.parse_wrk(out)
+        res = _paced.parse_paced(out) if rate else S.parse_wrk(out)
         after = {c.name: S.stub_requests(c) for c in S.CLUSTERS}
         got = {n: after[n] - before[n] - 1  # the second status request counts itself
                if after[n] is not None and before[n] is not None else None for n in before}
