@@ -42,10 +42,15 @@ COMPILED = [
 ]
 
 
-def _clean() -> None:
-    """Interpreted build: remove what an earlier compiled build left in the tree."""
-    for so in [*ROOT.glob("gateway/**/*.so"), *ROOT.glob("*__mypyc*.so")]:
+def _clean(keep: tuple[str, ...] = ()) -> None:
+    """Remove what earlier compiled builds left in the tree: all of it for an interpreted
+    build; else the shared libraries (rebuilt now) and the modules no longer compiled, so a
+    deleted source cannot stay importable."""
+    for so in ROOT.glob("*__mypyc*.so"):
         so.unlink()
+    for so in ROOT.glob("gateway/**/*.so"):
+        if so.relative_to(ROOT).as_posix().split(".", 1)[0] + ".py" not in keep:
+            so.unlink()
 
 
 def _extensions() -> list:
@@ -54,6 +59,7 @@ def _extensions() -> list:
         return []
     from mypyc.build import mypycify
 
+    _clean(keep=tuple(COMPILED))
     return mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED], opt_level="3")
 
 

@@ -17,6 +17,7 @@ Without valgrind it prints CPU µs per request (noisy on a shared VM).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ import _gateway_setup as S  # noqa: E402
 
 from gateway.app import GatewayApp  # noqa: E402
 from gateway.proxy.client import ClientConnection  # noqa: E402
+from gateway.proxy.mirror_line import MirrorLine  # noqa: E402
 from gateway.proxy.pool import UpstreamConnection  # noqa: E402
 from mcs_controller.access.loader import load_fleet  # noqa: E402
 from mcs_controller.ops.cli import run as run_loop  # noqa: E402  (uvloop when installed)
@@ -70,7 +72,7 @@ class ListTransport:
         return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8080)}.get(key, default)
 
 
-async def measure(requests: int, host: str) -> float:
+async def measure(requests: int, host: str, batch: int) -> float:
     fleet, errors = await load_fleet(S.write_fleet(Path(tempfile.mkdtemp())))
     assert not errors and fleet.hub is not None, errors
     app = GatewayApp(fleet.clusters[fleet.hub], fleet.member_clients(),
@@ -83,24 +85,33 @@ async def measure(requests: int, host: str) -> float:
             up = UpstreamConnection(app.proxy.pool, (addr, S.POD_PORT))
             up.connection_made(ListTransport(wrote, up))  # type: ignore[arg-type]
             app.proxy.pool.release(up)
+    shadow = MirrorLine(app.proxy.mirror, (S.SHADOW.addresses[0], S.POD_PORT))
+    shadow.connection_made(ListTransport([]))  # type: ignore[arg-type]
+    app.proxy.mirror.lines[shadow.addr] = [shadow]
     client_side = ListTransport(wrote)
     client = ClientConnection(app.proxy)
     client.connection_made(client_side)  # type: ignore[arg-type]
     request = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode()
 
-    def one() -> None:
-        client.data_received(request)
-        up = wrote.pop()
-        wrote.clear()
-        up.transport.out.clear()  # type: ignore[attr-defined]
-        up.data_received(RESPONSE)
+    async def turn(batch: int) -> None:
+        """`batch` requests in one loop turn (as at peak), then their mirror copies' answers."""
+        for _ in range(batch):
+            client.data_received(request)
+            up = wrote.pop()
+            wrote.clear()
+            up.transport.out.clear()  # type: ignore[attr-defined]
+            up.data_received(RESPONSE)
+        await asyncio.sleep(0)  # the mirror line's flush
+        if shadow.depth:
+            shadow.transport.out.clear()  # type: ignore[union-attr]
+            shadow.data_received(RESPONSE * shadow.depth)
 
-    for _ in range(2000):  # warm: routes, pools, caches
-        one()
+    for _ in range(2000 // batch):  # warm: routes, pools, caches
+        await turn(batch)
     assert BODY in b"".join(client_side.out[-3:]), client_side.out[-3:]
     t0 = time.process_time()
-    for _ in range(requests):
-        one()
+    for _ in range(requests // batch):
+        await turn(batch)
     spent = time.process_time() - t0
     await app.stop(0.1)
     return spent / requests
@@ -109,12 +120,13 @@ async def measure(requests: int, host: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=100000)
-    p.add_argument("--host", default=S.HOST)
+    p.add_argument("--host", default=S.HOST, help=f"{S.MIRROR_HOST}: with a mirror copy each")
+    p.add_argument("--batch", type=int, default=10, help="requests per loop turn")
     args = p.parse_args(argv)
     result: list[float] = []
 
     async def go() -> int:
-        result.append(await measure(args.requests, args.host))
+        result.append(await measure(args.requests, args.host, args.batch))
         return 0
 
     run_loop(go())

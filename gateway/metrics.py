@@ -87,8 +87,8 @@ class GatewayMetrics:
         key = (route, cluster, cause)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
-    def mirror(self, outcome: MirrorOutcome) -> None:
-        self.mirrors[outcome] = self.mirrors.get(outcome, 0) + 1
+    def mirror(self, outcome: MirrorOutcome, copies: int = 1) -> None:
+        self.mirrors[outcome] = self.mirrors.get(outcome, 0) + copies
 
     def connection_opened(self) -> None:
         self.connections += 1

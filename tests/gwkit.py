@@ -332,8 +332,8 @@ class RecordingHooks(ProxyHooks):
     def upstream_error(self, route: str, cluster: str, cause: str) -> None:
         self.errors.append(cause)
 
-    def mirror(self, outcome: str) -> None:  # type: ignore[override]
-        self.mirrors.append(outcome)
+    def mirror(self, outcome: str, copies: int = 1) -> None:  # type: ignore[override]
+        self.mirrors += [outcome] * copies
 
     def connection_opened(self) -> None:
         self.opened += 1

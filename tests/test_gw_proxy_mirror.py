@@ -13,7 +13,7 @@ from gwkit import Env, dead_endpoint, decision, eventually
 
 from gateway.proxy import Limits
 from gateway.proxy.mirror import LINES_PER_ADDRESS, parse_target, shadow_host
-from gateway.types import BackendRef, MirrorPolicy
+from gateway.types import BackendRef, Endpoint, MirrorPolicy
 
 SHADOW = BackendRef("default", "shadow", 80)
 
@@ -163,6 +163,59 @@ async def test_shadow_closing_after_each_response_gets_one_copy_per_connection(e
     assert env.hooks.mirrors == ["sent"] * 11 and len(shadow.requests) == 11
     assert shadow.conns_total == 11
     assert env.proxy is not None and env.proxy.mirror.in_flight == 0
+
+
+ODD_ANSWERS = [  # what a shadow may answer; each written in pieces, 1 ms apart
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",  # (after chunked: llhttp counts)
+]
+
+
+async def test_pipelined_copies_counted_whatever_the_shadow_answers(env: Env) -> None:
+    """Interim responses, no-body statuses, chunked bodies, answers cut into small reads:
+    every copy is counted sent once its answer ended, none before."""
+    received: list[bytes] = []
+    release = asyncio.Event()
+
+    async def shadow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = b""
+        for i in range(len(ODD_ANSWERS)):
+            while b"\r\n\r\n" not in buf:
+                buf += await reader.read(65536)
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            received.append(head)
+            if i == 1:
+                await release.wait()  # two copies sent, answers held back
+            answer = ODD_ANSWERS[i]
+            for k in range(0, len(answer), 7):
+                writer.write(answer[k:k + 7])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        await reader.read()  # (EOF)
+        writer.close()
+
+    server = await asyncio.start_server(shadow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await env.upstream("primary")
+    env.backends[SHADOW] = [Endpoint(cluster="c2", ip="127.0.0.1", port=port)]
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    try:
+        for i in range(len(ODD_ANSWERS)):
+            assert (await fetch(env, f"/n{i}"))[0] == 200
+            if i == 1:
+                await eventually(lambda: len(received) == 2)
+                await asyncio.sleep(0.05)
+                assert env.hooks.mirrors == ["sent"]  # the second copy's answer is held back
+                release.set()
+        await eventually(lambda: env.hooks.mirrors == ["sent"] * len(ODD_ANSWERS), within=3)
+        assert [h.split(b" ")[1] for h in received] == [f"/n{i}".encode() for i in range(5)]
+        assert env.proxy is not None and env.proxy.mirror.in_flight == 0
+        assert len(env.proxy.mirror.lines[("127.0.0.1", port)]) == 1  # all on one line
+    finally:
+        server.close()
 
 
 def test_target_and_shadow_host_parsing() -> None:

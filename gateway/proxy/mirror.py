@@ -48,9 +48,9 @@ LINES_PER_ADDRESS: Final = 4
 class MirrorJob:
     __slots__ = ("addr", "head", "body", "size", "over")
 
-    def __init__(self, addr: tuple[str, int], head: bytes, want_body: bool) -> None:
+    def __init__(self, addr: tuple[str, int], head: list[bytes], want_body: bool) -> None:
         self.addr = addr
-        self.head = head  # without the final Content-Length line and CRLF
+        self.head = head  # the head's pieces, without the final Content-Length line and CRLF
         self.body: list[bytes] | None = [] if want_body else None
         self.size = 0
         self.over = False
@@ -105,6 +105,7 @@ class MirrorSender:
         #: Shadows that close after a response: their copies go one per pooled connection.
         self.no_pipelining: set[tuple[str, int]] = set()
         self._line_timer: asyncio.TimerHandle | None = None
+        self._shadow_hosts: dict[bytes, bytes] = {}
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
              parts: list[bytes]) -> list[MirrorJob] | None:
@@ -138,13 +139,23 @@ class MirrorSender:
             if p.host:
                 host = p.host.encode("latin-1")
             else:
-                host = shadow_host(head.host_raw) if p.shadow_suffix else head.host_raw
+                host = self._shadow_host(head.host_raw) if p.shadow_suffix else head.host_raw
             fwd = _without(parts, {b"content-length"}) if head.length is not None else parts
             out = [head.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, CRLF]
             out += fwd
-            jobs.append(MirrorJob(addr, b"".join(out), want_body))
+            jobs.append(MirrorJob(addr, out, want_body))
             self.in_flight += 1
         return jobs or None
+
+    def _shadow_host(self, host: bytes) -> bytes:
+        """shadow_host, remembered: a route sees the same few Host values again and again."""
+        shadow = self._shadow_hosts.get(host)
+        if shadow is None:
+            shadow = shadow_host(host)
+            if len(self._shadow_hosts) >= 1024:
+                self._shadow_hosts.clear()
+            self._shadow_hosts[host] = shadow
+        return shadow
 
     def feed(self, jobs: list[MirrorJob], data: bytes) -> None:
         cap = self.server.limits.max_mirror_body
@@ -163,17 +174,19 @@ class MirrorSender:
                 self.in_flight -= 1
                 self._count("dropped")
                 continue
-            head = j.head + (b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
-            if not head.startswith(b"HEAD ") and j.addr not in self.no_pipelining:
+            pieces = j.head
+            pieces.append(b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
+            head_only = pieces[0] == b"HEAD"
+            if not head_only and not (self.no_pipelining and j.addr in self.no_pipelining):
                 line = self._line(j.addr)
                 if line is None:
                     self.in_flight -= 1
                     self._count("dropped")
                 else:
-                    line.send(head, j.body, self.server.loop.time() + self.server.limits.mirror_timeout)
-                    self._arm_lines()
+                    line.send(pieces, j.body)
                 continue
-            sink = _Sink(self, head.startswith(b"HEAD "))
+            head = b"".join(pieces)
+            sink = _Sink(self, head_only)
             conn = self.server.pool.acquire(j.addr)
             if conn is not None:
                 sink.send(conn, head, j.body)
@@ -261,14 +274,14 @@ class MirrorSender:
         if w:
             self._timer = self.server.loop.call_at(w[0].deadline, self._expire)
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, copies: int = 1) -> None:
         if outcome == "sent":
-            self.sent += 1
+            self.sent += copies
         elif outcome == "dropped":
-            self.dropped += 1
+            self.dropped += copies
         else:
-            self.failed += 1
-        self.server.hooks.mirror(outcome)  # type: ignore[arg-type]
+            self.failed += copies
+        self.server.hooks.mirror(outcome, copies)  # type: ignore[arg-type]
 
     def _target(self, url: str) -> tuple[str, int, str] | None:
         if url not in self._targets:

@@ -19,8 +19,10 @@ class MirrorLine(asyncio.Protocol):
     """A connection of its own to one mirror address, carrying pipelined copies.
 
     `send` queues a copy; the first one of a loop turn schedules `flush`, which writes
-    everything queued at once. Responses come back in order; the parser reports only each
-    message's end (no header callbacks), and each end completes the oldest copy.
+    everything queued at once, as one batch with one deadline. Responses come back in order;
+    the parser reports only each message's end (no header callbacks; counting ends in Python
+    from raw bytes was tried, and costs several times llhttp), and the copies they answer are
+    settled once per read, oldest batch first.
     """
 
     def __init__(self, sender: MirrorSender, addr: tuple[str, int]) -> None:
@@ -28,9 +30,13 @@ class MirrorLine(asyncio.Protocol):
         self.addr = addr
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.answered = 0  # in the read being parsed
+        self.closing = False  # the shadow said Connection: close
         self.out: list[bytes] = []  # queued for the next flush
-        self.deadlines: deque[float] = deque()  # one per copy not yet answered, oldest first
-        self.depth = 0
+        self.queued = 0  # copies in `out`
+        self.deadlines: deque[float] = deque()  # per batch written and not wholly answered
+        self.counts: deque[int] = deque()  # its copies still unanswered (same order)
+        self.depth = 0  # copies queued or unanswered
         self.flushing = False
         self.paused = False  # the shadow stopped reading: take no more copies
         self.closed = False
@@ -42,11 +48,11 @@ class MirrorLine(asyncio.Protocol):
         except OSError:
             self.abort()
 
-    def send(self, head: bytes, body: list[bytes] | None, deadline: float) -> None:
-        self.out.append(head)
+    def send(self, head: list[bytes], body: list[bytes] | None) -> None:
+        self.out += head
         if body:
             self.out += body
-        self.deadlines.append(deadline)
+        self.queued += 1
         self.depth += 1
         if not self.flushing and self.transport is not None:
             self.flushing = True
@@ -57,7 +63,12 @@ class MirrorLine(asyncio.Protocol):
         out = self.out
         if out and self.transport is not None and not self.closed:
             self.out = []
-            self.transport.writelines(out)
+            self.transport.write(b"".join(out))
+            sender = self.sender
+            self.deadlines.append(sender.server.loop.time() + sender.server.limits.mirror_timeout)
+            self.counts.append(self.queued)
+            self.queued = 0
+            sender._arm_lines()
 
     def abort(self) -> None:
         """Close the line; every copy on it that has no answer yet fails."""
@@ -68,11 +79,12 @@ class MirrorLine(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self.sender.line_closed(self)
-        for _ in range(self.depth):
-            self.sender.in_flight -= 1
-            self.sender._count("failed")
-        self.depth = 0
+        if self.depth:
+            self.sender.in_flight -= self.depth
+            self.sender._count("failed", self.depth)
+        self.depth = self.queued = 0
         self.deadlines.clear()
+        self.counts.clear()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -86,10 +98,36 @@ class MirrorLine(asyncio.Protocol):
             self.flush()
 
     def data_received(self, data: bytes) -> None:
+        broken = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self.abort()
+            broken = True
+        if self.answered:
+            n = min(self.answered, self.depth - self.queued)  # never more than were written
+            self.answered = 0
+            if n > 0:
+                self._settle(n)
+        if self.closing:  # the shadow closes after each response:
+            self.sender.no_pipelining.add(self.addr)  # later copies go one per connection
+        if broken or self.closing:
+            self.abort()  # and the ones still on this line fail
+
+    def _settle(self, n: int) -> None:
+        """`n` copies were answered: the oldest ones, batch by batch."""
+        self.depth -= n
+        sender = self.sender
+        sender.in_flight -= n
+        sender._count("sent", n)
+        counts, deadlines = self.counts, self.deadlines
+        while n and counts:
+            left = counts[0]
+            if left > n:
+                counts[0] = left - n
+                return
+            n -= left
+            counts.popleft()
+            deadlines.popleft()
 
     def eof_received(self) -> bool | None:
         return None
@@ -106,12 +144,7 @@ class MirrorLine(asyncio.Protocol):
     # -- httptools ----------------------------------------------------------------------
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200 or not self.depth:
-            return  # an interim response (103...): its final one follows
-        self.depth -= 1
-        self.deadlines.popleft()
-        self.sender.in_flight -= 1
-        self.sender._count("sent")
-        if not self.parser.should_keep_alive():  # the shadow closes after each response:
-            self.sender.no_pipelining.add(self.addr)  # later copies go one per connection
-            self.abort()  # and the ones already on this line fail
+        if self.parser.get_status_code() >= 200:  # not an interim response (100, 103)
+            self.answered += 1
+            if not self.parser.should_keep_alive():
+                self.closing = True
