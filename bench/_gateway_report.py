@@ -82,11 +82,19 @@ def report(res: dict) -> str:
         f"setup: code {s['code']}; {s['cpus']} CPUs, load average {s['load_average']:.1f} at "
         "start. The proxy under "
         f"test is pinned to core {s['proxy_cpu']}; wrk (1 thread, {s['connections']} connections, "
-        f"{s['duration_s']} s runs) and the upstream nginx pods share core {s['client_cpu']}. "
+        f"{s['duration_s']} s runs; the paced generator at half load) and the upstream nginx "
+        f"pods share core {s['client_cpu']}. "
         f"bg % = other processes' load on core {s['proxy_cpu']} / core {s['client_cpu']} during "
         "the run (beyond the proxy, wrk and the pods); st % = hypervisor steal (the larger of "
         "the two cores); before the runs: "
         + ", ".join(f"core {c} {v:.0f} %" for c, v in s["background_pct"].items()),
+        *([f"wake-up lateness of an idle core here (200 µs sleeps, 2 s, before the runs; "
+           f"cpuidle haltpoll window {s.get('halt_poll_ns')} ns): "
+           + "; ".join(f"core {c} p99 {_ms(w['p99_us'])} ms, p99.9 {_ms(w['p999_us'])} ms, max "
+                       f"{_ms(w['max_us'])} ms" for c, w in s["wakeup_lateness"].items())
+           + ". A proxied request wakes a sleeping process up to 4 times (client, proxy, pod, "
+           "proxy): p99 latencies at half load cannot be much below these, for any proxy"]
+          if s.get("wakeup_lateness") else []),
         f"upstream: {', '.join(f'{k} {v} pods' for k, v in s['pods'].items())}; split "
         f"{s['weights']} on both proxies (nginx per-server weights "
         f"{sorted(set(s['nginx_weights'].values()))}); a/b % = what the pods counted; "

@@ -21,6 +21,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import reduce
@@ -341,3 +342,57 @@ def parse_wrk(out: str) -> dict:
             res["socket_errors"] = res["connect"] + res["read"] + res["write"] + res["timeout"]
             return res
     raise RuntimeError(f"wrk printed no result:\n{out[-2000:]}")
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+_LATENESS = """
+import json, time
+late = []
+end = time.monotonic() + %f
+while time.monotonic() < end:
+    t = time.monotonic_ns()
+    time.sleep(0.0002)
+    late.append(time.monotonic_ns() - t - 200000)
+late.sort()
+pick = lambda q: late[min(len(late) - 1, int(q * len(late)))] / 1000
+print(json.dumps({"samples": len(late), "p50_us": pick(0.5), "p99_us": pick(0.99),
+                  "p999_us": pick(0.999), "max_us": late[-1] / 1000}))
+"""
+
+
+def wakeup_lateness(cpus: tuple[int, ...], seconds: float = 2.0) -> dict[int, dict]:
+    """How late an idle core's sleeper wakes (200 µs sleeps, all cores at once): the floor
+    under any tail latency measured here, whatever the proxy."""
+    procs = {c: subprocess.Popen(pinned(c, [sys.executable, "-c", _LATENESS % seconds]),
+                                 stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+             for c in cpus}
+    return {c: json.loads(p.communicate(timeout=seconds + 30)[0]) for c, p in procs.items()}
+
+
+def halt_poll_check(ns: int | None) -> None:
+    if ns is None:
+        return
+    if ns < 0:
+        raise RuntimeError(f"{ns}: must be >= 0 nanoseconds")
+    if not HALT_POLL.exists():
+        raise RuntimeError(f"{HALT_POLL} does not exist (not a guest with the haltpoll cpuidle "
+                           "driver)")
+    if not os.access(HALT_POLL, os.W_OK):
+        raise RuntimeError(f"{HALT_POLL} is not writable (run as root)")
+
+
+@contextlib.contextmanager
+def halt_poll(ns: int | None):
+    """Set the haltpoll window for the duration (None: leave it); yields the value in force."""
+    if ns is None:
+        yield int(HALT_POLL.read_text()) if HALT_POLL.exists() else None
+        return
+    before = HALT_POLL.read_text().strip()
+    HALT_POLL.write_text(str(ns))
+    try:
+        yield ns
+    finally:
+        HALT_POLL.write_text(before)

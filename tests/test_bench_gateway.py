@@ -50,12 +50,23 @@ def test_smoke_peak_and_failover_report_both_proxies(tmp_path: Path) -> None:
         assert r["upstream"]["cluster-a"] is None  # its nginx was killed mid-run
     assert res["metrics"]["gateway_requests_total"] >= res["peak"]["ours"]["requests"]
     assert "half" not in res and "mirror" not in res
+    lateness = res["setup"]["wakeup_lateness"]  # the machine's own floor, probed on both cores
+    assert sorted(lateness) == ["0", "1"]
+    assert all(w["samples"] > 100 and w["p50_us"] <= w["p99_us"] <= w["max_us"] for w in lateness.values())
+    assert any(line.startswith("wake-up lateness of an idle core") for line in lines)
     assert lines[0].split()[:3] == ["run", "target", "req/s"]
     assert [line.split()[:2] for line in lines[1:4]] == [
         ["peak", "direct"], ["peak", "ours"], ["peak", "nginx"]]
     assert sum(line.startswith("failover ") for line in lines) == 2
     verdicts = [line for line in lines if line.startswith("target: ")]
     assert len(verdicts) == 2 and all(("PASS" in v) != ("FAIL" in v) for v in verdicts)
+
+
+def test_bad_halt_poll_value_is_refused_before_anything_starts() -> None:
+    done = subprocess.run([sys.executable, "bench/gateway.py", "--halt-poll-ns", "-5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--halt-poll-ns: -5: must be >= 0" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
