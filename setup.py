@@ -42,12 +42,14 @@ COMPILED = [
 ]
 
 
-def _clean(keep: tuple[str, ...] = ()) -> None:
+def _clean(keep: tuple[str, ...] = (), shared: tuple[str, ...] = ()) -> None:
     """Remove what earlier compiled builds left in the tree: all of it for an interpreted
-    build; else the shared libraries (rebuilt now) and the modules no longer compiled, so a
-    deleted source cannot stay importable."""
+    build; else the shared libraries of other module sets and the modules no longer
+    compiled, so a deleted source cannot stay importable (what is rebuilt now stays usable
+    while the build runs)."""
     for so in ROOT.glob("*__mypyc*.so"):
-        so.unlink()
+        if so.name.split(".", 1)[0] not in shared:
+            so.unlink()
     for so in ROOT.glob("gateway/**/*.so"):
         if so.relative_to(ROOT).as_posix().split(".", 1)[0] + ".py" not in keep:
             so.unlink()
@@ -59,8 +61,10 @@ def _extensions() -> list:
         return []
     from mypyc.build import mypycify
 
-    _clean(keep=tuple(COMPILED))
-    return mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED], opt_level="3")
+    extensions = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED],
+                          opt_level="3")
+    _clean(keep=tuple(COMPILED), shared=tuple(e.name for e in extensions if "__mypyc" in e.name))
+    return extensions
 
 
 setup(ext_modules=_extensions())

@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gateway.app import GatewayApp  # noqa: E402
+from gateway.proxy import Limits  # noqa: E402
 from mcs_controller.access.loader import load_fleet  # noqa: E402
 
 
@@ -45,7 +46,8 @@ async def serve(args: argparse.Namespace) -> int:
         print("runner: the fleet folder did not load cleanly (or has no hub)", file=sys.stderr)
         return 2
     app = GatewayApp(fleet.clusters[fleet.hub], fleet.member_clients(),
-                     listen=args.listen, admin=args.admin)
+                     listen=args.listen, admin=args.admin,
+                     limits=Limits(busy_poll=args.busy_poll_us / 1e6))
     await app.start()
     try:
         await app.wait_ready(within=15.0)
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", type=host_port, default=("127.0.0.1", 0))
     p.add_argument("--admin", type=host_port, default=("127.0.0.1", 0))
     p.add_argument("--profile", type=Path, help="write cProfile stats here on exit")
+    p.add_argument("--busy-poll-us", type=float, default=0.0,
+                   help="the gateway's busy polling window (Limits.busy_poll), µs; 0 = off")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return run(args)

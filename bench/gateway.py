@@ -76,6 +76,8 @@ class Bench:
                "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
         if self.args.profile:
             cmd += ["--profile", str(self.args.profile)]
+        if self.args.busy_poll_us:
+            cmd += ["--busy-poll-us", str(self.args.busy_poll_us)]
         ours = self.procs.start("ours", S.pinned(self.args.proxy_cpu, cmd), stdout=subprocess.PIPE)
         line = S.read_line(ours, 30.0)
         if not line.startswith("READY "):
@@ -315,6 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help=f"budget for waiting until other processes use < {QUIET:g} %% of each "
                    "core before a run, and for redoing runs they disturbed")
+    p.add_argument("--busy-poll-us", type=float, default=0.0, metavar="US",
+                   help="run ours with busy polling for this window (its --busy-poll-us; "
+                   "default off, like the gateway's default)")
     p.add_argument("--halt-poll-ns", type=int, metavar="NS",
                    help="set the guest's cpuidle haltpoll window for the run (restored after): a "
                    "VM whose idle vCPUs halt at once wakes them slowly, which shows in every "
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.procs.kill("ours", signal.SIGTERM, wait=20.0)  # cProfile writes on exit
             bench.procs.close()
         res["setup"]["halt_poll_ns"] = halt_poll_ns
+        res["setup"]["busy_poll_us"] = args.busy_poll_us
     print(report(res), flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import aiohttp
 import pytest
 from gwkit import REF, Env, FixedRouter, closed, decision, raw, read_response
 
+from gateway.proxy import Limits
 from gateway.types import BackendRef, Endpoint, Redirect
 
 
@@ -261,3 +263,31 @@ async def test_endpoint_change_keeps_inflight_and_applies_to_next_request(env: E
         w.write(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")  # same client connection
         assert (await read_response(r)).json()["server"] == "new"
     assert len(old.requests) == 1 and len(new.requests) == 1
+
+
+async def _loop_cpu(seconds: float) -> float:
+    """CPU time this thread (the event loop's) used while the loop ran for `seconds`."""
+    t0 = time.thread_time()
+    await asyncio.sleep(seconds)
+    return time.thread_time() - t0
+
+
+async def test_busy_poll_keeps_the_loop_polling_only_after_traffic(env: Env) -> None:
+    """Limits.busy_poll: after a read the loop polls instead of blocking (it burns CPU while
+    the window lasts), then blocks again; off by default."""
+    await env.upstream("a")
+    await env.start(limits=Limits(busy_poll=0.4))
+    assert await _loop_cpu(0.2) < 0.05  # no traffic yet: the loop blocks
+    async with aiohttp.ClientSession() as s, s.get(env.url("/")) as r:
+        assert r.status == 200
+    assert await _loop_cpu(0.25) > 0.05  # within the window: polling
+    await asyncio.sleep(0.3)
+    assert await _loop_cpu(0.2) < 0.05  # the window passed with no read: blocking again
+
+
+async def test_no_busy_poll_by_default(env: Env) -> None:
+    await env.upstream("a")
+    await env.start()
+    async with aiohttp.ClientSession() as s, s.get(env.url("/")) as r:
+        assert r.status == 200
+    assert await _loop_cpu(0.25) < 0.05

@@ -38,6 +38,7 @@ def _on_uvloop(test: Callable[[Env], Awaitable[None]]) -> Callable[[], None]:
 
 for _t in (
     basic.test_hop_by_hop_headers_stripped_both_ways,
+    basic.test_busy_poll_keeps_the_loop_polling_only_after_traffic,
     basic.test_keepalive_both_sides_reuses_one_upstream_connection,
     basic.test_stop_finishes_inflight_then_refuses,
     hard.test_bad_chunk_size_mid_body_is_400_and_close,

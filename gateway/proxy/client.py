@@ -98,6 +98,8 @@ class ClientConnection(asyncio.Protocol):
         self._idle(self.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.server.busy_poll > 0.0:
+            self.server.read_happened()
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return

@@ -100,6 +100,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         client = owner.client  # batch what this read produces for the client into one send
+        if client is not None and client.server.busy_poll > 0.0:
+            client.server.read_happened()
         if client is not None and client.wbuf is None:
             client.wbuf = []
         else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -25,7 +27,11 @@ log = logging.getLogger("gateway.proxy")
 
 
 class ProxyServer:
-    """`await start(host, port)` -> bound port; `await stop(grace)` drains, then closes."""
+    """`await start(host, port)` -> bound port; `await stop(grace)` drains, then closes.
+
+    With `ssl` (a server context, e.g. gateway/tls.py's with its SNI callback), the listener
+    terminates TLS (a handshake gets `Limits.header_timeout`); the data path sees the same
+    byte stream, and `scheme` ("https") is what X-Forwarded-Proto says."""
 
     def __init__(
         self,
@@ -53,19 +59,26 @@ class ProxyServer:
         self.mirror: MirrorSender = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Event | None = None
+        self.busy_poll = self.limits.busy_poll
+        self.reads = 0  # bumped by every read while busy polling
+        self._reads_seen = 0
+        self._poll_until = 0.0
+        self._polling = False
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    ssl: ssl.SSLContext | None = None) -> int:
         self.loop = asyncio.get_running_loop()
         lim = self.limits
         self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
         self.mirror = MirrorSender(self)
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024)
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
+            ssl=ssl, ssl_handshake_timeout=lim.header_timeout if ssl is not None else None)
         # uvloop gives a list where typeshed says tuple (compiled code checks declared types)
         sockets = cast(Any, self._server).sockets
         self.port = sockets[0].getsockname()[1]
         self.pool.start()
-        log.info("proxy listening on %s:%d", host, self.port)
+        log.info("proxy listening on %s %s:%d", self.scheme, host, self.port)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -91,6 +104,26 @@ class ProxyServer:
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None
+
+    def read_happened(self) -> None:
+        """A client or upstream read (only called with busy polling on): poll from now on."""
+        self.reads += 1
+        if not self._polling:
+            self._polling = True
+            self._poll_until = time.monotonic() + self.busy_poll
+            self.loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        """A ready callback makes the loop poll without blocking; re-queued until `busy_poll`
+        passed with no read (monotonic, not loop.time(): uvloop's has 1 ms steps)."""
+        now = time.monotonic()
+        if self.reads != self._reads_seen:
+            self._reads_seen = self.reads
+            self._poll_until = now + self.busy_poll
+        if now < self._poll_until and not self.stopping:
+            self.loop.call_soon(self._poll)
+        else:
+            self._polling = False
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.conns.discard(conn)
