@@ -1,7 +1,8 @@
 """`python -m gateway --config fleet.yaml`: the multi-cluster gateway against real clusters.
 
 Ingress objects are read from the hub; endpoints from every member cluster (the same
-config file as the controller's: kubeconfig, hub, clusters).
+config file as the controller's: kubeconfig, hub, clusters). With --listen-tls, an HTTPS
+listener serves the certificates of the Ingresses' spec.tls (Secrets in the hub) by SNI.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
 
 from gateway.app import GatewayApp
+from gateway.tls import TLSConfigError, check_key_pair
 from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.config import ConfigError, load_config
 from mcs_controller.connect import connect_all
@@ -34,12 +37,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--controller", default="amcs.dev/gateway", help="our IngressClass spec.controller (default: %(default)s)")
     p.add_argument("--watch-ingress-without-class", action="store_true",
                    help="also serve Ingresses with no class (ingress-nginx's flag)")
+    p.add_argument("--listen-tls", type=host_port, default=None, metavar="HOST:PORT",
+                   help="HTTPS listener (certificates from the Ingresses' spec.tls; default: none)")
+    p.add_argument("--default-tls-cert", metavar="FILE",
+                   help="PEM certificate (chain) for hosts without one (default: self-signed)")
+    p.add_argument("--default-tls-key", metavar="FILE", help="its PEM private key")
+    p.add_argument("--https-redirect-port", type=int, default=None, metavar="PORT",
+                   help="port named in ssl-redirect Locations (default: the --listen-tls port; "
+                        "443 is left out)")
+    p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
+                   metavar="CIDR", help="a proxy/LB whose X-Forwarded-* headers are kept "
+                   "(repeatable)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.default_tls_cert is None) != (args.default_tls_key is None):
+        p.error("--default-tls-cert and --default-tls-key go together")
+    if args.default_tls_cert is not None and args.listen_tls is None:
+        p.error("--default-tls-cert needs --listen-tls")
+    if args.https_redirect_port is not None and not 0 < args.https_redirect_port < 65536:
+        p.error("--https-redirect-port: out of range")
+    for cidr in args.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            p.error(f"--trusted-proxy {cidr!r}: not an address or CIDR")
+    return args
 
 
 async def amain(args: argparse.Namespace) -> int:
+    if args.default_tls_cert is not None:
+        try:  # before anything connects: a bad file is a plain startup error
+            check_key_pair(args.default_tls_cert, args.default_tls_key)
+        except TLSConfigError as exc:
+            print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config)
         members, hub = connect_all(cfg)
@@ -49,16 +81,30 @@ async def amain(args: argparse.Namespace) -> int:
     if hub is None:
         print(f"gateway: {args.config}: hub: required (Ingresses are read from the hub)", file=sys.stderr)
         return 2
-    app = GatewayApp(hub, members, listen=args.listen, admin=args.admin,
-                     class_name=args.class_name, controller=args.controller,
-                     accept_classless=args.watch_ingress_without_class)
+    try:
+        app = GatewayApp(hub, members, listen=args.listen, admin=args.admin,
+                         class_name=args.class_name, controller=args.controller,
+                         accept_classless=args.watch_ingress_without_class,
+                         listen_tls=args.listen_tls, default_cert=args.default_tls_cert,
+                         default_key=args.default_tls_key,
+                         https_redirect_port=args.https_redirect_port,
+                         xff_trusted=args.trusted_proxies)
+    except TLSConfigError as exc:
+        print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
+        return 2
     try:
         await app.start()
     except OSError as exc:
-        print(f"gateway: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror}",
+        where = (args.listen if not app.proxy.port else
+                 args.listen_tls if app.proxy_tls is not None and not app.proxy_tls.port else
+                 args.admin)
+        print(f"gateway: cannot listen on {where[0]}:{where[1]}: {exc.strerror}",
               file=sys.stderr)
         return 2
     print(f"gateway listening on http {args.listen[0]}:{app.proxy.port}", flush=True)
+    if app.address_tls is not None:
+        print(f"gateway listening on https {app.address_tls[0]}:{app.address_tls[1]}",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,7 +2,10 @@
 
 Config changes (an Ingress, an IngressClass, a Service's endpoints) apply within a second:
 the route table is rebuilt off the event that changed it and swapped into the proxy, and
-in-flight requests and open connections keep going.
+in-flight requests and open connections keep going. With `listen_tls`, a second listener
+terminates TLS with the certificates of the Ingresses' `spec.tls` (gateway/tls.py, chosen by
+SNI; Secrets are watched in the hub), each listener has its own table (app-root and
+ssl-redirect depend on the scheme), and both are swapped on every rebuild.
 """
 
 from __future__ import annotations
@@ -12,18 +15,20 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
-from gateway.routing import build_route_table
+from gateway.routing import build_route_table, select_ingresses
+from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.upstream import UpstreamManager
 from mcs_controller.access.api import ClusterClient
 from mcs_controller.access.errors import ApiError
 from mcs_controller.access.informer import Informer
-from mcs_controller.access.resources import EVENTS, INGRESS_CLASSES, INGRESSES
+from mcs_controller.access.resources import EVENTS, INGRESS_CLASSES, INGRESSES, SECRETS
 from mcs_controller.model.timestamps import rfc3339
 from mcs_controller.ops.admin import AdminServer
 from mcs_controller.ops.metrics import new_registry
@@ -45,7 +50,17 @@ class GatewayApp:
         limits: Limits | None = None,
         registry=None,
         rebuild_delay: float = 0.05,
+        listen_tls: tuple[str, int] | None = None,
+        default_cert: str | None = None,
+        default_key: str | None = None,
+        https_redirect_port: int | None = None,
+        xff_trusted: Iterable[str] = (),
     ):
+        """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
+        PEM files of the default certificate (else a self-signed one; TLSConfigError when
+        unusable). `https_redirect_port`: the port ssl-redirect Locations name (None: the
+        HTTPS listener's; 443 is left out). `xff_trusted`: CIDRs of proxies whose
+        X-Forwarded-* headers are kept (and whose X-Forwarded-Proto: https is not redirected)."""
         self.registry = registry if registry is not None else new_registry()
         self.metrics = GatewayMetrics(self.registry)
         self.upstream = UpstreamManager(members)
@@ -58,8 +73,21 @@ class GatewayApp:
         self.accept_classless = accept_classless
         self.clusters = list(members)
         self.table, _ = build_route_table([], [], class_name=class_name, controller=controller)
-        self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits)
+        self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
+                                 xff_trusted=xff_trusted)
         self.listen = listen
+        self.listen_tls = listen_tls
+        self.https_redirect_port = https_redirect_port
+        self.tls: CertificateStore | None = None
+        self.secrets: Informer | None = None
+        self.proxy_tls: ProxyServer | None = None
+        if listen_tls is not None:
+            self.tls = CertificateStore(default_cert, default_key)
+            self.secrets = Informer(hub, SECRETS, transform=trim_secret)
+            table_tls, _ = build_route_table([], [], class_name=class_name, controller=controller,
+                                             scheme="https")
+            self.proxy_tls = ProxyServer(table_tls, self.upstream, metrics=self.metrics,
+                                         limits=limits, xff_trusted=xff_trusted, scheme="https")
         self.rebuild_delay = rebuild_delay
         self.admin = (
             AdminServer(admin[0], admin[1], self.registry, ready=self._ready,
@@ -76,8 +104,13 @@ class GatewayApp:
         for informer in (self.ingresses, self.classes):
             informer.add_handler(lambda *_: self._schedule_rebuild())
             informer.start()
+        if self.secrets is not None:
+            self.secrets.add_handler(self._secret_changed)
+            self.secrets.start()
         await self.upstream.start(wait=False)
         await self.proxy.start(*self.listen)
+        if self.proxy_tls is not None and self.listen_tls is not None and self.tls is not None:
+            await self.proxy_tls.start(*self.listen_tls, ssl=self.tls.context)
         if self.admin is not None:
             await self.admin.start()
         asyncio.get_running_loop().create_task(self._first_build())
@@ -85,6 +118,8 @@ class GatewayApp:
     async def _first_build(self) -> None:
         await self.ingresses.synced.wait()
         await self.classes.synced.wait()
+        if self.secrets is not None:  # else a host's certificate would be missing at first
+            await self.secrets.synced.wait()
         await self.upstream.catalog.wait_synced(None)
         self.rebuild()
         # The synced caches and the table live as long as the process: keep the collector's
@@ -95,16 +130,28 @@ class GatewayApp:
     async def stop(self, grace: float = 5.0) -> None:
         if self._rebuild is not None:
             self._rebuild.cancel()
-        await self.proxy.stop(grace)
-        for informer in (self.ingresses, self.classes):
-            await informer.stop()
+        if self.proxy_tls is not None:
+            await asyncio.gather(self.proxy.stop(grace), self.proxy_tls.stop(grace))
+        else:
+            await self.proxy.stop(grace)
+        for informer in (self.ingresses, self.classes, self.secrets):
+            if informer is not None:
+                await informer.stop()
         await self.upstream.stop()
         if self.admin is not None:
             await self.admin.stop()
+        if self.tls is not None:
+            self.tls.close()
 
     @property
     def address(self) -> tuple[str, int]:
         return (self.listen[0], self.proxy.port)
+
+    @property
+    def address_tls(self) -> tuple[str, int] | None:
+        if self.listen_tls is None or self.proxy_tls is None:
+            return None
+        return (self.listen_tls[0], self.proxy_tls.port)
 
     @property
     def admin_port(self) -> int | None:
@@ -137,14 +184,39 @@ class GatewayApp:
                 out.setdefault((meta["namespace"], meta["name"]), svc)
         return out
 
+    def _secret_changed(self, _type: str, obj: dict, _old: dict | None) -> None:
+        """A TLS Secret, or one an Ingress names, changed: recompute the certificates."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if self.tls is not None and (obj.get("type") == TLS_SECRET_TYPE
+                                     or key in self.tls.referenced):
+            self._schedule_rebuild()
+
+    def _secret(self, namespace: str, name: str) -> dict | None:
+        return self.secrets.get(namespace, name) if self.secrets is not None else None
+
     def rebuild(self) -> None:
         self._rebuild = None
+        ingresses, classes = self.ingresses.items(), self.classes.items()
+        tls_problems: list = []
+        tls_hosts: frozenset[str] = frozenset()
+        if self.tls is not None:
+            ours, _ = select_ingresses(ingresses, classes, class_name=self.class_name,
+                                       controller=self.controller_name,
+                                       accept_classless=self.accept_classless)
+            tls_problems = self.tls.update(ours, self._secret)
+            tls_hosts = self.tls.hosts
+        common: dict[str, Any] = dict(
+            class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
+            services=self._services(), accept_classless=self.accept_classless)
         table, problems = build_route_table(
-            self.ingresses.items(), self.classes.items(),
-            class_name=self.class_name, controller=self.controller_name,
-            clusters=self.clusters, services=self._services(),
-            accept_classless=self.accept_classless, scheme=self.proxy.scheme,
-        )
+            ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
+            https_port=self._redirect_port(),
+            trusted=self.proxy.is_trusted if self.proxy.trusted else None, **common)
+        if self.proxy_tls is not None:  # the same Ingresses: the same problems, not repeated
+            self.proxy_tls.router, _ = build_route_table(ingresses, classes, scheme="https",
+                                                         **common)
+        problems = problems + tls_problems
         old = {str(p) for p in self.problems}
         for problem in problems:
             if str(problem) not in old:
@@ -158,6 +230,11 @@ class GatewayApp:
         self.metrics.config_problems.set(len(problems))
         self._built.set()
 
+    def _redirect_port(self) -> int | None:
+        if self.https_redirect_port is not None:
+            return self.https_redirect_port
+        return self.proxy_tls.port if self.proxy_tls is not None else None
+
     def _record_event(self, problem) -> None:
         """A Warning Event on the Ingress, so `kubectl describe ingress` shows what was ignored."""
         ns, _, name = problem.ingress.partition("/")
@@ -170,7 +247,8 @@ class GatewayApp:
             "involvedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                                "name": name, "namespace": ns,
                                "uid": ingress["metadata"].get("uid", "")},
-            "reason": "AnnotationIgnored" if problem.annotation else "IngressIgnored",
+            "reason": getattr(problem, "reason", None)
+            or ("AnnotationIgnored" if problem.annotation else "IngressIgnored"),
             "message": str(problem), "type": "Warning",
             "source": {"component": "amcs-gateway"}, "reportingComponent": "amcs.dev/gateway",
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
@@ -202,6 +280,7 @@ class GatewayApp:
                 "endpoints": self.upstream.describe(ref),
             })
         body = {"routes": self.table.describe(), "backends": backends,
+                "tls": self.tls.describe() if self.tls is not None else None,
                 "problems": [str(p) for p in self.problems]}
         return web.json_response(body, dumps=_dumps)
 

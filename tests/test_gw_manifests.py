@@ -26,6 +26,7 @@ def test_rbac_is_read_only_except_events():
     assert rules("rbac-hub.yaml") == {
         ("networking.k8s.io", "ingresses"): {"get", "list", "watch"},
         ("networking.k8s.io", "ingressclasses"): {"get", "list", "watch"},
+        ("", "secrets"): {"get", "list", "watch"},  # spec.tls certificates
         ("", "events"): {"create", "patch"},
     }
     assert rules("rbac-member.yaml") == {
@@ -45,7 +46,12 @@ def test_deployment_flags_exist_and_ports_agree():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     command = " ".join(container["command"])
     assert f"0.0.0.0:{ports['http']}" in command and f"0.0.0.0:{ports['admin']}" in command
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert f"--listen-tls 0.0.0.0:{ports['https']}" in command
+    svc_ports = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert svc_ports == {80: "http", 443: "https"}
+    assert "--https-redirect-port 443" in command  # redirects name the Service's port
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts  # the TLS key files, with a read-only root filesystem
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["admin"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 

@@ -1,7 +1,8 @@
 """Routing: Ingress + IngressClass + annotations -> a RouteTable (pure; see README.md)."""
 
 from .build import build_route_table
+from .classes import select_ingresses
 from .table import RouteTable
 from .values import Problem
 
-__all__ = ["Problem", "RouteTable", "build_route_table"]
+__all__ = ["Problem", "RouteTable", "build_route_table", "select_ingresses"]

@@ -10,7 +10,7 @@ Exact "/" route of its host that answers with the redirect (nginx: `if ($uri = /
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,12 +24,13 @@ from .affinity import (
     parse_affinity,
 )
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
-from .classes import ClassFilter
+from .classes import select_ingresses
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .rewrite import compile_rewriter
-from .settings import RouteSettings, parse_header_control, parse_settings, resolve_port
+from .settings import RouteSettings, backend_ref, parse_header_control, parse_settings
 from .table import Choice, Route, RouteTable
+from .tls import install_https_redirects
 from .values import Annotations, Problem
 
 #: Annotations a canary Ingress honours (nginx: canary + balancing; plus MSE subsets, MSE
@@ -80,6 +81,9 @@ def build_route_table(
     rng: random.Random | None = None,
     accept_classless: bool = False,
     scheme: str = "http",
+    tls_hosts: Collection[str] = (),
+    https_port: int | None = None,
+    trusted: Callable[[str], bool] | None = None,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -88,34 +92,23 @@ def build_route_table(
     named and default ports. `accept_classless`: serve Ingresses with no class even
     without a default IngressClass (ingress-nginx --watch-ingress-without-class).
     `scheme`: the listener's scheme, for `app-root` redirects ($scheme in ingress-nginx).
+    On an "http" table, `tls_hosts` (hosts with a certificate, gateway/tls.py), `https_port`
+    (None: 443) and `trusted` (peers whose X-Forwarded-Proto counts) drive `ssl-redirect`.
     """
     builder = _Builder(frozenset(clusters), services, scheme)
-    try:
-        classes = ClassFilter(ingress_classes or [], class_name, controller, accept_classless)
-    except Exception as exc:  # malformed IngressClass list: fall back to the class name only
-        builder.problems.append(Problem("-", None, f"IngressClasses unreadable ({exc!r})"))
-        classes = ClassFilter([], class_name, controller, accept_classless)
-    for ing in sorted((i for i in ingresses if isinstance(i, dict)), key=_age):
-        key = _key(ing)
+    ours, builder.problems = select_ingresses(
+        ingresses, ingress_classes, class_name=class_name, controller=controller,
+        accept_classless=accept_classless)
+    for key, ing in ours:
         try:
-            if classes.is_ours(ing):
-                builder.parse(ing, key)
+            builder.parse(ing, key)
         except Exception as exc:  # item 6: one bad object never takes the gateway down
             builder.problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
     builder.add_mains()
     builder.add_canaries()
+    if scheme == "http":
+        install_https_redirects(builder.hosts, frozenset(tls_hosts), https_port, trusted)
     return builder.finish(rng), builder.problems
-
-
-def _age(ing: dict) -> tuple[str, str, str]:
-    meta = ing.get("metadata") if isinstance(ing.get("metadata"), dict) else {}
-    return (str(meta.get("creationTimestamp") or "~"), str(meta.get("namespace") or ""),
-            str(meta.get("name") or ""))
-
-
-def _key(ing: dict) -> str:
-    _, ns, name = _age(ing)
-    return f"{ns or 'default'}/{name or '?'}"
 
 
 class _Builder:
@@ -165,7 +158,7 @@ class _Builder:
 
         default = spec.get("defaultBackend")
         if default is not None:
-            ref = self._backend(default, ctx)
+            ref = backend_ref(default, ctx)
             if isinstance(ref, str):
                 self.problem(key, f"defaultBackend: {ref}; ignored")
             else:
@@ -185,7 +178,7 @@ class _Builder:
                 path_type = item.get("pathType") or IMPL
                 path = item.get("path") or ("/" if path_type == IMPL else "")
                 error = path_error(path, path_type)
-                ref = self._backend(item.get("backend"), ctx) if not error else error
+                ref = backend_ref(item.get("backend"), ctx) if not error else error
                 if isinstance(ref, str):
                     self.problem(key, f"{host or '*'} path {path!r}: {ref}; path ignored")
                     continue
@@ -193,22 +186,6 @@ class _Builder:
         if not parsed.rules and parsed.default_ref is None:
             self.problem(key, "no usable rule and no defaultBackend; nothing to serve")
         self.parsed.append(parsed)
-
-    def _backend(self, backend: Any, ctx: Context) -> BackendRef | str:
-        if not isinstance(backend, dict):
-            return "missing backend"
-        if backend.get("resource"):
-            return "resource backends are not supported (Service backends only)"
-        svc = backend.get("service") or {}
-        name, port = svc.get("name"), svc.get("port") or {}
-        if not name:
-            return "backend has no service name"
-        if isinstance(port.get("number"), int) and 0 < port["number"] < 65536:
-            return BackendRef(ctx.namespace, name, port["number"])
-        if port.get("name"):
-            return BackendRef(ctx.namespace, name,
-                              resolve_port(ctx, ctx.namespace, name, str(port["name"])))
-        return "backend service port needs a number (1-65535) or a name"
 
     # -- main rules --------------------------------------------------------------------------
 
@@ -295,7 +272,8 @@ class _Builder:
             primary.append((cumulative, Choice(decision)))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
-                     rewrite=settings.rewrite if path_type else None)
+                     rewrite=settings.rewrite if path_type else None,
+                     ssl=None if catch_all else settings.ssl_redirect)
 
     def _merge_fields(self, parsed: Parsed, ref: BackendRef) -> None:
         """Service-scoped policy: the oldest Ingress's explicit value wins per field."""

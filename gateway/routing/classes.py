@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .values import Problem
+
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 
@@ -38,3 +40,49 @@ class ClassFilter:
         if legacy:
             return legacy == self.class_name or legacy in self.ours
         return self.default_is_ours
+
+
+def ingress_age(ing: dict) -> tuple[str, str, str]:
+    """The order Ingresses are processed in: creationTimestamp, then namespace/name (as
+    ingress-nginx sorts them), so the oldest Ingress wins every conflict."""
+    meta = ing.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    return (str(meta.get("creationTimestamp") or "~"), str(meta.get("namespace") or ""),
+            str(meta.get("name") or ""))
+
+
+def ingress_key(ing: dict) -> str:
+    """"namespace/name", as problems name an Ingress."""
+    _, ns, name = ingress_age(ing)
+    return f"{ns or 'default'}/{name or '?'}"
+
+
+def select_ingresses(
+    ingresses: Iterable[dict],
+    ingress_classes: list[dict],
+    *,
+    class_name: str = "amcs",
+    controller: str = "amcs.dev/gateway",
+    accept_classless: bool = False,
+) -> tuple[list[tuple[str, dict]], list[Problem]]:
+    """Our Ingresses as (key, object), oldest first, and why any could not be judged.
+
+    The one place that decides which Ingresses this gateway serves: the route table and
+    the TLS certificate store (gateway/tls.py) both read its answer.
+    """
+    problems: list[Problem] = []
+    try:
+        classes = ClassFilter(ingress_classes or [], class_name, controller, accept_classless)
+    except Exception as exc:  # malformed IngressClass list: fall back to the class name only
+        problems.append(Problem("-", None, f"IngressClasses unreadable ({exc!r})"))
+        classes = ClassFilter([], class_name, controller, accept_classless)
+    ours: list[tuple[str, dict]] = []
+    for ing in sorted((i for i in ingresses if isinstance(i, dict)), key=ingress_age):
+        key = ingress_key(ing)
+        try:
+            if classes.is_ours(ing):
+                ours.append((key, ing))
+        except Exception as exc:  # item 6: one bad object never takes the gateway down
+            problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
+    return ours, problems

@@ -1,16 +1,19 @@
 """Rule-scoped annotations of a main Ingress: retries, timeouts, mirrors, Host rewrite,
-request headers, path rewrite and redirects, and our per-request cluster routing."""
+request headers, path rewrite and redirects (HTTPS ones too), and our per-request cluster
+routing."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 
 from .policy import Context, check_cluster
 from .rewrite import RewriteSettings, parse_rewrite
+from .tls import SslRedirect, parse_ssl_redirect
 from .values import Annotations, split_list
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -44,6 +47,7 @@ class RouteSettings:
     cluster_routing: ClusterRouting = field(default_factory=ClusterRouting)
     use_regex: bool = False
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
+    ssl_redirect: SslRedirect = field(default_factory=SslRedirect)
 
 
 def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
@@ -64,6 +68,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         cluster_routing=_cluster_routing(ann, ctx),
         use_regex=bool(ann.boolean("use-regex")),
         rewrite=parse_rewrite(ann),
+        ssl_redirect=parse_ssl_redirect(ann),
     )
 
 
@@ -157,6 +162,25 @@ def _mirror_service(ann: Annotations, ctx: Context) -> MirrorPolicy | None:
     if pct is not None:
         percentage = float(min(pct, 100))  # Higress: >= 100 means all
     return MirrorPolicy(backend=ref, percentage=percentage)
+
+
+def backend_ref(backend: Any, ctx: Context) -> BackendRef | str:
+    """An Ingress backend (`service.name` + `service.port.number|name`) as a BackendRef, or
+    why it cannot be served."""
+    if not isinstance(backend, dict):
+        return "missing backend"
+    if backend.get("resource"):
+        return "resource backends are not supported (Service backends only)"
+    svc = backend.get("service") or {}
+    name, port = svc.get("name"), svc.get("port") or {}
+    if not name:
+        return "backend has no service name"
+    if isinstance(port.get("number"), int) and 0 < port["number"] < 65536:
+        return BackendRef(ctx.namespace, name, port["number"])
+    if port.get("name"):
+        return BackendRef(ctx.namespace, name,
+                          resolve_port(ctx, ctx.namespace, name, str(port["name"])))
+    return "backend service port needs a number (1-65535) or a name"
 
 
 def parse_service_ref(text: str, ctx: Context) -> BackendRef | str:

@@ -2,10 +2,10 @@
 
 Per request: one host lookup, a few path dict probes, then either a prebuilt
 `RouteDecision` (the common case: no canary, no weighted destinations, no cluster header,
-no rewrite; redirects and cookie affinity are prebuilt too) or the affinity steps / canary
-procedure / weighted pick / cluster pin, each choosing among decisions that were also
-prebuilt. Only `rewrite-target` and
-`app-root` build a decision per request (a `dataclasses.replace` of a prebuilt one).
+no rewrite, no HTTPS redirect; other redirects and cookie affinity are prebuilt too) or
+the affinity steps / canary procedure / weighted pick / cluster pin, each choosing among
+decisions that were also prebuilt. Only `rewrite-target`, `app-root` and the HTTPS
+redirect build a decision per request (a `dataclasses.replace` of a prebuilt one).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .matching import HostTable, normalize_request_host
 from .policy import policy_json
 from .rewrite import Rewriter, RewriteSettings, app_root_redirect
 from .settings import ClusterRouting
+from .tls import HttpsRedirect, SslRedirect
 
 
 @dataclass
@@ -65,6 +66,10 @@ class Route:
     #: Set on the synthetic Exact "/" route of a host with `app-root`: the Location path.
     app_root: str | None = None
     scheme: str = "http"
+    #: The owning Ingress's ssl-redirect annotations (None on the catch-all defaultBackend),
+    #: and, when this route redirects plain HTTP to HTTPS, the redirector (set at finish).
+    ssl: SslRedirect | None = None
+    https: HttpsRedirect | None = None
     #: Cookie affinity of each side, when there is more than one side (main line, weighted
     #: destinations, canary): a request whose cookie one of them issued goes back to it.
     sticky: tuple[tuple[SessionAffinity, Choice], ...] = ()
@@ -85,13 +90,18 @@ class Route:
                 choice.pin_all(clusters, self.routing.strict)
         self.plain = (self.canary is None and len(self.primary) == 1
                       and not (self.routing.active and clusters))
-        self.static = self.plain and self.rewriter is None and self.app_root is None
+        self.static = (self.plain and self.rewriter is None and self.app_root is None
+                       and self.https is None)
 
     def decide(self, request: RequestView, rng: random.Random,
                clusters: frozenset[str]) -> RouteDecision:
         if self.app_root is not None:
             return app_root_redirect(self.primary[0][1].decision, self.scheme,
                                      self.app_root, request)
+        if self.https is not None:  # before canary and balancing (ingress-nginx's lua rewrite)
+            redirect = self.https.apply(self.primary[0][1].decision, request)
+            if redirect is not None:
+                return redirect
         decision = self._choose(request, rng, clusters)
         if self.rewriter is not None and decision.redirect is None:
             return self.rewriter.apply(decision, request.path)
@@ -227,6 +237,7 @@ class RouteTable:
             "setHeaders": dict(main.set_headers),
             "rewrite": route.rewriter.describe() if route.rewriter else None,
             "redirect": _redirect_json(route, main),
+            "httpsRedirect": route.https.describe() if route.https is not None else None,
             "affinity": _affinity_json(main.affinity),
         }
 

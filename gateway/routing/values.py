@@ -26,6 +26,7 @@ COMPATIBLE_KEYS = frozenset({
     "upstream-vhost", "use-regex",
     "rewrite-target", "x-forwarded-prefix", "app-root",
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect", "temporal-redirect-code",
+    "ssl-redirect", "force-ssl-redirect", "preserve-trailing-slash",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
@@ -56,7 +57,7 @@ OUR_KEYS = frozenset({
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
     "session-cookie-hash", "default-backend", "custom-http-errors", "backend-protocol",
-    "ssl-redirect", "force-ssl-redirect", "from-to-www-redirect",
+    "from-to-www-redirect",
     "configuration-snippet", "server-snippet", "auth-url", "auth-type",
 })
 

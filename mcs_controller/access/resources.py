@@ -35,6 +35,7 @@ NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
+SECRETS = Resource("", "v1", "secrets", "Secret")  # the gateway's TLS certificates
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
@@ -62,6 +63,7 @@ ALL = (
     SERVICES,
     PODS,
     EVENTS,
+    SECRETS,
     ENDPOINT_SLICES,
     LEASES,
     INGRESSES,
