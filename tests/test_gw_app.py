@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -150,7 +151,7 @@ async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
     port, admin = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(tmp_path / "fleet.yaml"),
-        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--busy-poll-us", "200",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
@@ -166,3 +167,10 @@ async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
             await server.stop()
         await ups["east"].stop()
     assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
+
+
+def test_cli_refuses_a_bad_busy_poll_window(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(tmp_path / "f.yaml"),
+                           "--busy-poll-us", "-5"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--busy-poll-us: between 0 and 1000000" in done.stderr
+    assert "Traceback" not in done.stderr
