@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--dns-port", type=int, default=None,
                     help="DNS port on each cluster's 127.53.0.<n> address (default 53 as root, else 5353)")
     up.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP listener on 127.0.0.1")
+    up.add_argument("--gateway-tls-port", type=int, default=8443,
+                    help="gateway HTTPS listener on 127.0.0.1 (-1: none)")
     up.add_argument("--exit-after", type=float, default=None, metavar="SECONDS",
                     help="stop after this long (default: run until Ctrl-C)")
     up.add_argument("--log-level", default="warning")
@@ -49,7 +51,8 @@ async def up(args: argparse.Namespace) -> int:
         print(f"amcs: no member clusters in {args.fleet}", file=sys.stderr)
         return 2
     ports = Ports(controller_admin=args.admin_port, gateway=args.gateway_port,
-                  gateway_admin=0 if args.gateway_port == 0 else 8082)
+                  gateway_admin=0 if args.gateway_port == 0 else 8082,
+                  gateway_tls=None if args.gateway_tls_port < 0 else args.gateway_tls_port)
     if args.dns_port is not None:
         ports.dns = args.dns_port
     fleet_app = AllInOne(fleet, ports)

@@ -33,6 +33,9 @@ class Ports:
     dns_admin: int = 9153  # CoreDNS's metrics port
     gateway: int = 8080
     gateway_admin: int = 8082
+    #: The gateway's HTTPS listener (self-signed default certificate unless an Ingress's
+    #: spec.tls names one); None: plain HTTP only.
+    gateway_tls: int | None = None
 
 
 def dns_address(index: int) -> str:
@@ -60,7 +63,9 @@ class AllInOne:
                 )
         self.gateway = (
             GatewayApp(hub, fleet.member_clients(), listen=("127.0.0.1", self.ports.gateway),
-                       admin=("127.0.0.1", self.ports.gateway_admin))
+                       admin=("127.0.0.1", self.ports.gateway_admin),
+                       listen_tls=None if self.ports.gateway_tls is None
+                       else ("127.0.0.1", self.ports.gateway_tls))
             if hub is not None and gateway else None
         )
         self._controller_task: asyncio.Task | None = None

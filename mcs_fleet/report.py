@@ -67,8 +67,12 @@ async def access_report(app) -> str:
     if app.gateway is not None:
         host, port = app.gateway.address
         lines.append(f"gateway: http://{host}:{port}   routes: http://{host}:{app.gateway.admin_port}/routes")
+        tls = app.gateway.address_tls
         for rule_host in _gateway_hosts(app.gateway):
             lines.append(f"  try: curl -H 'Host: {rule_host}' http://{host}:{port}/")
+            if tls is not None:  # SNI names the host; the default certificate is self-signed
+                lines.append(f"       curl -k --resolve {rule_host}:{tls[1]}:{tls[0]} "
+                             f"https://{rule_host}:{tls[1]}/")
     return "\n".join(lines)
 
 

@@ -87,3 +87,48 @@ async def test_up_serves_clusterset_dns_per_cluster_while_running():
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_up_gateway_answers_over_http_and_https_as_printed():
+    """The two-regions fleet: the printed curl commands work, over HTTP and over TLS (SNI =
+    the rule host, the self-signed default certificate)."""
+    import asyncio
+    import re
+    import ssl
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mcs_fleet", "up", str(ROOT / "manifests" / "examples" / "two-regions"),
+        "--exit-after", "30", "--admin-port", "0", "--dns-port", "0", "--gateway-port", "0",
+        "--gateway-tls-port", "0", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        http = https = None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, (await proc.stderr.read()).decode()
+                if m := re.search(r"curl -H 'Host: (\S+)' http://([\d.]+):(\d+)/", line):
+                    http = (m.group(1), m.group(2), int(m.group(3)))
+                if m := re.search(r"curl -k --resolve (\S+):(\d+):([\d.]+) https://", line):
+                    https = (m.group(1), m.group(3), int(m.group(2)))
+                if line.startswith("running"):
+                    break
+        assert http is not None and https is not None and http[0] == https[0]
+
+        async def get(host: str, addr: str, port: int, tls: ssl.SSLContext | None) -> bytes:
+            reader, writer = await asyncio.open_connection(
+                addr, port, ssl=tls, server_hostname=host if tls else None)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = await reader.read()
+            writer.close()
+            return data
+
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        for target, tls in ((http, None), (https, insecure)):
+            reply = await get(*target, tls)
+            assert reply.startswith(b"HTTP/1.1 200") and b"This is env cluster" in reply, reply[:300]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 15)
