@@ -334,14 +334,20 @@ def wrk_script(work: Path, count_status: bool = False) -> Path:
     return path
 
 
-def parse_wrk(out: str) -> dict:
+def parse_result(out: str, tag: str, who: str) -> dict:
+    """The JSON after `tag` on one of the load generator's lines (wrk's done() hook or
+    bench/_paced_load.c), with `rps` and `socket_errors` derived from it."""
     for line in out.splitlines():
-        if line.startswith("BENCHJSON "):
-            res = json.loads(line[len("BENCHJSON "):])
+        if line.startswith(tag + " "):
+            res = json.loads(line[len(tag) + 1:])
             res["rps"] = res["requests"] / (res["duration_us"] / 1e6) if res["duration_us"] else 0.0
             res["socket_errors"] = res["connect"] + res["read"] + res["write"] + res["timeout"]
             return res
-    raise RuntimeError(f"wrk printed no result:\n{out[-2000:]}")
+    raise RuntimeError(f"{who} printed no result:\n{out[-2000:]}")
+
+
+def parse_wrk(out: str) -> dict:
+    return parse_result(out, "BENCHJSON", "wrk")
 
 
 # -- the machine -------------------------------------------------------------------------------

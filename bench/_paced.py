@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.append(str(HERE))  # last: bench/dns.py must not hide the dns package
 
-from _gateway_setup import die_with_parent, pinned  # noqa: E402
+from _gateway_setup import die_with_parent, parse_result, pinned  # noqa: E402
 
 SOURCE = HERE / "_paced_load.c"
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
@@ -62,13 +62,7 @@ def build(cache_dir: Path | None = None, *, source: Path = SOURCE) -> Path:
 
 def parse_paced(out: str) -> dict:
     """The PACEDJSON line, with `rps` and `socket_errors` derived as parse_wrk does."""
-    for line in out.splitlines():
-        if line.startswith("PACEDJSON "):
-            res = json.loads(line[len("PACEDJSON "):])
-            res["rps"] = res["requests"] / (res["duration_us"] / 1e6) if res["duration_us"] else 0.0
-            res["socket_errors"] = res["connect"] + res["read"] + res["write"] + res["timeout"]
-            return res
-    raise RuntimeError(f"the paced load generator printed no result:\n{out[-2000:]}")
+    return parse_result(out, "PACEDJSON", "the paced load generator")
 
 
 def command(binary: Path, url: str, host: str, rate: float, connections: int, seconds: float,
