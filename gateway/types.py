@@ -182,6 +182,13 @@ class RouteDecision:
     redirect: Redirect | None = None
     #: Cookie session affinity (ingress-nginx `affinity: cookie`); None: no affinity.
     affinity: SessionAffinity | None = None
+    #: ingress-nginx `custom-http-errors`: an upstream answer with one of these statuses is
+    #: not forwarded; `error_page` is asked instead. Empty: nothing is intercepted.
+    error_codes: frozenset[int] = frozenset()
+    #: The request for the error page: to the Ingress's `default-backend` (also the last of
+    #: `fallbacks`), with its static `X-Namespace`/`X-Ingress-Name`/`X-Service-*` headers as
+    #: `set_headers` (gateway/routing/errors.py). None: no default-backend annotation.
+    error_page: RouteDecision | None = None
 
 
 class RequestView:

@@ -67,6 +67,7 @@ class ExchangeBase:
     # cookie session affinity (only when decision.affinity is set)
     sticky: str | None = None  # the request's sticky cookie value
     resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
+    intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client

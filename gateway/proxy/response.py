@@ -3,13 +3,16 @@
 Framing towards the client: Content-Length passes through; chunked or close-delimited
 upstream bodies are re-chunked for HTTP/1.1 clients and sent raw (then close) to HTTP/1.0
 clients; HEAD/204/304 have none. A status in RetryPolicy.on_statuses is drained and
-discarded (never sent) when a retry is still allowed. 101 hands both sockets to the splice.
+discarded (never sent) when a retry is still allowed; then a status in RouteDecision.error_codes
+(custom-http-errors) is replaced by the default backend's page (`_intercept`). 101 hands both
+sockets to the splice.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from gateway.proxy.error_page import DISCARD, error_page_head
 from gateway.proxy.heads import CRLF, ResponseInfo, chunk, last_chunk, response_head, status_line
 from gateway.proxy.retry import CAUSES, RetrySide
 from gateway.proxy.states import (
@@ -25,6 +28,10 @@ from gateway.proxy.tunnel import splice
 
 if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamConnection
+
+#: custom-http-errors: an intercepted answer's body up to this long (Content-Length) is read
+#: and dropped so its connection is reused; a longer one closes the connection unread.
+_DRAIN_LIMIT: Final = 65536
 
 
 class ResponseSide(RetrySide):
@@ -45,6 +52,8 @@ class ResponseSide(RetrySide):
             if h.head_only:
                 self._drop_conn()
                 self._retry()
+            return
+        if d.error_page is not None and status in d.error_codes and self._intercept(conn, status, info):
             return
         self.status = status
         c = self.client
@@ -86,6 +95,40 @@ class ResponseSide(RetrySide):
             conn.keep_alive = False
             self.on_response_complete(conn, False)
 
+    def _intercept(self, conn: UpstreamConnection, status: int, info: ResponseInfo) -> bool:
+        """custom-http-errors: this answer is not forwarded, the default backend is asked for
+        a page instead (ingress-nginx's error_page; gateway/proxy/error_page.py), like a retry
+        with a fresh budget. A short body is drained to keep the connection; a longer one, or
+        one of unknown length, is never read: that connection closes. False (the answer
+        passes as it is): an upgrade, or a body too long to send again."""
+        d = self.decision
+        h = self.head
+        assert d is not None
+        page = d.error_page
+        if page is None or self.replay is None or h.upgrade is not None:
+            return False
+        self.intercepted = status
+        self.wire = False
+        self._end_attempt("success" if status < 500 else "http_5xx", status)
+        self.decision = page
+        self.up_head = error_page_head(h, status, page.set_headers)
+        self.attempts = 0
+        self.tried = ()
+        self.free_retry = True
+        self.resp_extra = b""  # an error page pins no session
+        self.last_error = (status, f"upstream answered {status}; the default backend "
+                                   f"{page.backend} has no usable endpoint")
+        n = info.length
+        if not h.head_only and n is not None and len(n) <= 6 and int(n) <= _DRAIN_LIMIT:
+            self.phase = DRAINING  # on_response_complete -> _drained -> the error page
+            return True
+        self.conn = None
+        conn.owner = DISCARD  # the rest of this read goes nowhere
+        conn.transport.close()
+        self.client.resume_reading(PAUSE_UPSTREAM)
+        self._retry(0.0)
+        return True
+
     def on_response_body(self, data: bytes) -> None:
         if self.phase != STREAMING:
             return
@@ -107,7 +150,7 @@ class ResponseSide(RetrySide):
         else:
             conn.close()
         if self.phase == DRAINING:
-            self._retry()
+            self._drained()
             return
         if self.resp_mode == M_CHUNK:
             self.client.write(last_chunk(conn.trailers))
@@ -131,7 +174,7 @@ class ResponseSide(RetrySide):
         self.wire = False
         self.client.resume_reading(PAUSE_UPSTREAM)
         if self.phase == DRAINING:
-            self._retry()
+            self._drained()
         elif self.phase == STREAMING:
             if cause == "reset" and exc is None and self.resp_eof:  # close-delimited body ended
                 if self.resp_mode == M_CHUNK:

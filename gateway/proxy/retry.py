@@ -105,6 +105,11 @@ class RetrySide(ExchangeBase):
             self.client.arm(self.deadline)
         self.backoff = self.client.loop.call_later(delay, self._attempt)
 
+    def _drained(self) -> None:
+        """The answer being drained ended (or was cut off): the next try goes, at once when
+        it is the error page of an intercepted answer (custom-http-errors, response.py)."""
+        self._retry(0.0 if self.intercepted else None)
+
     def _set_deadline(self, when: float) -> None:
         self.deadline = when if when < self.total_deadline else self.total_deadline
         self.client.arm(self.deadline)
@@ -146,7 +151,7 @@ class RetrySide(ExchangeBase):
                 return
             self._drop_conn()
             if phase == DRAINING:
-                self._retry()
+                self._drained()
             elif self.client.write_paused:  # the client stopped reading: not the upstream's fault
                 self._end_attempt(None, None)
                 self._abort_client()

@@ -25,6 +25,7 @@ from .affinity import (
 )
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
+from .errors import NO_ERRORS, ErrorSettings, bind_errors, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .rewrite import compile_rewriter
@@ -68,6 +69,7 @@ class Parsed:
     default_ref: BackendRef | None = None
     has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
     affinity: AffinitySettings = AffinitySettings()
+    errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
 
 
 def build_route_table(
@@ -150,8 +152,10 @@ class _Builder:
             settings = parse_settings(ann, ctx)
             destinations = parse_destination(ann, ctx)
         affinity = parse_affinity(ann, canary=is_canary)
+        errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
-        parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity)
+        parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
+                        errors=errors)
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -269,7 +273,7 @@ class _Builder:
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path))
-            primary.append((cumulative, Choice(decision)))
+            primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
                      rewrite=settings.rewrite if path_type else None,
@@ -325,7 +329,9 @@ class _Builder:
             return
         self._merge_fields(parsed, ref)
         main = route.primary[0][1].decision
-        decision = replace(main, backend=ref, fallbacks=refs, canary=True,
+        # the main line, then what it falls back to (its default-backend)
+        fallbacks = refs + tuple(f for f in main.fallbacks if f not in refs and f != ref)
+        decision = replace(main, backend=ref, fallbacks=fallbacks, canary=True,
                            route_name=f"{parsed.key}|{where or '(default)'}",
                            set_headers=parsed.settings.set_headers,
                            affinity=canary_affinity(main.affinity, parsed.affinity, ref, route.path))

@@ -18,6 +18,7 @@ from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision,
 
 from .affinity import regex_cookie_path, sticky_side
 from .canary import CanaryRule
+from .errors import describe_errors
 from .matching import HostTable, normalize_request_host
 from .policy import policy_json
 from .rewrite import Rewriter, RewriteSettings, app_root_redirect
@@ -239,6 +240,7 @@ class RouteTable:
             "redirect": _redirect_json(route, main),
             "httpsRedirect": route.https.describe() if route.https is not None else None,
             "affinity": _affinity_json(main.affinity),
+            "errors": describe_errors(main),
         }
 
 

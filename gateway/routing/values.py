@@ -32,6 +32,7 @@ COMPATIBLE_KEYS = frozenset({
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
     "session-cookie-max-age", "session-cookie-expires", "session-cookie-samesite",
     "session-cookie-secure", "session-cookie-change-on-failure",
+    "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
@@ -56,7 +57,7 @@ OUR_KEYS = frozenset({
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
-    "session-cookie-hash", "default-backend", "custom-http-errors", "backend-protocol",
+    "session-cookie-hash", "backend-protocol",
     "from-to-www-redirect",
     "configuration-snippet", "server-snippet", "auth-url", "auth-type",
 })
