@@ -107,6 +107,8 @@ class GatewayApp:
         if self.secrets is not None:
             self.secrets.add_handler(self._secret_changed)
             self.secrets.start()
+        for member in self.upstream.catalog.members.values():
+            member.services.add_handler(self._service_changed)
         await self.upstream.start(wait=False)
         await self.proxy.start(*self.listen)
         if self.proxy_tls is not None and self.listen_tls is not None and self.tls is not None:
@@ -183,6 +185,13 @@ class GatewayApp:
                 meta = svc["metadata"]
                 out.setdefault((meta["namespace"], meta["name"]), svc)
         return out
+
+    def _service_changed(self, kind: str, obj: dict, old: dict | None) -> None:
+        """A member's Service appeared, went, or changed its ports: the table resolves ports
+        (and default-backend) from Services, so rebuild; other Service changes do not matter."""
+        if old is None or kind == "DELETED" or \
+                (obj.get("spec") or {}).get("ports") != (old.get("spec") or {}).get("ports"):
+            self._schedule_rebuild()
 
     def _secret_changed(self, _type: str, obj: dict, _old: dict | None) -> None:
         """A TLS Secret, or one an Ingress names, changed: recompute the certificates."""

@@ -174,3 +174,37 @@ def test_cli_refuses_a_bad_busy_poll_window(tmp_path: Path):
                            "--busy-poll-us", "-5"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--busy-poll-us: between 0 and 1000000" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_default_backend_service_created_later_is_used_within_a_second():
+    """default-backend names a Service no member has yet (reported); once it appears the
+    table is rebuilt (no Ingress event) and it serves the rule whose Service has no endpoint."""
+    ups = {"east": await Upstream("east", host="127.0.72.1").start()}
+    spare = await Upstream("spare", host="127.0.72.2").start()
+    hub, members = await world(ups)
+    await hub.create(INGRESSES, ingress("gone", "gone.example.com", "nothing", {
+        "nginx.ingress.kubernetes.io/default-backend": "spare"}))
+    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
+    await app.start()
+    try:
+        await app.wait_ready(10)
+        assert any("spare" in str(p) for p in app.problems)
+        url = f"http://127.0.0.1:{app.proxy.port}/"
+        assert (await get(url, "gone.example.com"))[0] != 200
+        east = members["east"]
+        await east.create(SERVICES, {"metadata": {"name": "spare", "namespace": "demo"},
+                                     "spec": {"selector": {"app": "spare"},
+                                              "ports": [{"name": "http", "port": 80,
+                                                         "targetPort": spare.port}]}})
+        await east.create(ENDPOINT_SLICES, source_slice("spare", "demo", [endpoint("127.0.72.2")],
+                                                        ports=[{"name": "http", "port": spare.port}]))
+
+        async def served() -> bool:
+            status, text = await get(url, "gone.example.com")
+            return status == 200 and "spare" in text
+        await eventually(served, within=1.0)
+        assert not any("spare" in str(p) for p in app.problems)
+    finally:
+        await app.stop(0.5)
+        await ups["east"].stop()
+        await spare.stop()
