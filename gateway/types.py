@@ -150,7 +150,7 @@ class SessionAffinity:
     max_age: int | None = None  # seconds (session-cookie-max-age)
     expires: int | None = None  # seconds from now (session-cookie-expires)
     samesite: str | None = None  # None, Lax, Strict
-    secure: bool = False
+    secure: bool | None = None  # session-cookie-secure; None: Secure over HTTPS (ingress-nginx)
     persistent: bool = False  # affinity-mode: persistent (never rebalanced) vs balanced
     change_on_failure: bool = False  # session-cookie-change-on-failure
     domain: str | None = None  # Set-Cookie Domain (session-cookie-domain); None: host-only

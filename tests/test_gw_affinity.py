@@ -332,6 +332,16 @@ def test_set_cookie_header(affinity, route_path, attrs):
     assert plain.startswith(f"Set-Cookie: {affinity.cookie}={endpoint_key(ep)}".encode())
 
 
+@pytest.mark.parametrize(("secure", "https", "marked"), [
+    (None, False, False), (None, True, True),  # unset: Secure exactly over HTTPS (ingress-nginx)
+    (True, False, True), (False, True, False),  # session-cookie-secure decides when set
+])
+def test_set_cookie_secure_follows_the_annotation_else_the_scheme(secure, https, marked):
+    line = set_cookie_header(SessionAffinity(secure=secure), Endpoint("a", "10.1.0.1", 8080), "/",
+                             value="0123456789abcdef-00ff00ff", https=https)
+    assert (b"; Secure;" in line) == marked
+
+
 def test_set_cookie_header_refuses_header_injection():
     ep = Endpoint("a", "10.1.0.1", 8080)
     with pytest.raises(ValueError):

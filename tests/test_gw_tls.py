@@ -211,6 +211,36 @@ async def test_sni_picks_each_certificate_wildcard_and_default_then_proxies_with
         await stopped(app, up)
 
 
+async def test_affinity_cookie_is_secure_over_https_unless_the_annotation_says():
+    """session-cookie-secure unset: the sticky cookie is marked Secure on the HTTPS listener
+    only (ingress-nginx: secure = $https == "on"); "false" never marks it."""
+    ca = CA()
+    cert = ca.issue("s.example.com")
+    n = "nginx.ingress.kubernetes.io/"
+    sticky = {n + "affinity": "cookie", n + "ssl-redirect": "false"}
+    app, hub, up = await started(
+        [ingress("s", ["s.example.com"], [{"hosts": ["s.example.com"], "secretName": "s-tls"}],
+                 sticky),
+         ingress("t", ["t.example.com"], [{"hosts": ["t.example.com"], "secretName": "s-tls"}],
+                 {**sticky, n + "session-cookie-secure": "false"})],
+        [secret("s-tls", *cert)])
+    try:
+        async def cookie(scheme: str, port: int, host: str) -> str:
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"{scheme}://127.0.0.1:{port}/", headers={"Host": host},
+                    ssl=insecure() if scheme == "https" else None,
+                    server_hostname=host if scheme == "https" else None) as r:
+                assert r.status == 200
+                return r.headers["Set-Cookie"]
+        over_https = await cookie("https", app.proxy_tls.port, "s.example.com")
+        over_http = await cookie("http", app.proxy.port, "s.example.com")
+        assert over_https.startswith("INGRESSCOOKIE=") and "; Secure" in over_https
+        assert over_http.startswith("INGRESSCOOKIE=") and "Secure" not in over_http
+        assert "Secure" not in await cookie("https", app.proxy_tls.port, "t.example.com")
+    finally:
+        await stopped(app, up)
+
+
 async def test_ssl_redirect_false_force_ssl_redirect_and_trusted_forwarded_proto():
     ca = CA()
     c = ca.issue("c.example.com", "d.example.com")

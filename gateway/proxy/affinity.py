@@ -33,14 +33,16 @@ def request_cookie(affinity: SessionAffinity | None, headers: Mapping[str, str])
 
 
 def set_cookie_header(affinity: SessionAffinity, endpoint: Endpoint, route_path: str, *,
-                      value: str | None = None, now: float | None = None) -> bytes:
+                      value: str | None = None, now: float | None = None,
+                      https: bool = False) -> bytes:
     """The whole `Set-Cookie: ...\\r\\n` line pinning the client to `endpoint`.
 
     `value`: from `ClusterManager.sticky_cookie` (it knows the backend's ring and tag);
     without it the persistent form naming `endpoint` is used. Attributes, in
     lua-resty-cookie's order: Expires (session-cookie-expires seconds from now), Max-Age,
-    Domain, Path (session-cookie-path, else the matched rule's `route_path`), Secure (only
-    with session-cookie-secure: the listener is plain HTTP), HttpOnly (always), SameSite.
+    Domain, Path (session-cookie-path, else the matched rule's `route_path`), Secure
+    (session-cookie-secure; unset: when the request came over HTTPS, `https`, as ingress-nginx
+    does), HttpOnly (always), SameSite.
     """
     if value is None:
         value = StickyValue(endpoint_key(endpoint), None, affinity.backend_tag).encode()
@@ -56,7 +58,7 @@ def set_cookie_header(affinity: SessionAffinity, endpoint: Endpoint, route_path:
     path = next((p for p in (affinity.path, route_path) if p and p[0] == "/" and _SAFE.match(p)),
                 "/")
     parts.append(f"Path={path}")
-    if affinity.secure:
+    if affinity.secure or (affinity.secure is None and https):
         parts.append("Secure")
     parts.append("HttpOnly")
     if affinity.samesite in ("None", "Lax", "Strict"):

@@ -126,7 +126,7 @@ class Exchange(ResponseSide):
             if ep is not None:
                 value = clusters.sticky_cookie(ref, ep, aff, current=sticky, retried=bool(self.tried))
                 self.resp_extra = b"" if value is None else set_cookie_header(
-                    aff, ep, aff.path or "/", value=value)
+                    aff, ep, aff.path or "/", value=value, https=self.server.scheme == "https")
                 return ep
         return None
 
