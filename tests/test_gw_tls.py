@@ -493,6 +493,15 @@ def test_redirect_precedence_app_root_explicit_redirect_canary_and_catch_all():
     assert _route(table, "other.example.com", "/").redirect is None
     # a canary's ssl-redirect is not applied (canary Ingresses take only canary annotations)
     assert any("canary" in str(p) and "ssl-redirect" in str(p) for p in problems)
+    # an ACME HTTP-01 challenge path stays on plain HTTP (no-tls-redirect-locations), even
+    # forced; its neighbour on the same host is redirected
+    acme = ingress("acme", ["perm.example.com"], None, {f"{NGINX}force-ssl-redirect": "true"})
+    acme["spec"]["rules"][0]["http"]["paths"] = [
+        {"path": p, "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+        for p in ("/.well-known/acme-challenge/tok3n", "/other")]
+    acme_table, _ = build_route_table([acme], [], tls_hosts={"perm.example.com"}, https_port=8443)
+    assert _route(acme_table, "perm.example.com", "/.well-known/acme-challenge/tok3n").redirect is None
+    assert _route(acme_table, "perm.example.com", "/other").redirect.status == 308
     # the https table has no HTTPS redirects, and app-root uses https there
     tls_table, _ = build_route_table(ing, [], tls_hosts=tls_hosts, scheme="https")
     assert _route(tls_table, "root.example.com", "/x").redirect is None

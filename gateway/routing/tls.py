@@ -16,7 +16,9 @@ of the HTTPS listener is added when it is not 443. A request that a trusted prox
 host. Order, as in ingress-nginx: `app-root` (server level) and `permanent-/temporal-redirect`
 (an nginx `return`) answer first; then this redirect (lua, rewrite phase), before any canary,
 balancing or rewrite. The catch-all `defaultBackend` is never redirected (ingress-nginx
-restores its rewrite settings).
+restores its rewrite settings), nor a rule whose path starts with
+`/.well-known/acme-challenge` (ingress-nginx's `no-tls-redirect-locations` default), even
+with `force-ssl-redirect`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 
 #: ingress-nginx's `http-redirect-code` default.
 HTTP_REDIRECT_CODE = 308
+#: ingress-nginx's `no-tls-redirect-locations` default: rules whose path starts so are never
+#: redirected, so an ACME HTTP-01 challenge (cert-manager's solver Ingress) is answered on
+#: plain HTTP even for a host that already has a certificate.
+NO_TLS_REDIRECT_LOCATIONS = ("/.well-known/acme-challenge",)
 SSL_KEYS = ("ssl-redirect", "force-ssl-redirect", "preserve-trailing-slash")
 
 
@@ -117,6 +123,8 @@ def install_https_redirects(hosts: HostTable[Route], tls_hosts: Collection[str],
             if (ssl is None or route.app_root is not None
                     or route.primary[0][1].decision.redirect is not None):
                 continue  # catch-all, app-root, or an explicit redirect answers first
+            if route.path.startswith(NO_TLS_REDIRECT_LOCATIONS):
+                continue  # ACME challenges stay on plain HTTP
             if ssl.force or (ssl.enabled and certified):
                 keep = ssl.preserve_trailing_slash
                 if keep not in made:
