@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
                    metavar="CIDR", help="a proxy/LB whose X-Forwarded-* headers are kept "
                    "(repeatable)")
+    p.add_argument("--hsts-max-age", type=int, default=31536000, metavar="SECONDS",
+                   help="Strict-Transport-Security max-age on HTTPS responses for hosts with a "
+                   "certificate (ingress-nginx's hsts; 0: no header; default: %(default)s)")
+    p.add_argument("--hsts-include-subdomains", choices=("true", "false"), default="true",
+                   help="add includeSubDomains (default: %(default)s)")
+    p.add_argument("--hsts-preload", action="store_true", help="add preload")
     p.add_argument("--busy-poll-us", type=float, default=0.0, metavar="US",
                    help="keep polling this many microseconds after each read instead of "
                    "sleeping (lower tail latency on VMs, more CPU; default: off)")
@@ -61,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--default-tls-cert needs --listen-tls")
     if args.https_redirect_port is not None and not 0 < args.https_redirect_port < 65536:
         p.error("--https-redirect-port: out of range")
+    if args.hsts_max_age < 0:
+        p.error("--hsts-max-age: must be >= 0")
     if not 0 <= args.busy_poll_us <= 1_000_000:
         p.error("--busy-poll-us: between 0 and 1000000")
     for cidr in args.trusted_proxies:
@@ -69,6 +77,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError:
             p.error(f"--trusted-proxy {cidr!r}: not an address or CIDR")
     return args
+
+
+def hsts_value(args: argparse.Namespace) -> str:
+    """The Strict-Transport-Security value the flags ask for ("": none)."""
+    if not args.hsts_max_age:
+        return ""
+    return (f"max-age={args.hsts_max_age}"
+            + ("; includeSubDomains" if args.hsts_include_subdomains == "true" else "")
+            + ("; preload" if args.hsts_preload else ""))
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -95,7 +112,7 @@ async def amain(args: argparse.Namespace) -> int:
                          default_key=args.default_tls_key,
                          https_redirect_port=args.https_redirect_port,
                          xff_trusted=args.trusted_proxies,
-                         limits=Limits(busy_poll=args.busy_poll_us / 1e6))
+                         limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args))
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from aiohttp import web
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.routing import build_route_table, select_ingresses
+from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.upstream import UpstreamManager
 from mcs_controller.access.api import ClusterClient
@@ -34,6 +36,10 @@ from mcs_controller.ops.admin import AdminServer
 from mcs_controller.ops.metrics import new_registry
 
 log = logging.getLogger("gateway")
+
+#: ingress-nginx's defaults: hsts true, hsts-max-age 31536000, hsts-include-subdomains true,
+#: hsts-preload false.
+HSTS_DEFAULT = "max-age=31536000; includeSubDomains"
 
 
 class GatewayApp:
@@ -55,12 +61,15 @@ class GatewayApp:
         default_key: str | None = None,
         https_redirect_port: int | None = None,
         xff_trusted: Iterable[str] = (),
+        hsts: str = HSTS_DEFAULT,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
         unusable). `https_redirect_port`: the port ssl-redirect Locations name (None: the
         HTTPS listener's; 443 is left out). `xff_trusted`: CIDRs of proxies whose
-        X-Forwarded-* headers are kept (and whose X-Forwarded-Proto: https is not redirected)."""
+        X-Forwarded-* headers are kept (and whose X-Forwarded-Proto: https is not redirected).
+        `hsts`: the Strict-Transport-Security value on the HTTPS listener's proxied responses
+        for hosts with a certificate ("" for none; ingress-nginx's default)."""
         self.registry = registry if registry is not None else new_registry()
         self.metrics = GatewayMetrics(self.registry)
         self.upstream = UpstreamManager(members)
@@ -88,6 +97,8 @@ class GatewayApp:
                                              scheme="https")
             self.proxy_tls = ProxyServer(table_tls, self.upstream, metrics=self.metrics,
                                          limits=limits, xff_trusted=xff_trusted, scheme="https")
+            if hsts:
+                self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
         self.rebuild_delay = rebuild_delay
         self.admin = (
             AdminServer(admin[0], admin[1], self.registry, ready=self._ready,
@@ -215,6 +226,8 @@ class GatewayApp:
                                        accept_classless=self.accept_classless)
             tls_problems = self.tls.update(ours, self._secret)
             tls_hosts = self.tls.hosts
+            if self.proxy_tls is not None:
+                self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         common: dict[str, Any] = dict(
             class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
             services=self._services(), accept_classless=self.accept_classless)

@@ -208,3 +208,15 @@ async def test_a_default_backend_service_created_later_is_used_within_a_second()
         await app.stop(0.5)
         await ups["east"].stop()
         await spare.stop()
+
+
+def test_cli_hsts_flags_make_the_header_value(tmp_path: Path):
+    from gateway.__main__ import hsts_value, parse_args
+    cfg = ["--config", str(tmp_path / "f.yaml")]
+    assert hsts_value(parse_args(cfg)) == "max-age=31536000; includeSubDomains"
+    assert hsts_value(parse_args([*cfg, "--hsts-max-age", "600", "--hsts-preload",
+                                  "--hsts-include-subdomains", "false"])) == "max-age=600; preload"
+    assert hsts_value(parse_args([*cfg, "--hsts-max-age", "0"])) == ""
+    done = subprocess.run([sys.executable, "-m", "gateway", *cfg, "--hsts-max-age", "-1"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--hsts-max-age: must be >= 0" in done.stderr

@@ -241,6 +241,41 @@ async def test_affinity_cookie_is_secure_over_https_unless_the_annotation_says()
         await stopped(app, up)
 
 
+async def _hsts(scheme: str, port: int, host: str) -> str | None:
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{scheme}://127.0.0.1:{port}/", headers={"Host": host}, allow_redirects=False,
+            ssl=insecure() if scheme == "https" else None,
+            server_hostname=host if scheme == "https" else None) as r:
+        assert r.status == 200, (scheme, host, r.status)
+        return r.headers.get("Strict-Transport-Security")
+
+
+async def test_hsts_on_https_responses_for_hosts_with_a_certificate():
+    """ingress-nginx's hsts defaults: max-age one year with includeSubDomains, on HTTPS
+    responses of hosts with a certificate; not on plain HTTP, not for other hosts."""
+    ca = CA()
+    n = "nginx.ingress.kubernetes.io/"
+    app, hub, up = await started(
+        [ingress("h", ["h.example.com"], [{"hosts": ["h.example.com"], "secretName": "h-tls"}],
+                 {n + "ssl-redirect": "false"}),
+         ingress("p", ["plain.example.com"])],
+        [secret("h-tls", *ca.issue("h.example.com"))])
+    try:
+        tls, plain = app.proxy_tls.port, app.proxy.port
+        assert await _hsts("https", tls, "h.example.com") == "max-age=31536000; includeSubDomains"
+        assert await _hsts("http", plain, "h.example.com") is None
+        assert await _hsts("https", tls, "plain.example.com") is None  # no certificate configured
+    finally:
+        await stopped(app, up)
+    app, hub, up = await started(
+        [ingress("h", ["h.example.com"], [{"hosts": ["h.example.com"], "secretName": "h-tls"}])],
+        [secret("h-tls", *ca.issue("h.example.com"))], hsts="")
+    try:
+        assert await _hsts("https", app.proxy_tls.port, "h.example.com") is None  # turned off
+    finally:
+        await stopped(app, up)
+
+
 async def test_ssl_redirect_false_force_ssl_redirect_and_trusted_forwarded_proto():
     ca = CA()
     c = ca.issue("c.example.com", "d.example.com")

@@ -87,6 +87,9 @@ class ResponseSide(RetrySide):
             extra = b"Connection: keep-alive\r\n" if h.http10 else b""
         if self.resp_extra:  # Set-Cookie of session affinity, next to the upstream's own
             extra += self.resp_extra
+        srv = self.server
+        if srv.hsts and srv.hsts_for is not None and self.view is not None and srv.hsts_for(self.view.host):
+            extra += srv.hsts  # HTTPS listener, a host with a certificate (ingress-nginx hsts)
         c.write(response_head(status_line(status, reason), info.parts, extra))
         self.resp_started = True
         self.phase = STREAMING

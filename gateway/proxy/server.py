@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from gateway.proxy.client import IDLE, ClientConnection
@@ -59,6 +59,10 @@ class ProxyServer:
         self.mirror: MirrorSender = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Event | None = None
+        #: HTTPS listener: the Strict-Transport-Security line added to proxied responses for
+        #: hosts `hsts_for` accepts (those with a certificate configured; set by the app).
+        self.hsts = b""
+        self.hsts_for: Callable[[str], bool] | None = None
         self.busy_poll = self.limits.busy_poll
         self.reads = 0  # bumped by every read while busy polling
         self._reads_seen = 0
