@@ -1,8 +1,8 @@
 """The gateway data path's own cost per request, with in-memory transports (no kernel, no
 wrk): a real GatewayApp over the benchmark's fleet (bench/_gateway_setup.py), one client
-connection and pooled upstream connections whose transports are lists. Each request is fed
-to `ClientConnection.data_received`, and a canned nginx response to the upstream connection
-the proxy wrote to.
+connections and pooled upstream connections whose transports are lists. Each turn feeds one
+request to each client connection's `data_received` and, after the turn's writes left, a
+canned nginx response to each upstream connection the proxy wrote to.
 
 Deterministic figure (instructions, not time; what bench/README.md's table uses):
 
@@ -82,36 +82,44 @@ async def measure(requests: int, host: str, batch: int) -> float:
     wrote: list[UpstreamConnection] = []
     for c in S.CLUSTERS:
         for addr in c.addresses:
-            up = UpstreamConnection(app.proxy.pool, (addr, S.POD_PORT))
-            up.connection_made(ListTransport(wrote, up))  # type: ignore[arg-type]
-            app.proxy.pool.release(up)
+            for _ in range(batch):  # one idle connection per request of a turn
+                up = UpstreamConnection(app.proxy.pool, (addr, S.POD_PORT))
+                up.connection_made(ListTransport(wrote, up))  # type: ignore[arg-type]
+                app.proxy.pool.release(up)
     shadow = MirrorLine(app.proxy.mirror, (S.SHADOW.addresses[0], S.POD_PORT))
     shadow.connection_made(ListTransport([]))  # type: ignore[arg-type]
     app.proxy.mirror.lines[shadow.addr] = [shadow]
-    client_side = ListTransport(wrote)
-    client = ClientConnection(app.proxy)
-    client.connection_made(client_side)  # type: ignore[arg-type]
+    clients: list[tuple[ClientConnection, ListTransport]] = []
+    for _ in range(batch):  # as at peak: many connections, one request each per turn
+        client_side = ListTransport(wrote)
+        client = ClientConnection(app.proxy)
+        client.connection_made(client_side)  # type: ignore[arg-type]
+        clients.append((client, client_side))
     request = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode()
 
-    async def turn(batch: int) -> None:
-        """`batch` requests in one loop turn (as at peak), then their mirror copies' answers."""
-        for _ in range(batch):
+    async def turn() -> None:
+        """A turn reading `batch` requests (they leave at its end), then one reading their
+        responses (they leave at its end, with the mirror copies), then the copies' answers."""
+        for client, _ in clients:
             client.data_received(request)
-            up = wrote.pop()
-            wrote.clear()
+        await asyncio.sleep(0)
+        ups = list(wrote)
+        wrote.clear()
+        for up in ups:
             up.transport.out.clear()  # type: ignore[attr-defined]
             up.data_received(RESPONSE)
-        await asyncio.sleep(0)  # the mirror line's flush
+        await asyncio.sleep(0)
         if shadow.depth:
             shadow.transport.out.clear()  # type: ignore[union-attr]
             shadow.data_received(RESPONSE * shadow.depth)
 
     for _ in range(2000 // batch):  # warm: routes, pools, caches
-        await turn(batch)
-    assert BODY in b"".join(client_side.out[-3:]), client_side.out[-3:]
+        await turn()
+    first = clients[0][1]
+    assert BODY in b"".join(first.out[-3:]), first.out[-3:]
     t0 = time.process_time()
     for _ in range(requests // batch):
-        await turn(batch)
+        await turn()
     spent = time.process_time() - t0
     await app.stop(0.1)
     return spent / requests

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import test_gw_proxy as basic
+import test_gw_proxy_batching as batching
 import test_gw_proxy_hardening as hard
 import test_gw_proxy_mirror as mirror
 import test_gw_proxy_retry as retry
@@ -38,6 +39,7 @@ def _on_uvloop(test: Callable[[Env], Awaitable[None]]) -> Callable[[], None]:
 
 for _t in (
     basic.test_hop_by_hop_headers_stripped_both_ways,
+    batching.test_a_turns_requests_and_responses_leave_after_all_its_reads,
     basic.test_busy_poll_keeps_the_loop_polling_only_after_traffic,
     basic.test_keepalive_both_sides_reuses_one_upstream_connection,
     basic.test_stop_finishes_inflight_then_refuses,

@@ -190,10 +190,8 @@ class Exchange(ResponseSide):
             self.req_sent = True
         if self.client.write_paused:
             conn.pause_reading()
-        if len(out) == 1:
-            conn.transport.write(out[0])
-        else:
-            conn.transport.writelines(out)
+        for piece in out:
+            conn.write(piece)
         self.wire = h.upgrade is None
         d = self.decision
         timeout = (d.retry.per_try_timeout or d.timeouts.read) if self.req_sent else d.timeouts.send  # type: ignore[union-attr]
@@ -226,7 +224,7 @@ class Exchange(ResponseSide):
         if self.mirrors:
             self.server.mirror.feed(self.mirrors, data)
         if self.wire:
-            self.conn.transport.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
+            self.conn.write(chunk(data) if self.head.chunked else data)  # type: ignore[union-attr]
             self.body_sent += n
             self.progress += 1
         else:
@@ -247,7 +245,7 @@ class Exchange(ResponseSide):
             self.server.mirror.launch(self.mirrors)
         if self.wire:
             if self.head.chunked:
-                self.conn.transport.write(last_chunk(trailers))  # type: ignore[union-attr]
+                self.conn.write(last_chunk(trailers))  # type: ignore[union-attr]
             self.req_sent = True
             if self.phase == SENT:
                 d = self.decision

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import httptools
 
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from gateway.proxy.client import ClientConnection
 
 log = logging.getLogger("gateway.proxy")
+
+#: Writes are held until the end of the loop turn (one send per connection per turn, so the
+#: peer wakes once for a turn's worth); a read or body piece this big goes at once instead.
+WRITE_NOW: Final = 16384
 
 Address = tuple[str, int]
 
@@ -59,7 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "addr", "transport", "parser", "owner", "info", "trailers",
         "head_done", "interim", "keep_alive", "closed", "reused", "idle_since", "read_paused",
-        "tunnel", "got_bytes", "idle_list",
+        "tunnel", "got_bytes", "idle_list", "out",
     )
 
     def __init__(self, pool: ConnectionPool, addr: Address) -> None:
@@ -80,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: asyncio.Protocol | None = None  # the client side once upgraded (101)
         self.got_bytes = False  # any byte of the current response arrived
         self.idle_list: list[UpstreamConnection] | None = None  # the pool's list for addr
+        self.out: list[bytes] = []  # written at the end of this loop turn (ConnectionPool.flush_later)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -99,13 +104,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
-        client = owner.client  # batch what this read produces for the client into one send
-        if client is not None and client.server.busy_poll > 0.0:
-            client.server.read_happened()
-        if client is not None and client.wbuf is None:
-            client.wbuf = []
-        else:
-            client = None
+        client = owner.client  # what this read produces for the client leaves at the end of the turn
+        if client is not None:
+            if client.server.busy_poll > 0.0:
+                client.server.read_happened()
+            if client.wbuf is None:
+                client.wbuf = []
+                client.server.flush_later(client)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -118,10 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.owner = None
                 self.transport.close()
                 owner.on_upstream_failure(self, "invalid_response", exc)
-        finally:
-            if client is not None:
-                client.flush()
-                client.wbuf = None
+        if client is not None and len(data) >= WRITE_NOW and not client.closing:
+            client.flush()  # a big read goes now, so the client's flow control sees it at once
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -202,8 +205,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def write(self, data: bytes) -> None:
+        """Queue `data` for this loop turn's one send on this connection."""
+        out = self.out
+        if len(data) >= WRITE_NOW:  # big body pieces go now: flow control sees them at once
+            if out:
+                out.append(data)
+                self.out = []
+                self.transport.writelines(out)
+            else:
+                self.transport.write(data)
+            return
+        if not out:
+            self.pool.flush_later(self)
+        out.append(data)
+
     def close(self) -> None:
         self.owner = None
+        self.out = []
         if not self.closed:
             self.transport.close()
 
@@ -221,10 +240,33 @@ class ConnectionPool:
         self.closing = False
         self.live: set[UpstreamConnection] = set()  # every open connection, idle or busy
         self._sweeper: asyncio.TimerHandle | None = None
+        self.dirty: list[UpstreamConnection] = []  # with writes queued this loop turn
 
     @property
     def open_connections(self) -> int:
         return len(self.live)
+
+    def flush_later(self, conn: UpstreamConnection) -> None:
+        if not self.dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self.dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        """One send per connection for everything this loop turn queued: the upstream gets a
+        turn's requests together and wakes once, not once per request (see ProxyServer.flush_later)."""
+        dirty = self.dirty
+        self.dirty = []
+        for conn in dirty:
+            out = conn.out
+            if out:
+                conn.out = []
+                tr = conn.transport
+                if conn.closed or tr.is_closing():
+                    continue
+                if len(out) == 1:
+                    tr.write(out[0])
+                else:
+                    tr.writelines(out)
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self.idle.values())

@@ -68,6 +68,8 @@ class ProxyServer:
         self._reads_seen = 0
         self._poll_until = 0.0
         self._polling = False
+        #: Client connections with writes held until the end of this loop turn (flush_later).
+        self.dirty: list[ClientConnection] = []
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     ssl: ssl.SSLContext | None = None) -> int:
@@ -108,6 +110,20 @@ class ProxyServer:
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None
+
+    def flush_later(self, client: ClientConnection) -> None:
+        """Hold `client`'s writes (its `wbuf`) until the events of this loop turn are handled."""
+        if not self.dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self.dirty.append(client)
+
+    def _flush_dirty(self) -> None:
+        dirty = self.dirty
+        self.dirty = []
+        for c in dirty:
+            if not c.closing:
+                c.flush()
+            c.wbuf = None
 
     def read_happened(self) -> None:
         """A client or upstream read (only called with busy polling on): poll from now on."""
