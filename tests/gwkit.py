@@ -405,12 +405,16 @@ async def closed(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
         return True
 
 
+_HELD: list[socket.socket] = []
+
+
 def dead_endpoint(cluster: str = "c1", host: str = "127.0.0.1") -> Endpoint:
-    """An address nobody listens on (connect refused)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = s.getsockname()[1]
-    return Endpoint(cluster=cluster, ip=host, port=port)
+    """An address nobody listens on (connect refused): a socket bound there and never
+    listening, held until the process ends, so no other process can take the port meanwhile."""
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return Endpoint(cluster=cluster, ip=host, port=s.getsockname()[1])
 
 
 def open_fds() -> int:
