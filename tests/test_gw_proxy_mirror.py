@@ -45,6 +45,31 @@ async def test_mirror_to_backend_gets_shadow_host_and_body(env: Env) -> None:
     await eventually(lambda: env.hooks.mirrors == ["sent"])
 
 
+async def test_bodiless_copy_has_the_primarys_header_lines_and_its_own_request_line(env: Env) -> None:
+    """A copy without a body reuses the primary's header lines; its request line and Host stay
+    the request's own even when the primary's were rewritten (rewrite-target, upstream-vhost)."""
+    primary = await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),), path="/rewritten",
+                                        upstream_host="vhost.internal",
+                                        set_headers=(("X-Set", "by-route"),))))
+    for method in ("GET", "DELETE"):
+        status, _ = await fetch(env, "/orig?q=1", method, headers={"Host": "shop.example",
+                                                                   "X-Custom": "kept", "Accept": "*/*"})
+        assert status == 200
+    await eventually(lambda: len(shadow.requests) == 2)
+    for p, c, method in zip(primary.requests, shadow.requests, ("GET", "DELETE"), strict=True):
+        assert (p.method, p.path, p.header("host")) == (method, "/rewritten", "vhost.internal")
+        assert (c.method, c.path, c.header("host")) == (method, "/orig?q=1", "shop.example-shadow")
+        assert [k.lower() for k, _ in c.headers].count("host") == 1
+        assert c.header("content-length") is None and c.body == b""
+        own = ("host", "content-length")  # a copy without a body has no Content-Length: 0
+        assert [h for h in c.headers if h[0].lower() not in own] == \
+            [h for h in p.headers if h[0].lower() not in own]  # the same lines, in the same order
+        assert c.header("x-custom") == "kept" and c.header("x-set") == "by-route"
+        assert c.header("x-request-id") and c.header("x-forwarded-for") == "127.0.0.1"
+
+
 async def test_mirror_url_target_with_request_uri_and_host_override(env: Env) -> None:
     await env.upstream("primary")
     shadow = await env.upstream("shadow", "c2", ref=SHADOW)

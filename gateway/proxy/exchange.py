@@ -21,6 +21,7 @@ from gateway.proxy.heads import (
     Reject,
     chunk,
     last_chunk,
+    lines_at,
     upstream_head,
     with_set_headers,
 )
@@ -72,7 +73,7 @@ class Exchange(ResponseSide):
         path = d.path.encode("latin-1", "replace") if d.path is not None else None
         self.up_head = upstream_head(h, parts, host, path)
         if d.mirrors and h.upgrade is None:
-            self.mirrors = srv.mirror.plan(h, view, d.mirrors, parts)
+            self.mirrors = srv.mirror.plan(h, view, d.mirrors, parts, self.up_head, lines_at(h, host, path))
             if self.mirrors and self.req_done:
                 srv.mirror.launch(self.mirrors)
         self.t0 = now = self.client.loop.time()

@@ -327,6 +327,12 @@ def upstream_head(h: RequestHead, parts: list[bytes], host: bytes, path: bytes |
     return b"".join(out)
 
 
+def lines_at(h: RequestHead, host: bytes, path: bytes | None = None) -> int:
+    """Where `upstream_head(h, parts, host, path)`'s header lines begin (after the request
+    line and Host); for a request without a body they run from there to the end unchanged."""
+    return len(h.method) + len(path or h.path) + len(host) + 20
+
+
 # -- responses -----------------------------------------------------------------------------
 
 _STATUS_LINES: Final[dict[int, bytes]] = {}

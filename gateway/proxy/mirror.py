@@ -46,11 +46,12 @@ LINES_PER_ADDRESS: Final = 4
 
 
 class MirrorJob:
-    __slots__ = ("addr", "head", "body", "size", "over")
+    __slots__ = ("addr", "head", "complete", "body", "size", "over")
 
-    def __init__(self, addr: tuple[str, int], head: list[bytes], want_body: bool) -> None:
+    def __init__(self, addr: tuple[str, int], head: list[bytes], want_body: bool, complete: bool) -> None:
         self.addr = addr
         self.head = head  # the head's pieces, without the final Content-Length line and CRLF
+        self.complete = complete  # ...unless this is set: the head is whole (no body)
         self.body: list[bytes] | None = [] if want_body else None
         self.size = 0
         self.over = False
@@ -108,9 +109,12 @@ class MirrorSender:
         self._shadow_hosts: dict[bytes, bytes] = {}
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
-             parts: list[bytes]) -> list[MirrorJob] | None:
+             parts: list[bytes], up_head: bytes = b"", at: int = 0) -> list[MirrorJob] | None:
+        """`up_head` and `at` (heads.lines_at): the primary's head and where its header lines
+        begin; a copy of a request without a body reuses them (one piece, not four per line)."""
         limits = self.server.limits
         jobs: list[MirrorJob] = []
+        lines = b""
         for p in policies:
             if p.percentage < 100.0 and random.random() * 100.0 >= p.percentage:
                 continue
@@ -140,10 +144,15 @@ class MirrorSender:
                 host = p.host.encode("latin-1")
             else:
                 host = self._shadow_host(head.host_raw) if p.shadow_suffix else head.host_raw
-            fwd = _without(parts, {b"content-length"}) if head.length is not None else parts
             out = [head.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, CRLF]
-            out += fwd
-            jobs.append(MirrorJob(addr, out, want_body))
+            if at and head.length is None and not head.chunked and not head.te_trailers:
+                if not lines:
+                    lines = up_head[at:]
+                out.append(lines)  # the header lines and the blank line: complete
+                jobs.append(MirrorJob(addr, out, False, True))
+            else:
+                out += _without(parts, {b"content-length"}) if head.length is not None else parts
+                jobs.append(MirrorJob(addr, out, want_body, False))
             self.in_flight += 1
         return jobs or None
 
@@ -175,7 +184,8 @@ class MirrorSender:
                 self._count("dropped")
                 continue
             pieces = j.head
-            pieces.append(b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
+            if not j.complete:
+                pieces.append(b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
             head_only = pieces[0] == b"HEAD"
             if not head_only and not (self.no_pipelining and j.addr in self.no_pipelining):
                 line = self._line(j.addr)
