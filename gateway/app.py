@@ -301,7 +301,8 @@ class GatewayApp:
                 "state": self.upstream.summary(ref),
                 "endpoints": self.upstream.describe(ref),
             })
-        body = {"routes": self.table.describe(), "backends": backends,
+        body = {"routes": self.table.describe(), "wwwRedirects": self.table.describe_www(),
+                "backends": backends,
                 "tls": self.tls.describe() if self.tls is not None else None,
                 "problems": [str(p) for p in self.problems]}
         return web.json_response(body, dumps=_dumps)

@@ -33,6 +33,7 @@ from .settings import RouteSettings, backend_ref, parse_header_control, parse_se
 from .table import Choice, Route, RouteTable
 from .tls import install_https_redirects
 from .values import Annotations, Problem
+from .www import FROM_TO_WWW_KEY, www_redirects
 
 #: Annotations a canary Ingress honours (nginx: canary + balancing; plus MSE subsets, MSE
 #: header control, and our backend-policy and target-cluster annotations).
@@ -70,6 +71,7 @@ class Parsed:
     has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
     affinity: AffinitySettings = AffinitySettings()
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
+    from_to_www: bool = False  # from-to-www-redirect
 
 
 def build_route_table(
@@ -155,7 +157,7 @@ class _Builder:
         errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
         parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
-                        errors=errors)
+                        errors=errors, from_to_www=not is_canary and bool(ann.boolean(FROM_TO_WWW_KEY)))
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -374,7 +376,24 @@ class _Builder:
                     for ref in refs:
                         if ref not in backends:
                             backends[ref] = self._policy(ref)
-        return RouteTable(self.hosts, backends, self.clusters, rng)
+        return RouteTable(self.hosts, backends, self.clusters, rng, www=self._www_redirects())
+
+    def _www_redirects(self) -> dict:
+        """from-to-www-redirect (gateway/routing/www.py), for the hosts that have rules."""
+        wanted: dict[str, tuple[str, RouteDecision]] = {}
+        for parsed in self.parsed:
+            if not parsed.from_to_www:
+                continue
+            for host in parsed.hosts:
+                vhost = self.hosts.exact.get(host)
+                routes = (vhost.paths.values() + ([vhost.default] if vhost.default else [])
+                          if vhost is not None else [])
+                if routes and host not in wanted:
+                    wanted[host] = (parsed.key, routes[0].primary[0][1].decision)
+        made, skipped = www_redirects(wanted, self.hosts.exact.keys(), self.scheme)
+        for key, message in skipped:
+            self.problem(key, message, FROM_TO_WWW_KEY)
+        return made
 
     def _install_app_root(self, vhost: VirtualHost[Route]) -> None:
         """app-root answers a request for exactly "/" on the host, before any path rule."""

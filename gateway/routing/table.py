@@ -24,6 +24,7 @@ from .policy import policy_json
 from .rewrite import Rewriter, RewriteSettings, app_root_redirect
 from .settings import ClusterRouting
 from .tls import HttpsRedirect, SslRedirect
+from .www import WwwRedirect
 
 
 @dataclass
@@ -160,9 +161,12 @@ class RouteTable:
     """Implements `gateway.types.Router`; immutable once built (rebuild on any change)."""
 
     def __init__(self, hosts: HostTable[Route], backends: dict[BackendRef, BackendPolicy],
-                 clusters: frozenset[str], rng: random.Random | None = None):
+                 clusters: frozenset[str], rng: random.Random | None = None,
+                 www: dict[str, WwwRedirect] | None = None):
         self._hosts = hosts
         self._exact = hosts.exact
+        #: from-to-www-redirect hosts (gateway/routing/www.py): after exact hosts, before wildcards.
+        self._www: dict[str, WwwRedirect] = www or {}
         self._backends = backends
         self._clusters = clusters
         self._rng = rng or random.Random()
@@ -170,7 +174,12 @@ class RouteTable:
     def route(self, request: RequestView) -> RouteDecision | None:
         vhost = self._exact.get(request.host)
         if vhost is None:
-            vhost = self._hosts.find(normalize_request_host(request.host))
+            host = normalize_request_host(request.host)
+            if self._www:
+                redirect = self._www.get(host)
+                if redirect is not None and host not in self._exact:
+                    return redirect.apply(request)
+            vhost = self._hosts.find(host)
             if vhost is None:
                 return None
         path = request.path
@@ -199,6 +208,10 @@ class RouteTable:
                 routes.append(vhost.default)
             out.extend(self._describe_route(vhost.name, r) for r in routes)
         return out
+
+    def describe_www(self) -> list[dict]:
+        """The from-to-www redirects, for /routes."""
+        return [self._www[h].describe(h) for h in sorted(self._www)]
 
     def _describe_route(self, host: str, route: Route) -> dict:
         main = route.primary[0][1].decision

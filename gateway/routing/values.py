@@ -27,6 +27,7 @@ COMPATIBLE_KEYS = frozenset({
     "rewrite-target", "x-forwarded-prefix", "app-root",
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect", "temporal-redirect-code",
     "ssl-redirect", "force-ssl-redirect", "preserve-trailing-slash",
+    "from-to-www-redirect",  # www.FROM_TO_WWW_KEY
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
@@ -58,7 +59,6 @@ OUR_KEYS = frozenset({
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
     "session-cookie-hash", "backend-protocol",
-    "from-to-www-redirect",
     "configuration-snippet", "server-snippet", "auth-url", "auth-type",
 })
 
