@@ -241,13 +241,15 @@ async def test_affinity_cookie_is_secure_over_https_unless_the_annotation_says()
         await stopped(app, up)
 
 
-async def _hsts(scheme: str, port: int, host: str) -> str | None:
+async def _hsts(scheme: str, port: int, host: str, path: str = "/") -> str | None:
     async with aiohttp.ClientSession() as s, s.get(
-            f"{scheme}://127.0.0.1:{port}/", headers={"Host": host}, allow_redirects=False,
+            f"{scheme}://127.0.0.1:{port}{path}", headers={"Host": host}, allow_redirects=False,
             ssl=insecure() if scheme == "https" else None,
             server_hostname=host if scheme == "https" else None) as r:
         assert r.status == 200, (scheme, host, r.status)
-        return r.headers.get("Strict-Transport-Security")
+        values = r.headers.getall("Strict-Transport-Security", [])
+        assert len(values) <= 1, values
+        return values[0] if values else None
 
 
 async def test_hsts_on_https_responses_for_hosts_with_a_certificate():
@@ -265,6 +267,9 @@ async def test_hsts_on_https_responses_for_hosts_with_a_certificate():
         assert await _hsts("https", tls, "h.example.com") == "max-age=31536000; includeSubDomains"
         assert await _hsts("http", plain, "h.example.com") is None
         assert await _hsts("https", tls, "plain.example.com") is None  # no certificate configured
+        # the upstream's own header is replaced (ingress-nginx more_set_headers), elsewhere kept
+        assert await _hsts("https", tls, "h.example.com", "/sts") == "max-age=31536000; includeSubDomains"
+        assert await _hsts("https", tls, "plain.example.com", "/sts") == "max-age=60"
     finally:
         await stopped(app, up)
     app, hub, up = await started(

@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.error_page import DISCARD, error_page_head
-from gateway.proxy.heads import CRLF, ResponseInfo, chunk, last_chunk, response_head, status_line
+from gateway.proxy.heads import (
+    CRLF,
+    ResponseInfo,
+    _without,
+    chunk,
+    last_chunk,
+    response_head,
+    status_line,
+)
 from gateway.proxy.retry import CAUSES, RetrySide
 from gateway.proxy.states import (
     DRAINING,
@@ -88,9 +96,13 @@ class ResponseSide(RetrySide):
         if self.resp_extra:  # Set-Cookie of session affinity, next to the upstream's own
             extra += self.resp_extra
         srv = self.server
+        parts = info.parts
         if srv.hsts and srv.hsts_for is not None and self.view is not None and srv.hsts_for(self.view.host):
-            extra += srv.hsts  # HTTPS listener, a host with a certificate (ingress-nginx hsts)
-        c.write(response_head(status_line(status, reason), info.parts, extra))
+            # HTTPS listener, a host with a certificate (ingress-nginx hsts): ours replaces the
+            # upstream's own, as its more_set_headers does
+            extra += srv.hsts
+            parts = [b"", *_without(parts[1:], {b"strict-transport-security"})]  # [0]: status line
+        c.write(response_head(status_line(status, reason), parts, extra))
         self.resp_started = True
         self.phase = STREAMING
         self.progress += 1  # the read timeout is re-armed lazily from here on (on_deadline)
