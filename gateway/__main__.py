@@ -17,6 +17,7 @@ import sys
 
 from gateway.app import GatewayApp
 from gateway.proxy import Limits
+from gateway.routing.values import is_dns_label
 from gateway.tls import TLSConfigError, check_key_pair
 from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.config import ConfigError, load_config
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--busy-poll-us", type=float, default=0.0, metavar="US",
                    help="keep polling this many microseconds after each read instead of "
                    "sleeping (lower tail latency on VMs, more CPU; default: off)")
+    p.add_argument("--default-backend-service", metavar="NAMESPACE/NAME", default=None,
+                   help="Service (its first port) that answers requests no Ingress rule matches, "
+                        "and the custom-http-errors pages of Ingresses without default-backend")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     args = p.parse_args(argv)
@@ -71,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--hsts-max-age: must be >= 0")
     if not 0 <= args.busy_poll_us <= 1_000_000:
         p.error("--busy-poll-us: between 0 and 1000000")
+    if args.default_backend_service is not None:
+        ns, slash, name = args.default_backend_service.partition("/")
+        if not (slash and is_dns_label(ns) and is_dns_label(name)):
+            p.error(f"--default-backend-service {args.default_backend_service!r}: "
+                    "expected NAMESPACE/NAME")
     for cidr in args.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -112,7 +121,8 @@ async def amain(args: argparse.Namespace) -> int:
                          default_key=args.default_tls_key,
                          https_redirect_port=args.https_redirect_port,
                          xff_trusted=args.trusted_proxies,
-                         limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args))
+                         limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args),
+                         default_backend=args.default_backend_service)
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

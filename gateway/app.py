@@ -62,6 +62,7 @@ class GatewayApp:
         https_redirect_port: int | None = None,
         xff_trusted: Iterable[str] = (),
         hsts: str = HSTS_DEFAULT,
+        default_backend: str | None = None,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -69,7 +70,10 @@ class GatewayApp:
         HTTPS listener's; 443 is left out). `xff_trusted`: CIDRs of proxies whose
         X-Forwarded-* headers are kept (and whose X-Forwarded-Proto: https is not redirected).
         `hsts`: the Strict-Transport-Security value on the HTTPS listener's proxied responses
-        for hosts with a certificate ("" for none; ingress-nginx's default)."""
+        for hosts with a certificate ("" for none; ingress-nginx's default). `default_backend`:
+        "namespace/name" of the Service answering requests no rule matches, and the
+        custom-http-errors pages of Ingresses without their own default-backend."""
+        self.default_backend = default_backend
         self.registry = registry if registry is not None else new_registry()
         self.metrics = GatewayMetrics(self.registry)
         self.upstream = UpstreamManager(members)
@@ -230,7 +234,8 @@ class GatewayApp:
                 self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         common: dict[str, Any] = dict(
             class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
-            services=self._services(), accept_classless=self.accept_classless)
+            services=self._services(), accept_classless=self.accept_classless,
+            default_backend=self.default_backend)
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
             https_port=self._redirect_port(),
@@ -302,6 +307,7 @@ class GatewayApp:
                 "endpoints": self.upstream.describe(ref),
             })
         body = {"routes": self.table.describe(), "wwwRedirects": self.table.describe_www(),
+                "defaultBackend": self.table.describe_default(),
                 "backends": backends,
                 "tls": self.tls.describe() if self.tls is not None else None,
                 "problems": [str(p) for p in self.problems]}

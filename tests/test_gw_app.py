@@ -210,6 +210,37 @@ async def test_a_default_backend_service_created_later_is_used_within_a_second()
         await spare.stop()
 
 
+async def test_global_default_backend_answers_unmatched_requests():
+    """--default-backend-service demo/web: a host no Ingress names is proxied to it, not 404."""
+    ups = {"east": await Upstream("east", host="127.0.73.1").start()}
+    hub, members = await world(ups)
+    await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=("127.0.0.1", 0),
+                     default_backend="demo/web")
+    await app.start()
+    try:
+        await app.wait_ready(10)
+        url = f"http://127.0.0.1:{app.proxy.port}/anything"
+        status, text = await get(url, "nobody.example.com")
+        assert status == 200 and '"server": "east"' in text
+        assert ups["east"].requests[-1].path == "/anything"
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{app.admin_port}/routes") as r:
+            routes = await r.json()
+        assert routes["defaultBackend"]["backend"] == "demo/web:80"
+    finally:
+        await app.stop(0.5)
+        await ups["east"].stop()
+
+
+def test_cli_refuses_a_bad_default_backend_service(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(tmp_path / "f.yaml"),
+                           "--default-backend-service", "just-a-name"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "expected NAMESPACE/NAME" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_cli_hsts_flags_make_the_header_value(tmp_path: Path):
     from gateway.__main__ import hsts_value, parse_args
     cfg = ["--config", str(tmp_path / "f.yaml")]

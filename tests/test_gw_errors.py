@@ -147,11 +147,59 @@ def test_bad_annotations_are_named_and_the_rest_of_the_ingress_is_served():
                    for m in problems_for(problems, "default/shop", "custom-http-errors"))
         d = decide(table)
         assert d is not None and d.fallbacks == () and d.error_page is None
-    # without default-backend: ingress-nginx's global default backend; we have none
+    # without default-backend and without a global default backend: nothing to ask
     table, problems = build(simple("shop", ann={NGX + "custom-http-errors": "404"}))
-    assert any("global default backend" in m
+    assert any("no default-backend annotation and no --default-backend-service" in m
                for m in problems_for(problems, "default/shop", "custom-http-errors"))
     assert decide(table).error_page is None  # type: ignore[union-attr]
+
+
+GLOBAL = BackendRef("default", "errors", 8080)
+
+
+def test_the_global_default_backend_answers_what_no_rule_matches():
+    """--default-backend-service: an unknown host, or a known host's unmatched path, goes to
+    it (ingress-nginx's upstream-default-backend) instead of a 404; matched requests do not."""
+    table, problems = build(simple("shop", "a.example.com", "/app", svc="main"),
+                            services=SERVICES_MAP, default_backend="default/errors")
+    assert problems == []
+    for host, target in (("nobody.example.com", "/"), ("a.example.com", "/other")):
+        d = decide(table, host, target)
+        assert d is not None and d.backend == GLOBAL and d.route_name == "-|(default-backend)"
+    assert decide(table, "a.example.com", "/app/x").backend.service == "main"
+    assert GLOBAL in table.backends()
+    assert table.describe_default() == {"route": "-|(default-backend)", "backend": str(GLOBAL),
+                                        "namespace": "default", "service": "errors", "port": 8080,
+                                        "cluster": None, "subset": {}}
+
+
+def test_the_global_default_backend_serves_pages_but_is_no_fallback():
+    table, problems = build(simple("shop", ann={NGX + "custom-http-errors": "404,503"}),
+                            services=SERVICES_MAP, default_backend="default/errors")
+    assert problems == []
+    d = decide(table)
+    assert d is not None and d.error_codes == frozenset({404, 503})
+    assert d.error_page is not None and d.error_page.backend == GLOBAL
+    assert d.fallbacks == ()  # ingress-nginx: the rule's own 503, not the default backend
+    # an Ingress's own default-backend wins; an unusable one is reported, not replaced
+    table, problems = build(simple("shop", ann={NGX + "default-backend": "main",
+                                                NGX + "custom-http-errors": "404"}),
+                            services=SERVICES_MAP, default_backend="default/errors")
+    assert decide(table).error_page.backend == BackendRef("default", "main", 80)  # type: ignore[union-attr]
+    table, problems = build(simple("shop", ann={NGX + "default-backend": "missing",
+                                                NGX + "custom-http-errors": "404"}),
+                            services=SERVICES_MAP, default_backend="default/errors")
+    assert decide(table).error_page is None  # type: ignore[union-attr]
+    assert problems_for(problems, "default/shop", "custom-http-errors")
+
+
+def test_an_unknown_global_default_backend_is_reported_and_404_stays():
+    table, problems = build(simple("shop"), services=SERVICES_MAP, default_backend="default/nope")
+    assert [str(p) for p in problems] == [
+        "ingress -: --default-backend-service default/nope: Service default/nope is not known in "
+        "any member cluster; requests no rule matches get 404 until it is"]
+    assert decide(table, "nobody.example.com") is None
+    assert table.describe_default() is None
 
 
 def test_canary_inherits_the_main_rule_errors_and_falls_back_to_its_default_backend():

@@ -25,7 +25,7 @@ from .affinity import (
 )
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
-from .errors import NO_ERRORS, ErrorSettings, bind_errors, parse_errors
+from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .rewrite import compile_rewriter
@@ -88,6 +88,7 @@ def build_route_table(
     tls_hosts: Collection[str] = (),
     https_port: int | None = None,
     trusted: Callable[[str], bool] | None = None,
+    default_backend: str | None = None,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -98,11 +99,17 @@ def build_route_table(
     `scheme`: the listener's scheme, for `app-root` redirects ($scheme in ingress-nginx).
     On an "http" table, `tls_hosts` (hosts with a certificate, gateway/tls.py), `https_port`
     (None: 443) and `trusted` (peers whose X-Forwarded-Proto counts) drive `ssl-redirect`.
+    `default_backend`: "namespace/name" of the global default backend (--default-backend-service):
+    it answers requests no rule matches and serves the custom-http-errors pages of Ingresses
+    without their own default-backend.
     """
     builder = _Builder(frozenset(clusters), services, scheme)
+    builder.default_ref, unusable = global_default_backend(default_backend, services)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
+    if unusable:
+        builder.problem("-", unusable)
     for key, ing in ours:
         try:
             builder.parse(ing, key)
@@ -131,6 +138,7 @@ class _Builder:
         self.regex_hosts: dict[str, str] = {}
         #: host -> (Ingress key, app-root, a decision of that Ingress's rule on the host).
         self.app_roots: dict[str, tuple[str, str, RouteDecision]] = {}
+        self.default_ref: BackendRef | None = None  # --default-backend-service
 
     def problem(self, key: str, message: str, annotation: str | None = None) -> None:
         self.problems.append(Problem(key, annotation, message))
@@ -141,7 +149,7 @@ class _Builder:
         meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
         ns = meta.get("namespace") or "default"
         ann = Annotations(key, meta.get("annotations"), self.problems)
-        ctx = Context(ns, self.clusters, self.services)
+        ctx = Context(ns, self.clusters, self.services, self.default_ref)
         is_canary, rule = parse_canary(ann)
         subset = parse_subset(ann)
         target = ann.string("target-cluster")
@@ -376,7 +384,13 @@ class _Builder:
                     for ref in refs:
                         if ref not in backends:
                             backends[ref] = self._policy(ref)
-        return RouteTable(self.hosts, backends, self.clusters, rng, www=self._www_redirects())
+        default = None
+        if self.default_ref is not None:  # requests no rule matches (ingress-nginx's upstream-default-backend)
+            default = RouteDecision(backend=self.default_ref, route_name="-|(default-backend)")
+            if self.default_ref not in backends:
+                backends[self.default_ref] = self._policy(self.default_ref)
+        return RouteTable(self.hosts, backends, self.clusters, rng, www=self._www_redirects(),
+                          default=default)
 
     def _www_redirects(self) -> dict:
         """from-to-www-redirect (gateway/routing/www.py), for the hosts that have rules."""

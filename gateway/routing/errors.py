@@ -10,13 +10,15 @@ forwarded; the data path asks the default backend instead, as ingress-nginx's
 the same method and body, the path `/` with the original query (`rewrite (.*) / break`),
 and the headers `X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`,
 `X-Service-Name`, `X-Service-Port`, `X-Request-ID`; the client gets that answer as it is,
-its status included (`error_page ... =` without a code). ingress-nginx sends the codes of
-an Ingress without `default-backend` to the controller's global default backend; this
-gateway has none, so there the annotation is reported and ignored.
+its status included (`error_page ... =` without a code). The codes of an Ingress without
+`default-backend` go to the gateway's global default backend (`--default-backend-service`,
+ingress-nginx's flag of the same name), which is not a fallback for the rule's backend;
+without one either, the annotation is reported and ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from gateway.types import BackendRef, RouteDecision
@@ -33,6 +35,7 @@ class ErrorSettings:
 
     backend: BackendRef | None = None
     codes: frozenset[int] = frozenset()
+    fallback: bool = True  # also the rule's last fallback (the annotation, not the global one)
 
 
 NO_ERRORS = ErrorSettings()
@@ -49,13 +52,15 @@ def parse_errors(ann: Annotations, ctx: Context) -> ErrorSettings:
     if not items or not all(i.isdigit() and 400 <= int(i) <= 599 for i in items):
         ann.problem(full, f"{text!r}: expected status codes 400-599 like '404,503'; ignored")
         return ErrorSettings(backend)
+    codes = frozenset(int(i) for i in items)
+    if backend is None and ctx.default_backend is not None and not ann.has("default-backend"):
+        return ErrorSettings(ctx.default_backend, codes, fallback=False)
     if backend is None:
         reason = ("the default-backend annotation is unusable" if ann.has("default-backend")
-                  else "no default-backend annotation")
-        ann.problem(full, f"{reason}: ingress-nginx would ask the controller's global default "
-                    "backend, which this gateway does not have; ignored")
+                  else "no default-backend annotation and no --default-backend-service")
+        ann.problem(full, f"{reason}: no default backend to ask for the pages; ignored")
         return NO_ERRORS
-    return ErrorSettings(backend, frozenset(int(i) for i in items))
+    return ErrorSettings(backend, codes)
 
 
 def _default_backend(ann: Annotations, ctx: Context) -> BackendRef | None:
@@ -67,17 +72,37 @@ def _default_backend(ann: Annotations, ctx: Context) -> BackendRef | None:
         ann.problem(full, f"{name!r} is not a Service name (a Service of the Ingress's "
                     "namespace); ignored")
         return None
-    svc = (ctx.services or {}).get((ctx.namespace, name))
-    if svc is None:
-        ann.problem(full, f"Service {ctx.namespace}/{name} is not known in any member "
-                    "cluster; ignored")
+    ref = service_ref(ctx.services, ctx.namespace, name)
+    if isinstance(ref, str):
+        ann.problem(full, f"{ref}; ignored")
         return None
+    return ref
+
+
+def service_ref(services: Mapping[tuple[str, str], dict] | None, namespace: str,
+                name: str) -> BackendRef | str:
+    """A Service's first port (ingress-nginx takes `Spec.Ports[0]`), or why there is none."""
+    svc = (services or {}).get((namespace, name))
+    if svc is None:
+        return f"Service {namespace}/{name} is not known in any member cluster"
     ports = (svc.get("spec") or {}).get("ports") or []
     port = ports[0].get("port") if ports else None
     if not isinstance(port, int):
-        ann.problem(full, f"Service {ctx.namespace}/{name} has no port; ignored")
-        return None
-    return BackendRef(ctx.namespace, name, port)
+        return f"Service {namespace}/{name} has no port"
+    return BackendRef(namespace, name, port)
+
+
+def global_default_backend(name: str | None, services: Mapping[tuple[str, str], dict] | None
+                           ) -> tuple[BackendRef | None, str | None]:
+    """`--default-backend-service NAMESPACE/NAME` -> its BackendRef, or why it is not used."""
+    if not name:
+        return None, None
+    ns, _, svc_name = name.partition("/")
+    ref = service_ref(services, ns, svc_name)
+    if isinstance(ref, str):
+        return None, (f"--default-backend-service {name}: {ref}; requests no rule matches "
+                      "get 404 until it is")
+    return ref, None
 
 
 def bind_errors(decision: RouteDecision, errors: ErrorSettings, ingress: str) -> RouteDecision:
@@ -87,7 +112,7 @@ def bind_errors(decision: RouteDecision, errors: ErrorSettings, ingress: str) ->
     if ref is None or decision.redirect is not None:
         return decision
     fallbacks = decision.fallbacks
-    if ref != decision.backend and ref not in fallbacks:
+    if errors.fallback and ref != decision.backend and ref not in fallbacks:
         fallbacks += (ref,)
     namespace, _, name = ingress.partition("/")
     page = RouteDecision(

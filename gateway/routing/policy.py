@@ -15,6 +15,7 @@ from typing import Any
 from gateway import hashkey
 from gateway.types import (
     BackendPolicy,
+    BackendRef,
     HealthCheckPolicy,
     OutlierPolicy,
 )
@@ -36,6 +37,8 @@ class Context:
     namespace: str
     clusters: frozenset[str]
     services: Mapping[tuple[str, str], dict] | None
+    #: The gateway's --default-backend-service, resolved (None: not set or unusable).
+    default_backend: BackendRef | None = None
 
 
 def check_cluster(ann: Annotations, full: str, name: str, ctx: Context) -> bool:

@@ -162,11 +162,13 @@ class RouteTable:
 
     def __init__(self, hosts: HostTable[Route], backends: dict[BackendRef, BackendPolicy],
                  clusters: frozenset[str], rng: random.Random | None = None,
-                 www: dict[str, WwwRedirect] | None = None):
+                 www: dict[str, WwwRedirect] | None = None, default: RouteDecision | None = None):
         self._hosts = hosts
         self._exact = hosts.exact
         #: from-to-www-redirect hosts (gateway/routing/www.py): after exact hosts, before wildcards.
         self._www: dict[str, WwwRedirect] = www or {}
+        #: --default-backend-service: for requests no host or path rule matches (None: 404).
+        self._default = default
         self._backends = backends
         self._clusters = clusters
         self._rng = rng or random.Random()
@@ -181,7 +183,7 @@ class RouteTable:
                     return redirect.apply(request)
             vhost = self._hosts.find(host)
             if vhost is None:
-                return None
+                return self._default
         path = request.path
         mark = path.find("?")
         if mark >= 0:
@@ -190,7 +192,7 @@ class RouteTable:
         if route is None:
             route = vhost.default
             if route is None:
-                return None
+                return self._default
         if route.static:
             return route.primary[0][1].decision
         return route.decide(request, self._rng, self._clusters)
@@ -208,6 +210,11 @@ class RouteTable:
                 routes.append(vhost.default)
             out.extend(self._describe_route(vhost.name, r) for r in routes)
         return out
+
+    def describe_default(self) -> dict | None:
+        """The global default backend, for /routes."""
+        d = self._default
+        return None if d is None else {"route": d.route_name, **ref_json(d.backend)}
 
     def describe_www(self) -> list[dict]:
         """The from-to-www redirects, for /routes."""
