@@ -393,18 +393,9 @@ class _Builder:
                           default=default)
 
     def _www_redirects(self) -> dict:
-        """from-to-www-redirect (gateway/routing/www.py), for the hosts that have rules."""
-        wanted: dict[str, tuple[str, RouteDecision]] = {}
-        for parsed in self.parsed:
-            if not parsed.from_to_www:
-                continue
-            for host in parsed.hosts:
-                vhost = self.hosts.exact.get(host)
-                routes = (vhost.paths.values() + ([vhost.default] if vhost.default else [])
-                          if vhost is not None else [])
-                if routes and host not in wanted:
-                    wanted[host] = (parsed.key, routes[0].primary[0][1].decision)
-        made, skipped = www_redirects(wanted, self.hosts.exact.keys(), self.scheme)
+        """from-to-www-redirect (gateway/routing/www.py)."""
+        flagged = [(parsed.key, parsed.hosts) for parsed in self.parsed if parsed.from_to_www]
+        made, skipped = www_redirects(flagged, self.hosts, self.scheme)
         for key, message in skipped:
             self.problem(key, message, FROM_TO_WWW_KEY)
         return made

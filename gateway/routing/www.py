@@ -18,12 +18,16 @@ HTTPS port when that is not 443, on both listeners).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from gateway.types import Redirect, RequestView, RouteDecision
 
 from .rewrite import derive
 from .tls import HTTP_REDIRECT_CODE
+
+if TYPE_CHECKING:
+    from .matching import HostTable
+    from .table import Route
 
 FROM_TO_WWW_KEY = "from-to-www-redirect"
 
@@ -61,21 +65,27 @@ class WwwRedirect:
                 "status": HTTP_REDIRECT_CODE, "location": f"{self.scheme}://{self.to}$request_uri"}
 
 
-def www_redirects(wanted: dict[str, tuple[str, RouteDecision]], served: Collection[str],
+def www_redirects(flagged: list[tuple[str, list[str]]], hosts: HostTable[Route],
                   scheme: str) -> tuple[dict[str, WwwRedirect], list[tuple[str, str]]]:
-    """`wanted`: rule host -> (Ingress key, a decision of that Ingress's rule on it);
-    `served`: the exact hosts that have rules. Returns redirect host -> redirect, and
-    (Ingress key, message) for each one not made because the other spelling is served."""
+    """`flagged`: (Ingress key, its rule hosts) of each Ingress with the annotation. Returns
+    redirect host -> redirect, and (Ingress key, message) for each one not made because the
+    other spelling has rules of its own."""
     out: dict[str, WwwRedirect] = {}
     skipped: list[tuple[str, str]] = []
-    for host, (key, decision) in wanted.items():
-        other = other_spelling(host)
-        if other is None or other in out:
-            continue
-        if other in served:
-            skipped.append((key, f"{host}: {other} has rules of its own, so it is served, "
-                                 "not redirected"))
-            continue
-        base = derive(decision, route_name=f"{key}|{other}/({FROM_TO_WWW_KEY})", mirrors=())
-        out[other] = WwwRedirect(host, scheme, base, key)
+    for key, rule_hosts in flagged:
+        for host in rule_hosts:
+            other = other_spelling(host)
+            vhost = hosts.exact.get(host)
+            if other is None or other in out or vhost is None:
+                continue
+            if other in hosts.exact:
+                skipped.append((key, f"{host}: {other} has rules of its own, so it is served, "
+                                     "not redirected"))
+                continue
+            routes = vhost.paths.values() + ([vhost.default] if vhost.default else [])
+            if not routes:
+                continue
+            decision = routes[0].primary[0][1].decision
+            base = derive(decision, route_name=f"{key}|{other}/({FROM_TO_WWW_KEY})", mirrors=())
+            out[other] = WwwRedirect(host, scheme, base, key)
     return out, skipped
