@@ -20,6 +20,7 @@ def splice(client: ClientConnection, conn: UpstreamConnection, rest: bytes) -> N
     conn.tunnel = client
     if rest:
         client.write(rest)
+    client.flush()  # the 101 head (held for the end of the turn) goes before any spliced byte
     early = client.upgrade_buf
     client.upgrade_buf = None
     if early:
