@@ -28,7 +28,7 @@ from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
-from .rewrite import compile_rewriter
+from .rewrite import install_rewriters
 from .settings import RouteSettings, backend_ref, parse_header_control, parse_settings
 from .table import Choice, Route, RouteTable
 from .tls import install_https_redirects
@@ -351,26 +351,8 @@ class _Builder:
     # -- finishing ---------------------------------------------------------------------------
 
     def finish(self, rng: random.Random | None) -> RouteTable:
-        unusable: set[int] = set()  # ids of routes whose path is not a valid regex
-        for host, reason in self.regex_hosts.items():
-            vhost = self.hosts.get_or_create(host)
-            owners = {r.path: r for r in vhost.paths.prefix.values()}
-            for bad in vhost.paths.enable_regex():
-                owner = owners.get(bad)
-                unusable.add(id(owner))
-                self.problem(owner.ingress if owner else "-", f"{host or '*'} path {bad!r} is "
-                             "not a valid regex (regex paths are on for this host by "
-                             f"{reason.rsplit('/', 1)[-1]}); path ignored", reason)
-            for route in vhost.paths.values():
-                route.use_regex = route.path_type != EXACT
+        install_rewriters(self.hosts, self.regex_hosts, self.problem)
         for vhost in self.hosts.hosts():
-            for route in vhost.paths.values():
-                rewrite = route.rewrite  # a redirect answers first (ingress-nginx's order)
-                if (rewrite is not None and rewrite.needs_rewrite(route.path)
-                        and rewrite.redirect is None and id(route) not in unusable):
-                    route.rewriter, problems = compile_rewriter(route.path, rewrite)
-                    for annotation, message in problems:
-                        self.problem(route.ingress, f"{route.host or '*'}: {message}", annotation)
             if vhost.name in self.app_roots:
                 self._install_app_root(vhost)
         backends: dict[BackendRef, BackendPolicy] = {}

@@ -14,12 +14,19 @@ Parsing validates like ingress-nginx's annotation validators; every bad value is
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.types import Redirect, RequestView, RouteDecision
 
+from .matching import EXACT
 from .values import Annotations
+
+if TYPE_CHECKING:
+    from .matching import HostTable
+    from .table import Route
 
 X_FORWARDED_PREFIX = "X-Forwarded-Prefix"
 #: ingress-nginx RegexPathWithCapture (rewrite-target, app-root): "/" then path chars and "$".
@@ -271,3 +278,31 @@ def derive(decision: RouteDecision, **changes: object) -> RouteDecision:
     new.__dict__.update(fields)
     new.__dict__.update(changes)
     return new
+
+
+def install_rewriters(hosts: HostTable[Route], regex_hosts: dict[str, str],
+                      problem: Callable[[str, str, str | None], None]) -> None:
+    """Regex mode for the hosts that asked for it (`use-regex` or a rewritten path, named in
+    `regex_hosts`): every path of the host becomes a regex, as in ingress-nginx, and one that
+    is not a valid regex is reported and left out. Then each route's rewriter, unless a
+    redirect of its Ingress answers first (ingress-nginx's order)."""
+    unusable: set[int] = set()  # ids of routes whose path is not a valid regex
+    for host, reason in regex_hosts.items():
+        vhost = hosts.get_or_create(host)
+        owners = {r.path: r for r in vhost.paths.prefix.values()}
+        for bad in vhost.paths.enable_regex():
+            owner = owners.get(bad)
+            unusable.add(id(owner))
+            problem(owner.ingress if owner else "-", f"{host or '*'} path {bad!r} is not a valid "
+                    f"regex (regex paths are on for this host by {reason.rsplit('/', 1)[-1]}); "
+                    "path ignored", reason)
+        for route in vhost.paths.values():
+            route.use_regex = route.path_type != EXACT
+    for vhost in hosts.hosts():
+        for route in vhost.paths.values():
+            rewrite = route.rewrite
+            if (rewrite is not None and rewrite.needs_rewrite(route.path)
+                    and rewrite.redirect is None and id(route) not in unusable):
+                route.rewriter, problems = compile_rewriter(route.path, rewrite)
+                for annotation, message in problems:
+                    problem(route.ingress, f"{route.host or '*'}: {message}", annotation)
