@@ -258,12 +258,20 @@ async def test_hsts_on_https_responses_for_hosts_with_a_certificate():
     ca = CA()
     n = "nginx.ingress.kubernetes.io/"
     app, hub, up = await started(
-        [ingress("h", ["h.example.com"], [{"hosts": ["h.example.com"], "secretName": "h-tls"}],
+        [ingress("h", ["h.example.com"],
+                 [{"hosts": ["h.example.com", "bare.example.com"], "secretName": "h-tls"}],
                  {n + "ssl-redirect": "false"}),
          ingress("p", ["plain.example.com"])],
-        [secret("h-tls", *ca.issue("h.example.com"))])
+        [secret("h-tls", *ca.issue("h.example.com", "bare.example.com"))])
     try:
         tls, plain = app.proxy_tls.port, app.proxy.port
+        # the gateway's own answers carry it too (a certified host no rule serves: 404)
+        async with aiohttp.ClientSession() as s, s.get(
+                f"https://127.0.0.1:{tls}/", headers={"Host": "bare.example.com"}, ssl=insecure(),
+                server_hostname="bare.example.com") as r:
+            assert r.status == 404
+            assert r.headers.getall("Strict-Transport-Security") == [
+                "max-age=31536000; includeSubDomains"]
         assert await _hsts("https", tls, "h.example.com") == "max-age=31536000; includeSubDomains"
         assert await _hsts("http", plain, "h.example.com") is None
         assert await _hsts("https", tls, "plain.example.com") is None  # no certificate configured

@@ -95,7 +95,8 @@ class ExchangeBase:
         self.status = status
         self.resp_started = True
         self.client.write(local_response(
-            status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location))
+            status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location,
+            extra=self.server.hsts_line(self.view)))
         self._finish()
 
     def _finish(self, now: float = 0.0) -> None:

@@ -406,7 +406,8 @@ def response_head(line: bytes, parts: list[bytes], extra: bytes) -> bytes:
 
 
 def local_response(status: int, text: str, *, close: bool, head_only: bool = False,
-                   request_id: bytes | None = None, location: str | None = None) -> bytes:
+                   request_id: bytes | None = None, location: str | None = None,
+                   extra: bytes = b"") -> bytes:
     """A short plain-text response the proxy generates itself (errors, 404, 503, redirects)."""
     body = text.encode() + b"\n"
     out = [status_line(status, b""), b"Content-Type: text/plain; charset=utf-8\r\n",
@@ -415,6 +416,8 @@ def local_response(status: int, text: str, *, close: bool, head_only: bool = Fal
         out += (b"Location: ", location.encode("latin-1", "replace").translate(None, b"\r\n"), CRLF)
     if request_id is not None:
         out += (b"X-Request-ID: ", request_id, CRLF)
+    if extra:  # whole header lines (Strict-Transport-Security)
+        out.append(extra)
     if close:
         out.append(b"Connection: close\r\n")
     out.append(CRLF)

@@ -95,12 +95,10 @@ class ResponseSide(RetrySide):
             extra = b"Connection: keep-alive\r\n" if h.http10 else b""
         if self.resp_extra:  # Set-Cookie of session affinity, next to the upstream's own
             extra += self.resp_extra
-        srv = self.server
         parts = info.parts
-        if srv.hsts and srv.hsts_for is not None and self.view is not None and srv.hsts_for(self.view.host):
-            # HTTPS listener, a host with a certificate (ingress-nginx hsts): ours replaces the
-            # upstream's own, as its more_set_headers does
-            extra += srv.hsts
+        hsts = self.server.hsts_line(self.view)
+        if hsts:  # ours replaces the upstream's own, as ingress-nginx's more_set_headers does
+            extra += hsts
             parts = [b"", *_without(parts[1:], {b"strict-transport-security"})]  # [0]: status line
         c.write(response_head(status_line(status, reason), parts, extra))
         self.resp_started = True

@@ -21,7 +21,7 @@ from gateway.proxy.config import Limits
 from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.pool import ConnectionPool
-from gateway.types import ClusterManager, Router
+from gateway.types import ClusterManager, RequestView, Router
 
 log = logging.getLogger("gateway.proxy")
 
@@ -110,6 +110,13 @@ class ProxyServer:
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None
+
+    def hsts_line(self, view: RequestView | None) -> bytes:
+        """The Strict-Transport-Security line for an answer to this request: on the HTTPS
+        listener, for a host with a certificate (ingress-nginx's hsts); b"" otherwise."""
+        if self.hsts and self.hsts_for is not None and view is not None and self.hsts_for(view.host):
+            return self.hsts
+        return b""
 
     def flush_later(self, client: ClientConnection) -> None:
         """Hold `client`'s writes (its `wbuf`) until the events of this loop turn are handled."""
