@@ -189,6 +189,9 @@ class RouteDecision:
     #: `fallbacks`), with its static `X-Namespace`/`X-Ingress-Name`/`X-Service-*` headers as
     #: `set_headers` (gateway/routing/errors.py). None: no default-backend annotation.
     error_page: RouteDecision | None = None
+    #: The Ingress's `default-backend` when it is one of `fallbacks` (the last): a request
+    #: pinned by strict-cluster-routing keeps this one fallback.
+    default_backend: BackendRef | None = None
 
 
 class RequestView:

@@ -201,6 +201,21 @@ def test_strict_cluster_routing_has_no_fallback():
     assert d.backend.cluster == "cluster1-beijing" and d.fallbacks == ()
 
 
+def test_strict_cluster_routing_keeps_only_the_default_backend():
+    services = {("default", "errors"): {"spec": {"ports": [{"port": 8080}]}},
+                ("default", "main"): {"spec": {"ports": [{"port": 80}]}}}
+    table, _, msgs = one({**HEADER, OURS + "strict-cluster-routing": "true",
+                          NGX + "default-backend": "errors"}, services=services)
+    assert msgs == []
+    d = decide(table, headers={"x-mcs-cluster": "cluster1-beijing"})
+    assert d.backend.cluster == "cluster1-beijing"
+    assert d.fallbacks == (BackendRef("default", "errors", 8080),)
+    # not strict: the unpinned backend first, the default backend last
+    table, _, _ = one({**HEADER, NGX + "default-backend": "errors"}, services=services)
+    d = decide(table, headers={"x-mcs-cluster": "cluster1-beijing"})
+    assert d.fallbacks == (MAIN, BackendRef("default", "errors", 8080))
+
+
 def test_cluster_header_match_rules_first_match_wins_after_cluster_header():
     table, _, msgs = one({**HEADER, OURS + "cluster-header-match":
                           "x-user-group=beta:cluster2-beijing,\nx-region=hz:cluster1-hangzhou"})

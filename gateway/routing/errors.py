@@ -112,8 +112,11 @@ def bind_errors(decision: RouteDecision, errors: ErrorSettings, ingress: str) ->
     if ref is None or decision.redirect is not None:
         return decision
     fallbacks = decision.fallbacks
-    if errors.fallback and ref != decision.backend and ref not in fallbacks:
-        fallbacks += (ref,)
+    default = None
+    if errors.fallback and ref != decision.backend:
+        default = ref
+        if ref not in fallbacks:
+            fallbacks += (ref,)
     namespace, _, name = ingress.partition("/")
     page = RouteDecision(
         backend=ref, route_name=decision.route_name,
@@ -122,7 +125,8 @@ def bind_errors(decision: RouteDecision, errors: ErrorSettings, ingress: str) ->
         set_headers=(("X-Namespace", namespace), ("X-Ingress-Name", name),
                      ("X-Service-Name", decision.backend.service),
                      ("X-Service-Port", str(decision.backend.port))))
-    return replace(decision, fallbacks=fallbacks, error_codes=errors.codes, error_page=page)
+    return replace(decision, fallbacks=fallbacks, error_codes=errors.codes, error_page=page,
+                   default_backend=default)
 
 
 def describe_errors(decision: RouteDecision) -> dict | None:

@@ -40,7 +40,12 @@ class Choice:
             if base.backend.cluster == cluster:
                 self.pinned[cluster] = base
                 continue
-            fallbacks = () if strict else (base.backend, *base.fallbacks)
+            fallbacks: tuple[BackendRef, ...] = ()
+            if strict:  # that cluster only, but the default backend's page stays
+                if base.default_backend is not None:
+                    fallbacks = (base.default_backend,)
+            else:
+                fallbacks = (base.backend, *base.fallbacks)
             self.pinned[cluster] = replace(
                 base, backend=replace(base.backend, cluster=cluster), fallbacks=fallbacks)
 
