@@ -235,11 +235,11 @@ class GatewayApp:
         common: dict[str, Any] = dict(
             class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
             services=self._services(), accept_classless=self.accept_classless,
-            default_backend=self.default_backend)
+            default_backend=self.default_backend,
+            trusted=self.proxy.is_trusted if self.proxy.trusted else None)
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
-            https_port=self._redirect_port(),
-            trusted=self.proxy.is_trusted if self.proxy.trusted else None, **common)
+            https_port=self._redirect_port(), **common)
         if self.proxy_tls is not None:  # the same Ingresses: the same problems, not repeated
             self.proxy_tls.router, _ = build_route_table(ingresses, classes, scheme="https",
                                                          **common)

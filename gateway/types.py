@@ -192,6 +192,8 @@ class RouteDecision:
     #: The Ingress's `default-backend` when it is one of `fallbacks` (the last): a request
     #: pinned by strict-cluster-routing keeps this one fallback.
     default_backend: BackendRef | None = None
+    #: Answer with this status instead of proxying (403: allowlist-source-range); 0: proxy.
+    deny: int = 0
 
 
 class RequestView:

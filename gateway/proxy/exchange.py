@@ -67,6 +67,9 @@ class Exchange(ResponseSide):
         if d.redirect is not None:  # app-root, permanent-/temporal-redirect: answered here
             self.respond(d.redirect.status, f"redirecting to {d.redirect.location}", d.redirect.location)
             return
+        if d.deny:  # allowlist-source-range
+            self.respond(d.deny, "forbidden: the client address is not allowed for this route")
+            return
         parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
         host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
         # rewrite-target: the request-target sent upstream (mirrors keep the original)

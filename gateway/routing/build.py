@@ -23,6 +23,7 @@ from .affinity import (
     canary_affinity,
     parse_affinity,
 )
+from .allow import AllowCheck, SourceRange, parse_source_range
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
@@ -72,6 +73,7 @@ class Parsed:
     affinity: AffinitySettings = AffinitySettings()
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
     from_to_www: bool = False  # from-to-www-redirect
+    source: SourceRange | None = None  # allowlist-source-range
 
 
 def build_route_table(
@@ -104,6 +106,7 @@ def build_route_table(
     without their own default-backend.
     """
     builder = _Builder(frozenset(clusters), services, scheme)
+    builder.trusted = trusted
     builder.default_ref, unusable = global_default_backend(default_backend, services)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
@@ -139,6 +142,7 @@ class _Builder:
         #: host -> (Ingress key, app-root, a decision of that Ingress's rule on the host).
         self.app_roots: dict[str, tuple[str, str, RouteDecision]] = {}
         self.default_ref: BackendRef | None = None  # --default-backend-service
+        self.trusted: Callable[[str], bool] | None = None  # --trusted-proxy (client addresses)
 
     def problem(self, key: str, message: str, annotation: str | None = None) -> None:
         self.problems.append(Problem(key, annotation, message))
@@ -165,7 +169,8 @@ class _Builder:
         errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
         parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
-                        errors=errors, from_to_www=not is_canary and bool(ann.boolean(FROM_TO_WWW_KEY)))
+                        errors=errors, from_to_www=not is_canary and bool(ann.boolean(FROM_TO_WWW_KEY)),
+                        source=None if is_canary else parse_source_range(ann))
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -287,7 +292,7 @@ class _Builder:
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
                      rewrite=settings.rewrite if path_type else None,
-                     ssl=None if catch_all else settings.ssl_redirect)
+                     ssl=None if catch_all else settings.ssl_redirect, source=parsed.source)
 
     def _merge_fields(self, parsed: Parsed, ref: BackendRef) -> None:
         """Service-scoped policy: the oldest Ingress's explicit value wins per field."""
@@ -359,6 +364,8 @@ class _Builder:
         for vhost in self.hosts.hosts():
             routes = vhost.paths.values() + ([vhost.default] if vhost.default else [])
             for route in routes:
+                if route.source is not None:
+                    route.allow = AllowCheck(route.source, self.trusted, route.primary[0][1].decision)
                 route.finish(self.clusters)
                 for decision in route.decisions():
                     refs = [decision.backend, *decision.fallbacks]

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision, SessionAffinity
 
 from .affinity import regex_cookie_path, sticky_side
+from .allow import AllowCheck, SourceRange
 from .canary import CanaryRule
 from .errors import describe_errors
 from .matching import HostTable, normalize_request_host
@@ -77,6 +78,9 @@ class Route:
     #: and, when this route redirects plain HTTP to HTTPS, the redirector (set at finish).
     ssl: SslRedirect | None = None
     https: HttpsRedirect | None = None
+    #: The owning Ingress's allowlist-source-range, and its check (set at finish).
+    source: SourceRange | None = None
+    allow: AllowCheck | None = None
     #: Cookie affinity of each side, when there is more than one side (main line, weighted
     #: destinations, canary): a request whose cookie one of them issued goes back to it.
     sticky: tuple[tuple[SessionAffinity, Choice], ...] = ()
@@ -98,7 +102,7 @@ class Route:
         self.plain = (self.canary is None and len(self.primary) == 1
                       and not (self.routing.active and clusters))
         self.static = (self.plain and self.rewriter is None and self.app_root is None
-                       and self.https is None)
+                       and self.https is None and self.allow is None)
 
     def decide(self, request: RequestView, rng: random.Random,
                clusters: frozenset[str]) -> RouteDecision:
@@ -110,6 +114,10 @@ class Route:
             if redirect is not None:
                 return redirect
         decision = self._choose(request, rng, clusters)
+        if self.allow is not None and decision.redirect is None:  # after redirects, as nginx
+            denied = self.allow.denied(request)
+            if denied is not None:
+                return denied
         if self.rewriter is not None and decision.redirect is None:
             return self.rewriter.apply(decision, request.path)
         return decision
@@ -265,6 +273,7 @@ class RouteTable:
             "redirect": _redirect_json(route, main),
             "httpsRedirect": route.https.describe() if route.https is not None else None,
             "affinity": _affinity_json(main.affinity),
+            "allowSourceRange": route.allow.describe() if route.allow is not None else None,
             "errors": describe_errors(main),
         }
 

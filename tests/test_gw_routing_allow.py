@@ -1,0 +1,119 @@
+"""allowlist-source-range / whitelist-source-range (gateway/routing/allow.py): table-driven
+through the route table, plus one run through the real gateway."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from gwkit import Upstream
+from test_gw_app import ingress as app_ingress
+from test_gw_app import world
+from test_gw_routing_kit import MSE, NGX, build, problems_for, simple
+
+from gateway.app import GatewayApp
+from gateway.types import Redirect, RequestView
+from mcs_controller.access.resources import INGRESSES
+
+ALLOW = NGX + "allowlist-source-range"
+
+
+def ask(table, ip: str, headers: dict | None = None, host: str = "a.example.com", p: str = "/"):
+    return table.route(RequestView("GET", p, host, {k.lower(): v for k, v in (headers or {}).items()},
+                                   ip))
+
+
+@pytest.mark.parametrize("value, ip, allowed", [
+    ("10.0.0.0/8", "10.1.2.3", True),
+    ("10.0.0.0/8", "11.0.0.1", False),
+    ("10.0.0.0/8, 192.168.1.7", "192.168.1.7", True),  # a bare address is a /32
+    ("10.0.0.0/8,192.168.1.7", "192.168.1.8", False),
+    ("2001:db8::/32", "2001:db8::1", True),
+    ("2001:db8::/32", "2001:db9::1", False),
+    ("127.0.0.0/8", "::ffff:127.0.0.1", True),  # an IPv4-mapped peer counts as IPv4
+    ("10.0.0.1/8", "10.9.9.9", True),  # host bits set: the network is meant (nginx's allow)
+])
+def test_allowed_and_denied(value, ip, allowed):
+    table, problems = build(simple("site", svc="web", ann={ALLOW: value}))
+    assert problems == []
+    d = ask(table, ip)
+    assert d is not None
+    if allowed:
+        assert d.deny == 0 and d.backend.service == "web"
+    else:
+        assert d.deny == 403 and d.mirrors == ()
+
+
+@pytest.mark.parametrize("ann, ip, deny", [
+    ({NGX + "whitelist-source-range": "10.0.0.0/8"}, "10.0.0.1", 0),  # the older name
+    ({NGX + "whitelist-source-range": "10.0.0.0/8"}, "11.0.0.1", 403),
+    ({MSE + "whitelist-source-range": "10.0.0.0/8"}, "11.0.0.1", 403),  # MSE's prefix
+    ({ALLOW: "10.0.0.0/8", NGX + "whitelist-source-range": "11.0.0.0/8"}, "11.0.0.1", 403),  # allowlist wins
+    ({}, "11.0.0.1", 0),  # no list: everyone
+])
+def test_names_and_prefixes(ann, ip, deny):
+    table, _ = build(simple("site", ann=ann))
+    assert ask(table, ip).deny == deny
+
+
+def test_a_bad_entry_fails_closed_and_is_reported():
+    table, problems = build(simple("site", ann={ALLOW: "10.0.0.0/8, not-a-cidr"}),
+                            simple("other", "b.example.com"))
+    assert any("not-a-cidr" in m and "denied" in m for m in problems_for(problems, "default/site", "allowlist-source-range"))
+    assert ask(table, "10.0.0.1").deny == 403  # even an address of the good entry
+    assert ask(table, "10.0.0.1", host="b.example.com").deny == 0  # other Ingresses unaffected
+
+
+def test_redirects_answer_before_the_check():
+    table, _ = build(simple("site", ann={ALLOW: "10.0.0.0/8",
+                                         NGX + "permanent-redirect": "https://elsewhere.example"}))
+    d = ask(table, "11.0.0.1")
+    assert d.deny == 0 and d.redirect == Redirect(301, "https://elsewhere.example")
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_counts():
+    trusted = {"127.0.0.1", "10.9.0.1"}.__contains__
+    table, _ = build(simple("site", ann={ALLOW: "192.168.0.0/16"}), trusted=trusted)
+    xff = {"X-Forwarded-For": "192.168.5.5, 10.9.0.1"}  # the client, then a trusted hop
+    assert ask(table, "127.0.0.1", xff).deny == 0
+    assert ask(table, "127.0.0.1", {"X-Forwarded-For": "8.8.8.8, 10.9.0.1"}).deny == 403
+    assert ask(table, "127.0.0.1").deny == 403  # no header: the proxy itself
+    # an untrusted peer's header changes nothing
+    assert ask(table, "8.8.4.4", xff).deny == 403
+
+
+def test_canary_cannot_set_it_and_follows_the_main_list():
+    table, problems = build(
+        simple("main", svc="main", age=1, ann={ALLOW: "10.0.0.0/8"}),
+        simple("can", svc="canary", age=2, ann={NGX + "canary": "true", NGX + "canary-weight": "100",
+                                                ALLOW: "0.0.0.0/0"}))
+    assert problems_for(problems, "default/can", "allowlist-source-range")
+    assert ask(table, "11.0.0.1").deny == 403
+    d = ask(table, "10.0.0.1")
+    assert d.deny == 0 and d.backend.service == "canary"
+
+
+def test_routes_shows_the_list():
+    table, _ = build(simple("site", ann={ALLOW: "10.0.0.0/8,::1"}))
+    [route] = table.describe()
+    assert route["allowSourceRange"] == {"annotation": ALLOW, "allow": ["10.0.0.0/8", "::1/128"]}
+
+
+async def test_through_the_gateway():
+    up = await Upstream("east", host="127.0.74.1").start()
+    hub, members = await world({"east": up})
+    await hub.create(INGRESSES, app_ingress("in", "in.example.com", "web", {ALLOW: "127.0.0.0/8"}))
+    await hub.create(INGRESSES, app_ingress("out", "out.example.com", "web", {ALLOW: "10.0.0.0/8"}))
+    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
+    await app.start()
+    try:
+        await app.wait_ready(10)
+        url = f"http://127.0.0.1:{app.proxy.port}/x"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url, headers={"Host": "in.example.com"}) as r:
+                assert r.status == 200
+            async with s.get(url, headers={"Host": "out.example.com"}) as r:
+                assert r.status == 403 and "not allowed" in await r.text()
+        assert len(up.requests) == 1
+    finally:
+        await app.stop(0.5)
+        await up.stop()
