@@ -194,6 +194,8 @@ class RouteDecision:
     default_backend: BackendRef | None = None
     #: Answer with this status instead of proxying (403: allowlist-source-range); 0: proxy.
     deny: int = 0
+    #: proxy-body-size: a longer request body gets 413; 0: no limit; -1: Limits.max_request_body.
+    max_body: int = -1
 
 
 class RequestView:

@@ -210,8 +210,7 @@ class ClientConnection(asyncio.Protocol):
             if version != "1.1" and version != "1.0":
                 raise Reject(505, "HTTP version not supported")
             head = parse_request(p.get_method(), url, version == "1.0", p.should_keep_alive(),
-                                 p.should_upgrade(), headers, self.peer,
-                                 self.limits.max_request_body)
+                                 p.should_upgrade(), headers, self.peer)
         except Reject as r:
             self.reject = r
             raise

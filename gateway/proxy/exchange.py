@@ -70,6 +70,11 @@ class Exchange(ResponseSide):
         if d.deny:  # allowlist-source-range
             self.respond(d.deny, "forbidden: the client address is not allowed for this route")
             return
+        if d.max_body >= 0:
+            self.body_limit = d.max_body
+        if self.over_limit(h.length if h.length is not None else self.received):
+            self.respond(413, "request body too large")  # before its body is read: then closed
+            return
         parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
         host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
         # rewrite-target: the request-target sent upstream (mirrors keep the original)
@@ -212,8 +217,7 @@ class Exchange(ResponseSide):
             return
         n = len(data)
         self.received += n
-        if self.head.chunked and self.server.limits.max_request_body is not None \
-                and self.received > self.server.limits.max_request_body:
+        if self.head.chunked and self.over_limit(self.received):
             self.request_error(Reject(413, "request body too large"))
             return
         if self.replay is not None:

@@ -68,12 +68,22 @@ class ExchangeBase:
     sticky: str | None = None  # the request's sticky cookie value
     resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
     intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
+    body_limit = -1  # request body bytes allowed (proxy-body-size); 0: any; -1: not routed yet
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client
         self.server: ProxyServer = client.server
         self.head = head
         self.req_done = not (head.chunked or head.length)
+
+    def over_limit(self, size: int) -> bool:
+        """A request body of `size` bytes is over the route's proxy-body-size (before routing:
+        over the gateway's Limits.max_request_body)."""
+        limit = self.body_limit
+        if limit < 0:
+            glob = self.server.limits.max_request_body
+            limit = glob if glob is not None else 0
+        return limit > 0 and size > limit
 
     def _attempt(self, now: float = 0.0) -> None:
         """The next try on an endpoint (exchange.py)."""

@@ -162,7 +162,6 @@ def parse_request(
     upgrade: bool,
     headers: list[tuple[bytes, bytes]],
     peer: Peer,
-    max_body: int | None = None,
 ) -> RequestHead:
     """Validate a parsed head (llhttp already rejected most smuggling) and prepare forwarding."""
     h = RequestHead()
@@ -233,8 +232,6 @@ def parse_request(
             raise Reject(400, "invalid request target")
         host_raw = u.host + (b":%d" % u.port if u.port else b"")
         url = (u.path or b"/") + (b"?" + u.query if u.query else b"")
-    if max_body is not None and length is not None and length > max_body:
-        raise Reject(413, "request body too large")
     if tokens is not None:
         drop = _named(tokens)
         if drop:

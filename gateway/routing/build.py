@@ -287,7 +287,8 @@ class _Builder:
                 fallbacks=tuple(r for r in refs if r != target),
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
-                redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path))
+                redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
+                max_body=settings.max_body)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

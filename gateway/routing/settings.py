@@ -48,6 +48,25 @@ class RouteSettings:
     use_regex: bool = False
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
     ssl_redirect: SslRedirect = field(default_factory=SslRedirect)
+    max_body: int = -1  # proxy-body-size in bytes; 0: no limit; -1: the gateway's own
+
+
+#: nginx sizes: bytes, or with a k/m/g suffix (either case).
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _body_size(ann: Annotations) -> int:
+    """proxy-body-size (nginx client_max_body_size): "8m", "512k", "0" for no limit."""
+    found = ann.string("proxy-body-size")
+    if found is None:
+        return -1
+    full, text = found
+    m = _SIZE.match(text)
+    if m is None:
+        ann.problem(full, f"{text!r} is not a size like '8m', '512k' or '0'; ignored")
+        return -1
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
@@ -69,6 +88,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         use_regex=bool(ann.boolean("use-regex")),
         rewrite=parse_rewrite(ann),
         ssl_redirect=parse_ssl_redirect(ann),
+        max_body=_body_size(ann),
     )
 
 

@@ -29,6 +29,7 @@ COMPATIBLE_KEYS = frozenset({
     "ssl-redirect", "force-ssl-redirect", "preserve-trailing-slash",
     "from-to-www-redirect",  # www.FROM_TO_WWW_KEY
     "allowlist-source-range", "whitelist-source-range",  # allow.ALLOW_KEYS
+    "proxy-body-size",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
