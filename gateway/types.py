@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 # -- where traffic goes ---------------------------------------------------------------
 
@@ -196,6 +196,8 @@ class RouteDecision:
     deny: int = 0
     #: proxy-body-size: a longer request body gets 413; 0: no limit; -1: Limits.max_request_body.
     max_body: int = -1
+    #: enable-cors: a gateway.routing.cors.CorsPolicy (its `headers(origin, preflight)`).
+    cors: Any = None
 
 
 class RequestView:

@@ -202,6 +202,9 @@ class Upstream:
             w.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
                     b"Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTrailer: X-T\r\n"
                     b"Upgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
+        elif parts[0] == "acao":  # its own CORS header (enable-cors replaces it)
+            w.write(b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: https://upstream.example\r\n"
+                    b"Content-Length: 2\r\n\r\nok")
         elif parts[0] == "sts":  # its own Strict-Transport-Security (the gateway's replaces it)
             w.write(b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=60\r\n"
                     b"Content-Length: 2\r\n\r\nok")

@@ -75,6 +75,13 @@ class Exchange(ResponseSide):
         if self.over_limit(h.length if h.length is not None else self.received):
             self.respond(413, "request body too large")  # before its body is read: then closed
             return
+        if d.cors is not None:  # enable-cors (gateway/routing/cors.py)
+            preflight = h.method == b"OPTIONS"
+            lines: bytes = d.cors.headers(view.headers.get("origin"), preflight)
+            if lines and preflight:
+                self.respond(204, "", extra=lines)
+                return
+            self.resp_cors = lines
         parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
         host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
         # rewrite-target: the request-target sent upstream (mirrors keep the original)

@@ -69,6 +69,7 @@ class ExchangeBase:
     resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
     intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
     body_limit = -1  # request body bytes allowed (proxy-body-size); 0: any; -1: not routed yet
+    resp_cors: bytes = b""  # enable-cors: the CORS lines of the answer
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client
@@ -91,7 +92,8 @@ class ExchangeBase:
 
     # -- endings ------------------------------------------------------------------------------
 
-    def respond(self, status: int, text: str, location: str | None = None) -> None:
+    def respond(self, status: int, text: str, location: str | None = None,
+                extra: bytes = b"") -> None:
         """A response of our own (404, 503, 502, 504, redirects) unless response bytes already left."""
         if self.done:
             return
@@ -106,7 +108,7 @@ class ExchangeBase:
         self.resp_started = True
         self.client.write(local_response(
             status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location,
-            extra=self.server.hsts_line(self.view)))
+            extra=self.server.hsts_line(self.view) + extra))
         self._finish()
 
     def _finish(self, now: float = 0.0) -> None:

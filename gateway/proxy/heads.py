@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 from typing import Final
 
@@ -292,7 +293,14 @@ def _named(tokens: bytes) -> set[bytes]:
     return {t.strip().lower() for t in tokens.split(b",")} - {b"keep-alive", b"close", b"upgrade", b""}
 
 
-def _without(parts: list[bytes], names: set[bytes]) -> list[bytes]:
+#: The header names CORS lines (gateway/routing/cors.py) replace in an upstream's answer.
+CORS_HEADER_NAMES: Final = frozenset({
+    b"access-control-allow-origin", b"access-control-allow-credentials",
+    b"access-control-allow-methods", b"access-control-allow-headers",
+    b"access-control-expose-headers", b"access-control-max-age"})
+
+
+def _without(parts: list[bytes], names: AbstractSet[bytes]) -> list[bytes]:
     """Drop the header lines whose name (lower-cased) is in `names` (those named in Connection)."""
     out: list[bytes] = []
     for i in range(0, len(parts), 4):
@@ -406,14 +414,18 @@ def local_response(status: int, text: str, *, close: bool, head_only: bool = Fal
                    request_id: bytes | None = None, location: str | None = None,
                    extra: bytes = b"") -> bytes:
     """A short plain-text response the proxy generates itself (errors, 404, 503, redirects)."""
-    body = text.encode() + b"\n"
-    out = [status_line(status, b""), b"Content-Type: text/plain; charset=utf-8\r\n",
-           b"Content-Length: %d\r\n" % len(body)]
+    if status == 204:  # no body (a CORS preflight); its lines come in `extra`
+        body = b""
+        out = [status_line(204, b""), b"Content-Length: 0\r\n"]
+    else:
+        body = text.encode() + b"\n"
+        out = [status_line(status, b""), b"Content-Type: text/plain; charset=utf-8\r\n",
+               b"Content-Length: %d\r\n" % len(body)]
     if location is not None:  # latin-1 keeps every byte; CR/LF never reach a header line
         out += (b"Location: ", location.encode("latin-1", "replace").translate(None, b"\r\n"), CRLF)
     if request_id is not None:
         out += (b"X-Request-ID: ", request_id, CRLF)
-    if extra:  # whole header lines (Strict-Transport-Security)
+    if extra:  # whole header lines (Strict-Transport-Security, CORS)
         out.append(extra)
     if close:
         out.append(b"Connection: close\r\n")

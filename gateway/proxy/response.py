@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.error_page import DISCARD, error_page_head
 from gateway.proxy.heads import (
+    CORS_HEADER_NAMES,
     CRLF,
     ResponseInfo,
     _without,
@@ -97,9 +98,16 @@ class ResponseSide(RetrySide):
             extra += self.resp_extra
         parts = info.parts
         hsts = self.server.hsts_line(self.view)
-        if hsts:  # ours replaces the upstream's own, as ingress-nginx's more_set_headers does
-            extra += hsts
-            parts = [b"", *_without(parts[1:], {b"strict-transport-security"})]  # [0]: status line
+        cors = self.resp_cors
+        if hsts or cors:  # ours replace the upstream's own, as ingress-nginx's more_set_headers
+            names: set[bytes] = set()
+            if hsts:
+                extra += hsts
+                names.add(b"strict-transport-security")
+            if cors:
+                extra += cors
+                names |= CORS_HEADER_NAMES
+            parts = [b"", *_without(parts[1:], names)]  # [0]: the status line's slot
         c.write(response_head(status_line(status, reason), parts, extra))
         self.resp_started = True
         self.phase = STREAMING

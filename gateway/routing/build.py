@@ -26,6 +26,7 @@ from .affinity import (
 from .allow import AllowCheck, SourceRange, parse_source_range
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
+from .cors import CorsPolicy, parse_cors
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
@@ -74,6 +75,7 @@ class Parsed:
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
     from_to_www: bool = False  # from-to-www-redirect
     source: SourceRange | None = None  # allowlist-source-range
+    cors: CorsPolicy | None = None  # enable-cors
 
 
 def build_route_table(
@@ -170,7 +172,8 @@ class _Builder:
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
         parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
                         errors=errors, from_to_www=not is_canary and bool(ann.boolean(FROM_TO_WWW_KEY)),
-                        source=None if is_canary else parse_source_range(ann))
+                        source=None if is_canary else parse_source_range(ann),
+                        cors=None if is_canary else parse_cors(ann))
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -288,7 +291,7 @@ class _Builder:
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
-                max_body=settings.max_body)
+                max_body=settings.max_body, cors=parsed.cors)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

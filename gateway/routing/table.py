@@ -274,6 +274,7 @@ class RouteTable:
             "httpsRedirect": route.https.describe() if route.https is not None else None,
             "affinity": _affinity_json(main.affinity),
             "allowSourceRange": route.allow.describe() if route.allow is not None else None,
+            "cors": main.cors.describe if main.cors is not None else None,
             "errors": describe_errors(main),
         }
 

@@ -30,6 +30,8 @@ COMPATIBLE_KEYS = frozenset({
     "from-to-www-redirect",  # www.FROM_TO_WWW_KEY
     "allowlist-source-range", "whitelist-source-range",  # allow.ALLOW_KEYS
     "proxy-body-size",
+    "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
+    "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
