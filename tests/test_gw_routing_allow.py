@@ -95,7 +95,33 @@ def test_canary_cannot_set_it_and_follows_the_main_list():
 def test_routes_shows_the_list():
     table, _ = build(simple("site", ann={ALLOW: "10.0.0.0/8,::1"}))
     [route] = table.describe()
-    assert route["allowSourceRange"] == {"annotation": ALLOW, "allow": ["10.0.0.0/8", "::1/128"]}
+    assert route["allowSourceRange"] == {"annotation": ALLOW, "allow": ["10.0.0.0/8", "::1/128"],
+                                         "deny": []}
+
+
+DENY = NGX + "denylist-source-range"
+
+
+@pytest.mark.parametrize("ann, ip, deny", [
+    ({DENY: "10.1.0.0/16"}, "10.1.2.3", 403),  # listed: denied
+    ({DENY: "10.1.0.0/16"}, "10.2.0.1", 0),  # no allow list: everyone else
+    ({DENY: "10.1.0.0/16", ALLOW: "10.0.0.0/8"}, "10.1.2.3", 403),  # deny first (nginx order)
+    ({DENY: "10.1.0.0/16", ALLOW: "10.0.0.0/8"}, "10.2.0.1", 0),
+    ({DENY: "10.1.0.0/16", ALLOW: "10.0.0.0/8"}, "11.0.0.1", 403),  # outside the allow list
+    ({MSE + "denylist-source-range": "::1"}, "::1", 403),
+])
+def test_denylist(ann, ip, deny):
+    table, problems = build(simple("site", ann=ann))
+    assert problems == []
+    assert ask(table, ip).deny == deny
+
+
+def test_a_bad_denylist_entry_fails_closed():
+    table, problems = build(simple("site", ann={DENY: "10.1.0.0/16, nope"}))
+    assert problems_for(problems, "default/site", "denylist-source-range")
+    assert ask(table, "192.168.0.1").deny == 403
+    [route] = table.describe()
+    assert route["allowSourceRange"]["allow"] == []
 
 
 async def test_through_the_gateway():

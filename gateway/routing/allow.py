@@ -1,10 +1,12 @@
-"""ingress-nginx `allowlist-source-range` (and its older name, `whitelist-source-range`).
+"""ingress-nginx `allowlist-source-range` (and its older name, `whitelist-source-range`) and
+`denylist-source-range`.
 
-The value is a comma-separated list of CIDRs or addresses (IPv4 or IPv6). A request of the
-Ingress's rules whose client address is not in the list gets `403 Forbidden`, as nginx's
-`allow ...; deny all;` gives. As in ingress-nginx:
+Each value is a comma-separated list of CIDRs or addresses (IPv4 or IPv6). A request of the
+Ingress's rules from an address in the deny list, or, when there is an allow list, from an
+address outside it, gets `403 Forbidden`: nginx's `deny <denylist>; allow <allowlist>;
+deny all;`, first match wins. As in ingress-nginx:
 
-* `allowlist-source-range` wins when both names are set;
+* `allowlist-source-range` wins when both of its names are set;
 * the check comes after the redirects (`app-root`, `permanent-/temporal-redirect`,
   `ssl-redirect` answer in nginx's rewrite phase, before its access phase);
 * the client address is the connection's peer; behind a trusted proxy (`--trusted-proxy`),
@@ -28,37 +30,59 @@ from .rewrite import derive
 from .values import Annotations, split_list
 
 ALLOW_KEYS = ("allowlist-source-range", "whitelist-source-range")
+DENY_KEY = "denylist-source-range"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
 class SourceRange:
-    """One Ingress's parsed list; `networks` empty means deny everything (a bad value)."""
+    """One Ingress's parsed lists. `networks` None: no allow list; empty: deny everything
+    (a bad value fails closed)."""
 
-    networks: tuple[Network, ...]
-    key: str  # the annotation it came from (for /routes)
+    networks: tuple[Network, ...] | None
+    key: str  # the annotation the allow list came from (for /routes)
+    denied: tuple[Network, ...] = ()
 
 
 def parse_source_range(ann: Annotations) -> SourceRange | None:
+    allow: tuple[Network, ...] | None = None  # None: no allow list
+    key = ""
     for name in ALLOW_KEYS:
         found = ann.string(name)
         if found is None:
             continue
-        full, text = found
-        networks: list[Network] = []
-        for item in split_list(text):
-            try:
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                ann.problem(full, f"{item!r} is not a CIDR or address: every request of this "
-                            "Ingress is denied (403) until it is fixed, as ingress-nginx denies "
-                            "the location")
-                return SourceRange((), full)
-        if not networks:
-            ann.problem(full, "empty list: every request of this Ingress is denied (403)")
-        return SourceRange(tuple(networks), full)
-    return None
+        key = found[0]
+        networks = _networks(ann, found[0], found[1])
+        allow = () if networks is None else networks  # a bad entry: deny everything
+        if networks == ():
+            ann.problem(key, "empty list: every request of this Ingress is denied (403)")
+        break
+    denied: tuple[Network, ...] = ()
+    found = ann.string(DENY_KEY)
+    if found is not None:
+        networks = _networks(ann, found[0], found[1])
+        if networks is None:
+            allow, key = (), found[0]  # a bad entry: deny everything
+        else:
+            denied = networks
+    if allow is None and not denied:
+        return None
+    return SourceRange(allow, key, denied)
+
+
+def _networks(ann: Annotations, full: str, text: str) -> tuple[Network, ...] | None:
+    """The list, or None (reported) when an entry is not a CIDR: the caller fails closed."""
+    networks: list[Network] = []
+    for item in split_list(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            ann.problem(full, f"{item!r} is not a CIDR or address: every request of this "
+                        "Ingress is denied (403) until it is fixed, as ingress-nginx denies "
+                        "the location")
+            return None
+    return tuple(networks)
 
 
 class AllowCheck:
@@ -90,11 +114,16 @@ class AllowCheck:
             return False
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        return any(addr in net for net in self.source.networks)
+        source = self.source
+        if any(addr in net for net in source.denied):  # nginx: the deny lines come first
+            return False
+        return source.networks is None or any(addr in net for net in source.networks)
 
     def describe(self) -> dict:
-        return {"annotation": self.source.key,
-                "allow": [str(n) for n in self.source.networks]}
+        allow = self.source.networks
+        return {"annotation": self.source.key or None,
+                "allow": None if allow is None else [str(n) for n in allow],
+                "deny": [str(n) for n in self.source.denied]}
 
 
 def client_address(request: RequestView, trusted: Callable[[str], bool] | None) -> str:

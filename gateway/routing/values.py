@@ -28,7 +28,7 @@ COMPATIBLE_KEYS = frozenset({
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect", "temporal-redirect-code",
     "ssl-redirect", "force-ssl-redirect", "preserve-trailing-slash",
     "from-to-www-redirect",  # www.FROM_TO_WWW_KEY
-    "allowlist-source-range", "whitelist-source-range",  # allow.ALLOW_KEYS
+    "allowlist-source-range", "whitelist-source-range", "denylist-source-range",  # allow.py
     "proxy-body-size",
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
