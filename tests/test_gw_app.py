@@ -7,6 +7,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -54,6 +55,28 @@ async def world(upstreams: dict[str, Upstream]) -> tuple[EmbeddedCluster, dict[s
                                                      ports=[{"name": "http", "port": up.port}]))
         members[name] = c
     return hub, members
+
+
+@contextlib.asynccontextmanager
+async def gateway_over(ingresses: list[dict], upstream_ip: str, admin: bool = False,
+                       **kw: object) -> AsyncIterator[tuple[GatewayApp, Upstream]]:
+    """A gateway serving `ingresses` of a hub whose one member ("east") has the `web`
+    Service backed by an upstream on `upstream_ip`; both stopped at the end."""
+    up = await Upstream("east", host=upstream_ip).start()
+    try:
+        hub, members = await world({"east": up})
+        for ing in ingresses:
+            await hub.create(INGRESSES, ing)
+        app = GatewayApp(hub, members, listen=("127.0.0.1", 0),
+                         admin=("127.0.0.1", 0) if admin else None, **kw)  # type: ignore[arg-type]
+        await app.start()
+        try:
+            await app.wait_ready(10)
+            yield app, up
+        finally:
+            await app.stop(0.5)
+    finally:
+        await up.stop()
 
 
 async def get(url: str, host: str, headers: dict | None = None) -> tuple[int, str]:
@@ -212,25 +235,16 @@ async def test_a_default_backend_service_created_later_is_used_within_a_second()
 
 async def test_global_default_backend_answers_unmatched_requests():
     """--default-backend-service demo/web: a host no Ingress names is proxied to it, not 404."""
-    ups = {"east": await Upstream("east", host="127.0.73.1").start()}
-    hub, members = await world(ups)
-    await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=("127.0.0.1", 0),
-                     default_backend="demo/web")
-    await app.start()
-    try:
-        await app.wait_ready(10)
+    async with gateway_over([ingress("shop", "shop.example.com", "web")], "127.0.73.1",
+                            admin=True, default_backend="demo/web") as (app, up):
         url = f"http://127.0.0.1:{app.proxy.port}/anything"
         status, text = await get(url, "nobody.example.com")
         assert status == 200 and '"server": "east"' in text
-        assert ups["east"].requests[-1].path == "/anything"
+        assert up.requests[-1].path == "/anything"
         async with aiohttp.ClientSession() as s, s.get(
                 f"http://127.0.0.1:{app.admin_port}/routes") as r:
             routes = await r.json()
         assert routes["defaultBackend"]["backend"] == "demo/web:80"
-    finally:
-        await app.stop(0.5)
-        await ups["east"].stop()
 
 
 def test_cli_refuses_a_bad_default_backend_service(tmp_path: Path):

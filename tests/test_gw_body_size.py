@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from gwkit import Env, Upstream, decision, raw, read_response
+from gwkit import Env, decision, raw, read_response
+from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_app import world
 from test_gw_proxy_hardening import rejected
 from test_gw_routing_kit import MSE, NGX, decide, one
 
-from gateway.app import GatewayApp
 from gateway.proxy import Limits
-from mcs_controller.access.resources import INGRESSES
 
 
 @pytest.fixture
@@ -72,14 +70,8 @@ async def test_a_route_may_raise_or_lift_the_gateways_limit(env: Env, route_limi
 
 
 async def test_through_the_gateway():
-    up = await Upstream("east", host="127.0.75.1").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, app_ingress("up", "up.example.com", "web",
-                                            {NGX + "proxy-body-size": "1k"}))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
-    try:
-        await app.wait_ready(10)
+    ing = app_ingress("up", "up.example.com", "web", {NGX + "proxy-body-size": "1k"})
+    async with gateway_over([ing], "127.0.75.1") as (app, up):
         url = f"http://127.0.0.1:{app.proxy.port}/upload"
         async with aiohttp.ClientSession() as s:
             async with s.post(url, data=b"z" * 1024, headers={"Host": "up.example.com"}) as r:
@@ -87,6 +79,3 @@ async def test_through_the_gateway():
             async with s.post(url, data=b"z" * 1025, headers={"Host": "up.example.com"}) as r:
                 assert r.status == 413
         assert len(up.requests) == 1
-    finally:
-        await app.stop(0.5)
-        await up.stop()

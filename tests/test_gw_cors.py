@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from gwkit import Upstream
+from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_app import world
 from test_gw_routing_kit import MSE, NGX, decide, one
 
-from gateway.app import GatewayApp
 from gateway.routing.cors import DEFAULT_HEADERS, DEFAULT_METHODS, parse_cors
 from gateway.routing.values import Annotations
-from mcs_controller.access.resources import INGRESSES
 
 ON = {NGX + "enable-cors": "true"}
 
@@ -97,14 +94,9 @@ def test_on_the_route_decision_and_routes_page():
 
 
 async def test_through_the_gateway():
-    up = await Upstream("east", host="127.0.76.1").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, app_ingress("api", "api.example.com", "web", {
-        **ON, NGX + "cors-allow-origin": "https://app.example.com"}))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
-    try:
-        await app.wait_ready(10)
+    ing = app_ingress("api", "api.example.com", "web", {
+        **ON, NGX + "cors-allow-origin": "https://app.example.com"})
+    async with gateway_over([ing], "127.0.76.1") as (app, up):
         url = f"http://127.0.0.1:{app.proxy.port}"
         good = {"Host": "api.example.com", "Origin": "https://app.example.com"}
         bad = {"Host": "api.example.com", "Origin": "https://evil.example.com"}
@@ -128,6 +120,3 @@ async def test_through_the_gateway():
             async with s.options(f"{url}/x", headers=bad) as r:
                 assert r.status == 200
         assert [q.method for q in up.requests] == ["GET", "GET", "OPTIONS"]
-    finally:
-        await app.stop(0.5)
-        await up.stop()

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from gwkit import Upstream
+from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_app import world
 from test_gw_routing_kit import MSE, NGX, build, problems_for, simple
 
-from gateway.app import GatewayApp
 from gateway.types import Redirect, RequestView
-from mcs_controller.access.resources import INGRESSES
 
 ALLOW = NGX + "allowlist-source-range"
 
@@ -125,14 +122,9 @@ def test_a_bad_denylist_entry_fails_closed():
 
 
 async def test_through_the_gateway():
-    up = await Upstream("east", host="127.0.74.1").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, app_ingress("in", "in.example.com", "web", {ALLOW: "127.0.0.0/8"}))
-    await hub.create(INGRESSES, app_ingress("out", "out.example.com", "web", {ALLOW: "10.0.0.0/8"}))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
-    try:
-        await app.wait_ready(10)
+    ings = [app_ingress("in", "in.example.com", "web", {ALLOW: "127.0.0.0/8"}),
+            app_ingress("out", "out.example.com", "web", {ALLOW: "10.0.0.0/8"})]
+    async with gateway_over(ings, "127.0.74.1") as (app, up):
         url = f"http://127.0.0.1:{app.proxy.port}/x"
         async with aiohttp.ClientSession() as s:
             async with s.get(url, headers={"Host": "in.example.com"}) as r:
@@ -140,6 +132,3 @@ async def test_through_the_gateway():
             async with s.get(url, headers={"Host": "out.example.com"}) as r:
                 assert r.status == 403 and "not allowed" in await r.text()
         assert len(up.requests) == 1
-    finally:
-        await app.stop(0.5)
-        await up.stop()

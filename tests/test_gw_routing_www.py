@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from gwkit import Upstream
+from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_app import world
 from test_gw_routing_kit import MSE, NGX, build, decide, ingress, path, problems_for, rule, simple
 
-from gateway.app import GatewayApp
 from gateway.types import Redirect
-from mcs_controller.access.resources import INGRESSES
 
 WWW = {NGX + "from-to-www-redirect": "true"}
 
@@ -109,13 +106,8 @@ def test_routes_lists_the_redirects():
 async def test_through_the_gateway_and_its_routes_page():
     """A real client asks the gateway for www.<host>: 308 to the bare host, nothing proxied;
     /routes lists the redirect."""
-    up = await Upstream("east", host="127.0.0.1").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, app_ingress("shop", "shop.example.com", "web", WWW))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=("127.0.0.1", 0))
-    await app.start()
-    try:
-        await app.wait_ready()
+    ing = app_ingress("shop", "shop.example.com", "web", WWW)
+    async with gateway_over([ing], "127.0.0.1", admin=True) as (app, up):
         url = f"http://127.0.0.1:{app.proxy.port}/dir/?q=1"
         async with aiohttp.ClientSession() as s:
             async with s.get(url, headers={"Host": "www.shop.example.com"}, allow_redirects=False) as r:
@@ -127,6 +119,3 @@ async def test_through_the_gateway_and_its_routes_page():
                 routes = await r.json()
         assert [req.path for req in up.requests] == ["/dir/?q=1"]  # only the bare host's
         assert [w["host"] for w in routes["wwwRedirects"]] == ["www.shop.example.com"]
-    finally:
-        await app.stop()
-        await up.stop()
