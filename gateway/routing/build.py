@@ -23,10 +23,9 @@ from .affinity import (
     canary_affinity,
     parse_affinity,
 )
-from .allow import AllowCheck, SourceRange, parse_source_range
+from .allow import AllowCheck
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
-from .cors import CorsPolicy, parse_cors
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
@@ -73,9 +72,6 @@ class Parsed:
     has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
     affinity: AffinitySettings = AffinitySettings()
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
-    from_to_www: bool = False  # from-to-www-redirect
-    source: SourceRange | None = None  # allowlist-source-range
-    cors: CorsPolicy | None = None  # enable-cors
 
 
 def build_route_table(
@@ -107,9 +103,8 @@ def build_route_table(
     it answers requests no rule matches and serves the custom-http-errors pages of Ingresses
     without their own default-backend.
     """
-    builder = _Builder(frozenset(clusters), services, scheme)
-    builder.trusted = trusted
-    builder.default_ref, unusable = global_default_backend(default_backend, services)
+    default_ref, unusable = global_default_backend(default_backend, services)
+    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
@@ -128,11 +123,14 @@ def build_route_table(
 
 
 class _Builder:
-    def __init__(self, clusters: frozenset[str], services: Mapping | None,
-                 scheme: str = "http"):
+    def __init__(self, clusters: frozenset[str], services: Mapping | None, scheme: str = "http",
+                 trusted: Callable[[str], bool] | None = None,
+                 default_ref: BackendRef | None = None):
         self.clusters = clusters
         self.services = services
         self.scheme = scheme
+        self.trusted = trusted  # --trusted-proxy (client addresses)
+        self.default_ref = default_ref  # --default-backend-service
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
@@ -143,8 +141,6 @@ class _Builder:
         self.regex_hosts: dict[str, str] = {}
         #: host -> (Ingress key, app-root, a decision of that Ingress's rule on the host).
         self.app_roots: dict[str, tuple[str, str, RouteDecision]] = {}
-        self.default_ref: BackendRef | None = None  # --default-backend-service
-        self.trusted: Callable[[str], bool] | None = None  # --trusted-proxy (client addresses)
 
     def problem(self, key: str, message: str, annotation: str | None = None) -> None:
         self.problems.append(Problem(key, annotation, message))
@@ -171,9 +167,7 @@ class _Builder:
         errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
         parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
-                        errors=errors, from_to_www=not is_canary and bool(ann.boolean(FROM_TO_WWW_KEY)),
-                        source=None if is_canary else parse_source_range(ann),
-                        cors=None if is_canary else parse_cors(ann))
+                        errors=errors)
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -291,12 +285,12 @@ class _Builder:
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
-                max_body=settings.max_body, cors=parsed.cors)
+                max_body=settings.max_body, cors=settings.cors)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
                      rewrite=settings.rewrite if path_type else None,
-                     ssl=None if catch_all else settings.ssl_redirect, source=parsed.source)
+                     ssl=None if catch_all else settings.ssl_redirect, source=settings.source)
 
     def _merge_fields(self, parsed: Parsed, ref: BackendRef) -> None:
         """Service-scoped policy: the oldest Ingress's explicit value wins per field."""
@@ -387,7 +381,7 @@ class _Builder:
 
     def _www_redirects(self) -> dict:
         """from-to-www-redirect (gateway/routing/www.py)."""
-        flagged = [(parsed.key, parsed.hosts) for parsed in self.parsed if parsed.from_to_www]
+        flagged = [(p.key, p.hosts) for p in self.parsed if p.settings.from_to_www]
         made, skipped = www_redirects(flagged, self.hosts, self.scheme)
         for key, message in skipped:
             self.problem(key, message, FROM_TO_WWW_KEY)

@@ -11,10 +11,13 @@ from urllib.parse import urlsplit
 
 from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 
+from .allow import SourceRange, parse_source_range
+from .cors import CorsPolicy, parse_cors
 from .policy import Context, check_cluster
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
 from .values import Annotations, split_list
+from .www import FROM_TO_WWW_KEY
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?$")
@@ -49,6 +52,9 @@ class RouteSettings:
     rewrite: RewriteSettings = field(default_factory=RewriteSettings)
     ssl_redirect: SslRedirect = field(default_factory=SslRedirect)
     max_body: int = -1  # proxy-body-size in bytes; 0: no limit; -1: the gateway's own
+    from_to_www: bool = False  # from-to-www-redirect (gateway/routing/www.py)
+    source: SourceRange | None = None  # allow-/denylist-source-range (gateway/routing/allow.py)
+    cors: CorsPolicy | None = None  # enable-cors (gateway/routing/cors.py)
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -89,6 +95,9 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         rewrite=parse_rewrite(ann),
         ssl_redirect=parse_ssl_redirect(ann),
         max_body=_body_size(ann),
+        from_to_www=bool(ann.boolean(FROM_TO_WWW_KEY)),
+        source=parse_source_range(ann),
+        cors=parse_cors(ann),
     )
 
 
