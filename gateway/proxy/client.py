@@ -22,6 +22,7 @@ import httptools
 
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.heads import Peer, Reject, local_response, parse_request
+from gateway.proxy.pool import send_pieces
 from gateway.proxy.states import PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPSTREAM
 from gateway.proxy.tunnel import half_close
 
@@ -312,10 +313,7 @@ class ClientConnection(asyncio.Protocol):
         buf = self.wbuf
         if buf:
             self.wbuf = []
-            if len(buf) == 1:
-                self.transport.write(buf[0])
-            else:
-                self.transport.writelines(buf)
+            send_pieces(self.transport, buf)
 
     def close(self) -> None:
         if not self.closing:

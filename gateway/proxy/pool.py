@@ -31,6 +31,14 @@ WRITE_NOW: Final = 16384
 Address = tuple[str, int]
 
 
+def send_pieces(transport: asyncio.Transport, pieces: list[bytes]) -> None:
+    """One send for what a turn queued on a connection (write for one piece, else writev)."""
+    if len(pieces) == 1:
+        transport.write(pieces[0])
+    else:
+        transport.writelines(pieces)
+
+
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """Small heads and bodies leave at once (no Nagle delay) on an upstream socket."""
     sock = transport.get_extra_info("socket")
@@ -209,12 +217,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Queue `data` for this loop turn's one send on this connection."""
         out = self.out
         if len(data) >= WRITE_NOW:  # big body pieces go now: flow control sees them at once
-            if out:
-                out.append(data)
-                self.out = []
-                self.transport.writelines(out)
-            else:
-                self.transport.write(data)
+            out.append(data)
+            self.out = []
+            send_pieces(self.transport, out)
             return
         if not out:
             self.pool.flush_later(self)
@@ -261,12 +266,8 @@ class ConnectionPool:
             if out:
                 conn.out = []
                 tr = conn.transport
-                if conn.closed or tr.is_closing():
-                    continue
-                if len(out) == 1:
-                    tr.write(out[0])
-                else:
-                    tr.writelines(out)
+                if not conn.closed and not tr.is_closing():
+                    send_pieces(tr, out)
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self.idle.values())
