@@ -190,6 +190,60 @@ async def test_shadow_closing_after_each_response_gets_one_copy_per_connection(e
     assert env.proxy is not None and env.proxy.mirror.in_flight == 0
 
 
+
+class ChunkShadow(asyncio.Protocol):
+    """A shadow that records what each read brought (when, how many request heads) and
+    answers every head with an empty 200."""
+
+    def __init__(self, reads: list[tuple[float, int]]) -> None:
+        self.reads = reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        heads = data.count(b"\r\n\r\n")
+        self.reads.append((time.monotonic(), heads))
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * heads)
+
+
+async def test_a_busy_line_sends_one_batch_per_hold_and_a_quiet_one_at_once(env: Env) -> None:
+    """Mirror lines batch copies close together (each batch wakes the shadow): after a batch,
+    copies wait out `mirror_hold` and leave together. A line that was quiet longer than that
+    sends its copy at the end of the turn, not after a hold."""
+    reads: list[tuple[float, int]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ChunkShadow(reads), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await env.upstream("primary")
+    env.backends[SHADOW] = [Endpoint(cluster="c2", ip="127.0.0.1", port=port)]
+    hold = 0.3
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))),
+                    limits=Limits(mirror_hold=hold))
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get() -> float:
+                async with s.get(env.url("/echo")) as r:
+                    assert r.status == 200
+                    await r.read()
+                return time.monotonic()
+
+            answered = await get()  # the line's first copy: sent at once
+            await eventually(lambda: len(reads) == 1)
+            assert reads[0][0] - answered < hold / 2
+            for _ in range(12):  # one at a time, well within one hold period
+                await get()
+            await eventually(lambda: sum(n for _, n in reads) == 13, within=3)
+            assert len(reads) <= 3, reads  # held, not one write per copy
+            await eventually(lambda: env.hooks.mirrors.count("sent") == 13, within=3)
+            await asyncio.sleep(hold * 1.5)  # quiet: the next copy goes at once again
+            answered = await get()
+            await eventually(lambda: sum(n for _, n in reads) == 14)
+            assert reads[-1][0] - answered < hold / 2
+    finally:
+        server.close()
+
+
 ODD_ANSWERS = [  # what a shadow may answer; each written in pieces, 1 ms apart
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
     b"HTTP/1.1 204 No Content\r\n\r\n",

@@ -27,6 +27,9 @@ class Limits:
     max_mirrors_in_flight: int = 256  # beyond it a mirror copy is dropped, never the primary
     max_mirror_body: int = 1048576  # a longer request body is not mirrored (dropped)
     mirror_timeout: float = 5.0  # each mirror copy's own deadline
+    #: A mirror line that wrote a batch less than this long ago holds new copies until this
+    #: long from now, so a busy shadow is woken about once per period (0: every loop turn).
+    mirror_hold: float = 0.001
     #: Keep the event loop polling (never blocking) for this long after the last read: on a VM
     #: an idle vCPU halts and wakes slowly, which shows in tail latency at moderate load
     #: (HAProxy's `busy-polling`, bounded). Costs CPU while traffic flows; 0 = off.

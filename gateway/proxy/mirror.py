@@ -6,8 +6,9 @@ sent once the body is complete, with its own deadline. Nothing here can change, 
 the primary: overflow drops the copy, errors only count. Mirror outcomes are not reported to
 the cluster manager, so a failing shadow never ejects anything.
 
-Copies to one address are pipelined on a few connections of their own (`MirrorLine`): what a
-loop turn produced leaves in one write, and the responses, read in order, are only counted
+Copies to one address are pipelined on a few connections of their own (`MirrorLine`), in
+batches (at most about one per `Limits.mirror_hold` on a busy line), and the responses, read
+in order, are only counted
 (their parser reports message ends, not headers). A copy costs a few appends, not a whole
 upstream exchange. A line whose oldest copy is past its deadline, or that the shadow stopped
 reading, is closed and its copies fail; a full line (depth) opens another, up to a cap, then

@@ -18,11 +18,15 @@ if TYPE_CHECKING:
 class MirrorLine(asyncio.Protocol):
     """A connection of its own to one mirror address, carrying pipelined copies.
 
-    `send` queues a copy; the first one of a loop turn schedules `flush`, which writes
-    everything queued at once, as one batch with one deadline. Responses come back in order;
-    the parser reports only each message's end (no header callbacks; counting ends in Python
-    from raw bytes was tried, and costs several times llhttp), and the copies they answer are
-    settled once per read, oldest batch first.
+    `send` queues a copy; the first one schedules `flush`, which writes everything queued at
+    once, as one batch with one deadline: at the end of this loop turn, or, when the line
+    wrote a batch less than `Limits.mirror_hold` ago, that long from now. Each batch wakes
+    the shadow, and on a VM a wake-up (an IPI) costs more than several copies, so a busy line
+    sends about one batch per hold period, and a quiet one sends each copy at once.
+
+    Responses come back in order; the parser reports only each message's end (no header
+    callbacks; counting ends in Python from raw bytes was tried, and costs several times
+    llhttp), and the copies they answer are settled once per read, oldest batch first.
     """
 
     def __init__(self, sender: MirrorSender, addr: tuple[str, int]) -> None:
@@ -40,6 +44,8 @@ class MirrorLine(asyncio.Protocol):
         self.flushing = False
         self.paused = False  # the shadow stopped reading: take no more copies
         self.closed = False
+        self.hold = sender.server.limits.mirror_hold
+        self.last_flush = -self.hold  # loop time of the last batch written
 
     async def connect(self) -> None:
         host, port = self.addr
@@ -56,7 +62,11 @@ class MirrorLine(asyncio.Protocol):
         self.depth += 1
         if not self.flushing and self.transport is not None:
             self.flushing = True
-            self.sender.server.loop.call_soon(self.flush)
+            loop = self.sender.server.loop
+            if loop.time() - self.last_flush < self.hold:
+                loop.call_later(self.hold, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flushing = False
@@ -65,7 +75,8 @@ class MirrorLine(asyncio.Protocol):
             self.out = []
             self.transport.write(b"".join(out))
             sender = self.sender
-            self.deadlines.append(sender.server.loop.time() + sender.server.limits.mirror_timeout)
+            self.last_flush = now = sender.server.loop.time()
+            self.deadlines.append(now + sender.server.limits.mirror_timeout)
             self.counts.append(self.queued)
             self.queued = 0
             sender._arm_lines()
