@@ -47,12 +47,14 @@ LINES_PER_ADDRESS: Final = 4
 
 
 class MirrorJob:
-    __slots__ = ("addr", "head", "complete", "body", "size", "over")
+    """A copy waiting for the request body (a copy without one is sent as it is planned)."""
 
-    def __init__(self, addr: tuple[str, int], head: list[bytes], want_body: bool, complete: bool) -> None:
+    __slots__ = ("addr", "head", "head_only", "body", "size", "over")
+
+    def __init__(self, addr: tuple[str, int], head: list[bytes], head_only: bool, want_body: bool) -> None:
         self.addr = addr
         self.head = head  # the head's pieces, without the final Content-Length line and CRLF
-        self.complete = complete  # ...unless this is set: the head is whole (no body)
+        self.head_only = head_only
         self.body: list[bytes] | None = [] if want_body else None
         self.size = 0
         self.over = False
@@ -111,10 +113,11 @@ class MirrorSender:
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
              parts: list[bytes], up_head: bytes = b"", at: int = 0) -> list[MirrorJob] | None:
-        """`up_head` and `at` (heads.lines_at): the primary's head and where its header lines
-        begin; a copy of a request without a body reuses them (one piece, not four per line)."""
+        """The copies that wait for the request body; the others are sent now. `up_head` and
+        `at` (heads.lines_at): the primary's head and where its header lines begin; a copy of
+        a request without a body reuses them (one piece, not four per line)."""
         limits = self.server.limits
-        jobs: list[MirrorJob] = []
+        jobs: list[MirrorJob] | None = None
         lines = b""
         for p in policies:
             if p.percentage < 100.0 and random.random() * 100.0 >= p.percentage:
@@ -146,16 +149,18 @@ class MirrorSender:
             else:
                 host = self._shadow_host(head.host_raw) if p.shadow_suffix else head.host_raw
             out = [head.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, CRLF]
+            self.in_flight += 1
             if at and head.length is None and not head.chunked and not head.te_trailers:
                 if not lines:
                     lines = up_head[at:]
                 out.append(lines)  # the header lines and the blank line: complete
-                jobs.append(MirrorJob(addr, out, False, True))
-            else:
-                out += _without(parts, {b"content-length"}) if head.length is not None else parts
-                jobs.append(MirrorJob(addr, out, want_body, False))
-            self.in_flight += 1
-        return jobs or None
+                self._send(addr, out, None, head.head_only)
+                continue
+            out += _without(parts, {b"content-length"}) if head.length is not None else parts
+            if jobs is None:
+                jobs = []
+            jobs.append(MirrorJob(addr, out, head.head_only, want_body))
+        return jobs
 
     def _shadow_host(self, host: bytes) -> bytes:
         """shadow_host, remembered: a route sees the same few Host values again and again."""
@@ -179,34 +184,37 @@ class MirrorSender:
                     j.body.append(data)
 
     def launch(self, jobs: list[MirrorJob]) -> None:
+        """The request body is complete: send the copies that waited for it."""
         for j in jobs:
             if j.over:
                 self.in_flight -= 1
                 self._count("dropped")
                 continue
             pieces = j.head
-            if not j.complete:
-                pieces.append(b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
-            head_only = pieces[0] == b"HEAD"
-            if not head_only and not (self.no_pipelining and j.addr in self.no_pipelining):
-                line = self._line(j.addr)
-                if line is None:
-                    self.in_flight -= 1
-                    self._count("dropped")
-                else:
-                    line.send(pieces, j.body)
-                continue
-            head = b"".join(pieces)
-            sink = _Sink(self, head_only)
-            conn = self.server.pool.acquire(j.addr)
-            if conn is not None:
-                sink.send(conn, head, j.body)
-            else:  # only a connect needs a task
-                task = self.server.loop.create_task(self._connect(j, head, sink))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            self._watch(sink)
+            pieces.append(b"Content-Length: %d\r\n\r\n" % j.size if j.body is not None else CRLF)
+            self._send(j.addr, pieces, j.body, j.head_only)
         jobs.clear()
+
+    def _send(self, addr: tuple[str, int], pieces: list[bytes], body: list[bytes] | None,
+              head_only: bool) -> None:
+        if not head_only and not (self.no_pipelining and addr in self.no_pipelining):
+            line = self._line(addr)
+            if line is None:
+                self.in_flight -= 1
+                self._count("dropped")
+            else:
+                line.send(pieces, body)
+            return
+        head = b"".join(pieces)
+        sink = _Sink(self, head_only)
+        conn = self.server.pool.acquire(addr)
+        if conn is not None:
+            sink.send(conn, head, body)
+        else:  # only a connect needs a task
+            task = self.server.loop.create_task(self._connect(addr, head, body, sink))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        self._watch(sink)
 
     def _line(self, addr: tuple[str, int]) -> MirrorLine | None:
         """The least loaded usable line to `addr`, a new one if all are full, else None."""
@@ -255,16 +263,17 @@ class MirrorSender:
             self._count("dropped")
         jobs.clear()
 
-    async def _connect(self, job: MirrorJob, head: bytes, sink: _Sink) -> None:
+    async def _connect(self, addr: tuple[str, int], head: bytes, body: list[bytes] | None,
+                       sink: _Sink) -> None:
         try:
-            conn = await self.server.pool.connect(job.addr)
+            conn = await self.server.pool.connect(addr)
         except OSError:
             sink.end("failed")
             return
         if sink.done:  # timed out meanwhile
             conn.close()
         else:
-            sink.send(conn, head, job.body)
+            sink.send(conn, head, body)
 
     def _watch(self, sink: _Sink) -> None:
         """Mirror deadlines: one timeout for all, so a FIFO and a single timer suffice."""
