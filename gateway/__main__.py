@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--default-backend-service", metavar="NAMESPACE/NAME", default=None,
                    help="Service (its first port) that answers requests no Ingress rule matches, "
                         "and the custom-http-errors pages of Ingresses without default-backend")
+    p.add_argument("--limit-req-status-code", type=int, default=503, metavar="STATUS",
+                   help="status refused by limit-rps/limit-rpm (ingress-nginx's "
+                   "limit-req-status-code; default: %(default)s)")
+    p.add_argument("--limit-conn-status-code", type=int, default=503, metavar="STATUS",
+                   help="status refused by limit-connections (ingress-nginx's "
+                   "limit-conn-status-code; default: %(default)s)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     args = p.parse_args(argv)
@@ -73,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--https-redirect-port: out of range")
     if args.hsts_max_age < 0:
         p.error("--hsts-max-age: must be >= 0")
+    for flag in ("limit_req_status_code", "limit_conn_status_code"):
+        if not 400 <= getattr(args, flag) <= 599:
+            p.error(f"--{flag.replace('_', '-')}: an error status (400-599)")
     if not 0 <= args.busy_poll_us <= 1_000_000:
         p.error("--busy-poll-us: between 0 and 1000000")
     if args.default_backend_service is not None:
@@ -122,7 +131,9 @@ async def amain(args: argparse.Namespace) -> int:
                          https_redirect_port=args.https_redirect_port,
                          xff_trusted=args.trusted_proxies,
                          limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args),
-                         default_backend=args.default_backend_service)
+                         default_backend=args.default_backend_service,
+                         rate_limit_status=(args.limit_req_status_code,
+                                            args.limit_conn_status_code))
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

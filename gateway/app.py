@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.routing import build_route_table, select_ingresses
+from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.upstream import UpstreamManager
@@ -63,6 +64,7 @@ class GatewayApp:
         xff_trusted: Iterable[str] = (),
         hsts: str = HSTS_DEFAULT,
         default_backend: str | None = None,
+        rate_limit_status: tuple[int, int] = (503, 503),
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -72,8 +74,11 @@ class GatewayApp:
         `hsts`: the Strict-Transport-Security value on the HTTPS listener's proxied responses
         for hosts with a certificate ("" for none; ingress-nginx's default). `default_backend`:
         "namespace/name" of the Service answering requests no rule matches, and the
-        custom-http-errors pages of Ingresses without their own default-backend."""
+        custom-http-errors pages of Ingresses without their own default-backend.
+        `rate_limit_status`: the statuses refused by limit-rps/-rpm and by limit-connections."""
         self.default_backend = default_backend
+        #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
+        self.rate_zones = RateZones(*rate_limit_status)
         self.registry = registry if registry is not None else new_registry()
         self.metrics = GatewayMetrics(self.registry)
         self.upstream = UpstreamManager(members)
@@ -236,13 +241,15 @@ class GatewayApp:
             class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
             services=self._services(), accept_classless=self.accept_classless,
             default_backend=self.default_backend,
-            trusted=self.proxy.is_trusted if self.proxy.trusted else None)
+            trusted=self.proxy.is_trusted if self.proxy.trusted else None,
+            rate_zones=self.rate_zones)
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
             https_port=self._redirect_port(), **common)
         if self.proxy_tls is not None:  # the same Ingresses: the same problems, not repeated
             self.proxy_tls.router, _ = build_route_table(ingresses, classes, scheme="https",
                                                          **common)
+        self.rate_zones.prune()  # zones of Ingresses gone
         problems = problems + tls_problems
         old = {str(p) for p in self.problems}
         for problem in problems:

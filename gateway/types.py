@@ -198,6 +198,9 @@ class RouteDecision:
     max_body: int = -1
     #: enable-cors: a gateway.routing.cors.CorsPolicy (its `headers(origin, preflight)`).
     cors: Any = None
+    #: limit-rps/-rpm/-connections: a gateway.routing.ratelimit.RateLimit (its `admit` and
+    #: `release`), shared by the Ingress's rules; None: no limit.
+    rate_limit: Any = None
 
 
 class RequestView:

@@ -67,6 +67,14 @@ class Exchange(ResponseSide):
         if d.redirect is not None:  # app-root, permanent-/temporal-redirect: answered here
             self.respond(d.redirect.status, f"redirecting to {d.redirect.location}", d.redirect.location)
             return
+        limit = d.rate_limit
+        if limit is not None:  # limit-rps/-rpm/-connections: nginx's preaccess phase, before allow
+            status, key = limit.admit(view, self.client.loop.time())
+            if status:
+                self.respond(status, "too many requests from this client address")
+                return
+            if key:
+                self.held_limit, self.held_key = limit, key  # released when the exchange ends
         if d.deny:  # allowlist-source-range
             self.respond(d.deny, "forbidden: the client address is not allowed for this route")
             return

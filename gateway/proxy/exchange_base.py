@@ -9,7 +9,7 @@ exchange.py (routing, picking, connecting, the request side).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.proxy.heads import RequestHead, local_response
 from gateway.proxy.states import DONE, INF, M_NONE, NEW, PAUSE_UPSTREAM
@@ -70,6 +70,8 @@ class ExchangeBase:
     intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
     body_limit = -1  # request body bytes allowed (proxy-body-size); 0: any; -1: not routed yet
     resp_cors: bytes = b""  # enable-cors: the CORS lines of the answer
+    held_limit: Any = None  # limit-connections: the RateLimit holding a slot for this request
+    held_key = ""
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client
@@ -141,6 +143,9 @@ class ExchangeBase:
         """Ended: mirror copies still waiting for a body that will not come are dropped."""
         self.done = True
         self.phase = DONE
+        if self.held_limit is not None:
+            self.held_limit.release(self.held_key)
+            self.held_limit = None
         if self.mirrors and not self.req_done:
             self.server.mirror.drop(self.mirrors)
             self.mirrors = None

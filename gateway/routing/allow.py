@@ -73,16 +73,35 @@ def parse_source_range(ann: Annotations) -> SourceRange | None:
 
 def _networks(ann: Annotations, full: str, text: str) -> tuple[Network, ...] | None:
     """The list, or None (reported) when an entry is not a CIDR: the caller fails closed."""
+    networks = parse_networks(text)
+    if isinstance(networks, str):
+        ann.problem(full, f"{networks!r} is not a CIDR or address: every request of this "
+                    "Ingress is denied (403) until it is fixed, as ingress-nginx denies "
+                    "the location")
+        return None
+    return networks
+
+
+def parse_networks(text: str) -> tuple[Network, ...] | str:
+    """A comma-separated list of CIDRs or addresses; the first bad entry instead."""
     networks: list[Network] = []
     for item in split_list(text):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            ann.problem(full, f"{item!r} is not a CIDR or address: every request of this "
-                        "Ingress is denied (403) until it is fixed, as ingress-nginx denies "
-                        "the location")
-            return None
+            return item
     return tuple(networks)
+
+
+def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
+    """`ip` (IPv4-mapped IPv6 counts as IPv4) is in one of `networks`; never for a non-address."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
 
 
 class AllowCheck:
@@ -109,15 +128,13 @@ class AllowCheck:
 
     def _allows(self, ip: str) -> bool:
         try:
-            addr = ipaddress.ip_address(ip)
+            ipaddress.ip_address(ip)
         except ValueError:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         source = self.source
-        if any(addr in net for net in source.denied):  # nginx: the deny lines come first
+        if in_networks(ip, source.denied):  # nginx: the deny lines come first
             return False
-        return source.networks is None or any(addr in net for net in source.networks)
+        return source.networks is None or in_networks(ip, source.networks)
 
     def describe(self) -> dict:
         allow = self.source.networks

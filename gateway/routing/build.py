@@ -29,6 +29,7 @@ from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
+from .ratelimit import RateLimit, RateZones
 from .rewrite import install_rewriters
 from .settings import RouteSettings, backend_ref, parse_header_control, parse_settings
 from .table import Choice, Route, RouteTable
@@ -72,6 +73,7 @@ class Parsed:
     has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
     affinity: AffinitySettings = AffinitySettings()
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
+    rate_limit: RateLimit | None = None  # limit-rps etc., one for all of its rules
 
 
 def build_route_table(
@@ -89,6 +91,7 @@ def build_route_table(
     https_port: int | None = None,
     trusted: Callable[[str], bool] | None = None,
     default_backend: str | None = None,
+    rate_zones: RateZones | None = None,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -101,10 +104,12 @@ def build_route_table(
     (None: 443) and `trusted` (peers whose X-Forwarded-Proto counts) drive `ssl-redirect`.
     `default_backend`: "namespace/name" of the global default backend (--default-backend-service):
     it answers requests no rule matches and serves the custom-http-errors pages of Ingresses
-    without their own default-backend.
+    without their own default-backend. `rate_zones`: the rate-limit counters, kept from one
+    build to the next (a fresh set when None).
     """
     default_ref, unusable = global_default_backend(default_backend, services)
-    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref)
+    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref,
+                       rate_zones if rate_zones is not None else RateZones())
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
@@ -125,12 +130,13 @@ def build_route_table(
 class _Builder:
     def __init__(self, clusters: frozenset[str], services: Mapping | None, scheme: str = "http",
                  trusted: Callable[[str], bool] | None = None,
-                 default_ref: BackendRef | None = None):
+                 default_ref: BackendRef | None = None, rate_zones: RateZones | None = None):
         self.clusters = clusters
         self.services = services
         self.scheme = scheme
         self.trusted = trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
+        self.rate_zones = rate_zones if rate_zones is not None else RateZones()
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
@@ -168,6 +174,9 @@ class _Builder:
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
         parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
                         errors=errors)
+        if settings.rate_limit is not None:  # nginx names the zones after namespace, name, uid
+            parsed.rate_limit = self.rate_zones.limit(
+                f"{key}|{meta.get('uid') or ''}", settings.rate_limit, self.trusted)
 
         def narrow(ref: BackendRef) -> BackendRef:
             return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
@@ -285,7 +294,7 @@ class _Builder:
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
-                max_body=settings.max_body, cors=settings.cors)
+                max_body=settings.max_body, cors=settings.cors, rate_limit=parsed.rate_limit)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

@@ -14,6 +14,7 @@ from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 from .allow import SourceRange, parse_source_range
 from .cors import CorsPolicy, parse_cors
 from .policy import Context, check_cluster
+from .ratelimit import RateLimitSettings, parse_rate_limit
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
 from .values import Annotations, split_list
@@ -55,6 +56,7 @@ class RouteSettings:
     from_to_www: bool = False  # from-to-www-redirect (gateway/routing/www.py)
     source: SourceRange | None = None  # allow-/denylist-source-range (gateway/routing/allow.py)
     cors: CorsPolicy | None = None  # enable-cors (gateway/routing/cors.py)
+    rate_limit: RateLimitSettings | None = None  # limit-rps etc. (gateway/routing/ratelimit.py)
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -98,6 +100,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         from_to_www=bool(ann.boolean(FROM_TO_WWW_KEY)),
         source=parse_source_range(ann),
         cors=parse_cors(ann),
+        rate_limit=parse_rate_limit(ann),
     )
 
 

@@ -275,6 +275,7 @@ class RouteTable:
             "affinity": _affinity_json(main.affinity),
             "allowSourceRange": route.allow.describe() if route.allow is not None else None,
             "cors": main.cors.describe if main.cors is not None else None,
+            "rateLimit": main.rate_limit.describe() if main.rate_limit is not None else None,
             "errors": describe_errors(main),
         }
 
