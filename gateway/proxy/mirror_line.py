@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -13,6 +13,30 @@ from gateway.proxy.pool import set_nodelay
 
 if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorSender
+
+PLAIN_HEAD: Final = 8192  # a longer answer head is left to llhttp
+PLAIN_BODY: Final = 65536  # so is a longer body (llhttp streams it; a tail would be copied)
+
+
+def plain_length(head: bytes) -> int:
+    """The body length of an answer with this head when it is plain: `HTTP/1.1`, a final
+    status, one Content-Length up to PLAIN_BODY, no Transfer-Encoding, nothing that says
+    close (a false alarm only costs llhttp); -1 otherwise."""
+    if not head.startswith(b"HTTP/1.1 ") or not head[9:12].isdigit() or head[9] < 50:
+        return -1  # HTTP/1.0 keep-alive rules, interim (1xx) answers: llhttp
+    lower = head.lower()
+    if b"transfer-encoding" in lower or b"close" in lower:
+        return -1
+    at = lower.find(b"\r\ncontent-length:")
+    if at < 0 or lower.find(b"\r\ncontent-length:", at + 2) >= 0:
+        return -1
+    value = head[at + 17: head.find(b"\r\n", at + 2)].strip()
+    if not value.isdigit() or len(value) > 6:
+        return -1
+    length = int(value)
+    if head[9:12] in (b"204", b"304"):
+        return 0  # no body, whatever Content-Length says
+    return length if length <= PLAIN_BODY else -1
 
 
 class MirrorLine(asyncio.Protocol):
@@ -24,9 +48,12 @@ class MirrorLine(asyncio.Protocol):
     the shadow, and on a VM a wake-up (an IPI) costs more than several copies, so a busy line
     sends about one batch per hold period, and a quiet one sends each copy at once.
 
-    Responses come back in order; the parser reports only each message's end (no header
-    callbacks; counting ends in Python from raw bytes was tried, and costs several times
-    llhttp), and the copies they answer are settled once per read, oldest batch first.
+    Responses come back in order, and the copies they answer are settled once per read,
+    oldest batch first. A shadow answers every copy alike, but for its Date line, so the
+    answers are counted from raw bytes: an answer whose head is the same as the last plain one
+    (`plain_length`) is skipped by its known length, which costs two byte searches; llhttp
+    (reporting only message ends) takes over from the first answer that is not plain, until
+    it is back at a message boundary.
     """
 
     def __init__(self, sender: MirrorSender, addr: tuple[str, int]) -> None:
@@ -46,6 +73,11 @@ class MirrorLine(asyncio.Protocol):
         self.closed = False
         self.hold = sender.server.limits.mirror_hold
         self.last_flush = -self.hold  # loop time of the last batch written
+        self.raw = True  # counting answers from raw bytes (else llhttp parses them)
+        self.tail = b""  # the start of an answer the last read cut
+        self.known = b""  # the last plain answer head seen...
+        self.known_length = 0  # ...and its body length
+        self.mid = False  # llhttp is inside a message
 
     async def connect(self) -> None:
         host, port = self.addr
@@ -110,19 +142,64 @@ class MirrorLine(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         broken = False
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            broken = True
-        if self.answered:
-            n = min(self.answered, self.depth - self.queued)  # never more than were written
+        answered = 0
+        if self.raw:
+            if self.tail:
+                data = self.tail + data
+                self.tail = b""
+            answered, odd = self._count_plain(data)
+            if odd < 0:
+                data = b""
+            else:  # not a plain answer: llhttp from there, until a message boundary
+                self.raw = False
+                data = data[odd:]
+        if data:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                broken = True
+            answered += self.answered
             self.answered = 0
+            self.raw = not self.mid
+        if answered:
+            n = min(answered, self.depth - self.queued)  # never more than were written
             if n > 0:
                 self._settle(n)
         if self.closing:  # the shadow closes after each response:
             self.sender.no_pipelining.add(self.addr)  # later copies go one per connection
         if broken or self.closing:
             self.abort()  # and the ones still on this line fail
+
+    def _count_plain(self, data: bytes) -> tuple[int, int]:
+        """Answers wholly in `data`, and where one that is not plain starts (-1: none; an
+        answer cut short is kept in `tail`)."""
+        n = pos = 0
+        size = len(data)
+        known = self.known
+        while pos < size:
+            if known and data.startswith(known, pos):  # (it ends with the blank line)
+                end = pos + len(known)
+                length = self.known_length
+            else:
+                end = data.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if size - pos > PLAIN_HEAD:
+                        return n, pos
+                    self.tail = data[pos:]
+                    return n, -1
+                end += 4
+                length = plain_length(data[pos:end])
+                if length < 0:
+                    return n, pos
+                known = self.known = data[pos:end]
+                self.known_length = length
+            stop = end + length
+            if stop > size:
+                self.tail = data[pos:]
+                return n, -1
+            n += 1
+            pos = stop
+        return n, -1
 
     def _settle(self, n: int) -> None:
         """`n` copies were answered: the oldest ones, batch by batch."""
@@ -154,7 +231,11 @@ class MirrorLine(asyncio.Protocol):
 
     # -- httptools ----------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self.mid = True
+
     def on_message_complete(self) -> None:
+        self.mid = False
         if self.parser.get_status_code() >= 200:  # not an interim response (100, 103)
             self.answered += 1
             if not self.parser.should_keep_alive():
