@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.proxy.mirror")
 
-LINE_DEPTH: Final = 64  # copies waiting on one line (sent or queued) before another opens
+LINE_DEPTH: Final = 128  # copies waiting on one line (sent or queued) before another opens
 LINES_PER_ADDRESS: Final = 4
 
 
@@ -217,21 +217,22 @@ class MirrorSender:
         self._watch(sink)
 
     def _line(self, addr: tuple[str, int]) -> MirrorLine | None:
-        """The least loaded usable line to `addr`, a new one if all are full, else None."""
+        """The first usable line to `addr` (filling one line keeps its batches big), a new
+        one if all are full, else None."""
         lines = self.lines.get(addr)
         if lines is None:
             lines = self.lines[addr] = []
-        best: MirrorLine | None = None
         for line in lines:
-            if not line.paused and line.depth < LINE_DEPTH and (best is None or line.depth < best.depth):
-                best = line
-        if best is None and len(lines) < LINES_PER_ADDRESS:
-            best = MirrorLine(self, addr)
-            lines.append(best)
-            task = self.server.loop.create_task(best.connect())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        return best
+            if not line.paused and line.depth < LINE_DEPTH:
+                return line
+        if len(lines) >= LINES_PER_ADDRESS:
+            return None
+        line = MirrorLine(self, addr)
+        lines.append(line)
+        task = self.server.loop.create_task(line.connect())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return line
 
     def line_closed(self, line: MirrorLine) -> None:
         lines = self.lines.get(line.addr)
