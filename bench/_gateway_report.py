@@ -9,6 +9,7 @@ import _gateway_setup as S
 
 TARGET_RPS, TARGET_ADDED_MS, TARGET_MIRROR = 0.75, 1.0, 0.9
 QUIET = 15.0  # % of a core: above this, other processes' load makes figures incomparable
+KINDS = ("peak", "half", "half_own", "mirror", "mirror10")  # timed runs, in report order
 
 
 def disturbed(r: dict) -> bool:
@@ -61,7 +62,7 @@ def _row(run: str, r: dict) -> str:
 def report(res: dict) -> str:
     s, peak = res["setup"], res["peak"]
     lines = [HEADER]
-    for kind in ("peak", "half", "mirror", "mirror10"):
+    for kind in KINDS:
         lines += [_row(kind, r) for r in res.get(kind, {}).values()]
     for name, r in res.get("failover", {}).items():
         lines.append(f"failover  {name:<7} {r['requests']} requests, non-2xx {r['non2xx']}, "
@@ -69,7 +70,7 @@ def report(res: dict) -> str:
                      f"{r['killed_at_s']:.1f} s of {s['duration_s']} s; max latency "
                      f"{_ms(r['max_us'])} ms)")
     cost = {t: (peak[t]["user_us"] or 0) + (peak[t]["sys_us"] or 0) for t in ("ours", "nginx")}
-    timed = [r for k in ("peak", "half", "mirror", "mirror10") for r in res.get(k, {}).values()]
+    timed = [r for k in KINDS for r in res.get(k, {}).values()]
     busy = sum(disturbed(r) for r in timed)
     redone = sum(r["redone"] for r in timed)
     lines += [
@@ -113,6 +114,13 @@ def report(res: dict) -> str:
             f"{_ms(half['ours']['p99_us'] - half['direct']['p99_us'])} ms, nginx "
             f"{_ms(half['nginx']['p99_us'] - half['direct']['p99_us'])} ms; ours over nginx "
             f"{_ms(half['ours']['p99_us'] - half['nginx']['p99_us'])} ms")
+    if "half_own" in res:
+        own = res["half_own"]
+        lines.append(
+            f"half of its own peak: nginx at {res['half_own_rate']:.0f} req/s adds "
+            f"{_ms(own['nginx']['p99_us'] - own['direct']['p99_us'])} ms p99 over direct at that "
+            f"rate (CPU {_opt(own['nginx']['cpu_pct'], '.0f')} %); ours at half of its own "
+            f"peak is the half row (CPU {_opt(res['half']['ours']['cpu_pct'], '.0f')} %)")
     if "mirror" in res:
         m, m10 = res["mirror"], res["mirror10"]["ours"]
         lines.append(

@@ -74,11 +74,14 @@ def test_bad_halt_poll_value_is_refused_before_anything_starts() -> None:
 def test_full_run_reports_every_run_and_target(tmp_path: Path) -> None:
     res, lines = run_bench(tmp_path, "--duration", "2", timeout=300)
     for kind, targets in (("peak", ["direct", "ours", "nginx"]), ("half", ["direct", "ours", "nginx"]),
+                          ("half_own", ["direct", "nginx"]),
                           ("mirror", ["ours", "nginx"]), ("mirror10", ["ours"])):
         assert list(res[kind]) == targets, kind
         for name, r in res[kind].items():
             check_run(r, proxied=name != "direct")
     assert all(r["rate"] == pytest.approx(res["half_rate"]) for r in res["half"].values())
+    assert res["half_own_rate"] == pytest.approx(res["peak"]["nginx"]["rps"] / 2)
+    assert any(line.startswith("half of its own peak: nginx at ") for line in lines)
     assert res["mirror"]["ours"]["upstream"]["cluster-c"] > 0  # the mirror target got copies
     assert res["mirror"]["nginx"]["upstream"]["cluster-c"] > 0
     assert set(res["verdicts"]) == {"rps_ratio", "p99_added_ms", "mirror_ratio", "failover_failed"}
