@@ -110,6 +110,8 @@ class MirrorSender:
         self.no_pipelining: set[tuple[str, int]] = set()
         self._line_timer: asyncio.TimerHandle | None = None
         self._shadow_hosts: dict[bytes, bytes] = {}
+        self._last_addr: tuple[str, int] = ("", 0)
+        self._last_lines: list[MirrorLine] = []
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
              parts: list[bytes], up_head: bytes = b"", at: int = 0) -> list[MirrorJob] | None:
@@ -219,9 +221,14 @@ class MirrorSender:
     def _line(self, addr: tuple[str, int]) -> MirrorLine | None:
         """The first usable line to `addr` (filling one line keeps its batches big), a new
         one if all are full, else None."""
-        lines = self.lines.get(addr)
-        if lines is None:
-            lines = self.lines[addr] = []
+        if addr == self._last_addr:  # (a dict lookup boxes the address: copies repeat it)
+            lines = self._last_lines
+        else:
+            found = self.lines.get(addr)
+            if found is None:
+                found = self.lines[addr] = []
+            lines = self._last_lines = found
+            self._last_addr = addr
         for line in lines:
             if not line.paused and line.depth < LINE_DEPTH:
                 return line
