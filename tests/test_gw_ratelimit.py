@@ -213,3 +213,15 @@ def test_cli_status_code_flags(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--limit-req-status-code: an error status" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_rates_are_checked_before_connections_as_nginx_orders_them():
+    """limit_req runs before limit_conn in nginx: a request refused for connections was
+    already charged to the rate; one refused by the rate takes no connection slot."""
+    limit = limiter(rps=1, burst_multiplier=2, connections=1)
+    assert limit.admit(view(), 0.0) == (0, "10.0.0.1")  # holds the one slot
+    assert limit.admit(view(), 0.0) == (429, "")  # refused for connections, charged to the rate
+    assert limit.buckets[0].clients["10.0.0.1"][0] == 1.0
+    assert limit.admit(view(), 0.0) == (429, "")  # charged again (excess 2 = burst)
+    assert limit.admit(view(), 0.0) == (503, "")  # now the rate refuses, free of charge
+    assert limit.active == {"10.0.0.1": 1}

@@ -51,7 +51,7 @@ class MirrorLine(asyncio.Protocol):
     Responses come back in order, and the copies they answer are settled once per read,
     oldest batch first. A shadow answers every copy alike, but for its Date line, so the
     answers are counted from raw bytes: an answer whose head is the same as the last plain one
-    (`plain_length`) is skipped by its known length, which costs two byte searches; llhttp
+    (`plain_length`) is skipped by its known length, which costs one byte comparison; llhttp
     (reporting only message ends) takes over from the first answer that is not plain, until
     it is back at a message boundary.
     """

@@ -9,7 +9,8 @@ Per client address and per Ingress, as ingress-nginx's `limit_req`/`limit_conn` 
   costs nothing. A new client starts empty, so burst + 1 requests pass at once. With both set,
   a request must pass both, and is charged to both only when it does.
 * `limit-connections`: nginx `limit_conn`: requests of one client in progress on the
-  Ingress's rules at once (counted from routing to the end of the response).
+  Ingress's rules at once (counted from routing to the end of the response). As in nginx,
+  the rates are checked first: a request refused here has been charged to them.
 * `limit-allowlist`: CIDRs or addresses exempt from all of them.
 * Refused requests get 503 (ingress-nginx's `limit-req-status-code` / `limit-conn-status-code`
   defaults; `--limit-req-status-code` / `--limit-conn-status-code`).
@@ -134,10 +135,7 @@ class RateLimit:
         key = client_address(request, self.trusted)
         if self.settings.exempt and self._exempt(key):
             return 0, ""
-        limit = self.settings.connections
-        if limit and self.active.get(key, 0) >= limit:
-            return self.conn_status, ""
-        buckets = self.buckets
+        buckets = self.buckets  # nginx runs limit_req before limit_conn
         if buckets:
             excess = [b.excess(key, now) for b in buckets]
             for b, e in zip(buckets, excess, strict=True):
@@ -145,8 +143,11 @@ class RateLimit:
                     return self.req_status, ""
             for b, e in zip(buckets, excess, strict=True):
                 b.charge(key, e, now)
+        limit = self.settings.connections
         if not limit:
             return 0, ""
+        if self.active.get(key, 0) >= limit:
+            return self.conn_status, ""
         self.active[key] = self.active.get(key, 0) + 1
         return 0, key
 
