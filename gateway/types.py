@@ -244,6 +244,12 @@ class Endpoint:
     healthy: bool | None = None
     ejected_until: float = 0.0  # outlier ejection (time.monotonic())
     active_requests: int = 0
+    #: `address`, boxed once: compiled code boxes a tuple[str, int] for every dict lookup
+    #: (the pool's idle connections are found by this key on every request).
+    key: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.ip, self.port)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -173,7 +173,7 @@ class Exchange(ResponseSide):
         if self.head.expect and not self.sent_continue and not self.req_done and not self.pending:
             self.sent_continue = True
             self.client.write(_CONTINUE)
-        conn = self.server.pool.acquire(ep.address)
+        conn = self.server.pool.acquire(ep.key)
         if conn is not None:
             self._send(conn, now)
             return

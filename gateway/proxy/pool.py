@@ -239,7 +239,7 @@ class ConnectionPool:
         self.loop = loop
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self.idle: dict[Address, list[UpstreamConnection]] = {}
+        self.idle: dict[object, list[UpstreamConnection]] = {}  # by address (Endpoint.key)
         self.opened = 0
         self.closed = 0
         self.closing = False
@@ -272,7 +272,8 @@ class ConnectionPool:
     def idle_count(self) -> int:
         return sum(len(v) for v in self.idle.values())
 
-    def acquire(self, addr: Address) -> UpstreamConnection | None:
+    def acquire(self, addr: object) -> UpstreamConnection | None:
+        """An idle connection to `addr` (an address tuple; `Endpoint.key` saves boxing one)."""
         lst = self.idle.get(addr)
         while lst:
             conn = lst.pop()
