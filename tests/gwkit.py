@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.proxy import Limits, ProxyHooks, ProxyServer
-from gateway.types import BackendRef, Endpoint, Outcome, RequestView, RouteDecision, SessionAffinity
+from gateway.types import (
+    BackendRef,
+    ClusterManager,
+    Endpoint,
+    Outcome,
+    RequestView,
+    RouteDecision,
+    SessionAffinity,
+)
 from gateway.upstream.affinity import sticky_cookie, sticky_endpoint
 
 # -- Router + ClusterManager ------------------------------------------------------------------
@@ -36,7 +44,7 @@ class FixedRouter:
         return None
 
 
-class FixedClusters:
+class FixedClusters(ClusterManager):
     """Round robin over fixed endpoints, honouring `exclude`, `avoid_clusters` and a sticky
     cookie (persistent semantics)."""
 

@@ -109,20 +109,20 @@ class Exchange(ResponseSide):
         assert d is not None and self.view is not None
         if d.affinity is not None:
             return self._pick_sticky(d, self.view)
-        pick = self.server.clusters.pick
+        clusters = self.server.clusters  # (a native call: no bound method)
         if self.tried:
             exclude, avoid = self._retry_filters(d)
-            ep = pick(d.backend, self.view, exclude=exclude, avoid_clusters=avoid)
+            ep = clusters.pick(d.backend, self.view, exclude=exclude, avoid_clusters=avoid)
             for fb in d.fallbacks:
                 if ep is not None:
                     break
-                ep = pick(fb, self.view, exclude=exclude, avoid_clusters=avoid)
+                ep = clusters.pick(fb, self.view, exclude=exclude, avoid_clusters=avoid)
             return ep
-        ep = pick(d.backend, self.view)
+        ep = clusters.pick(d.backend, self.view)
         for fb in d.fallbacks:
             if ep is not None:
                 break
-            ep = pick(fb, self.view)
+            ep = clusters.pick(fb, self.view)
         return ep
 
     def _retry_filters(self, d: RouteDecision) -> tuple[frozenset[tuple[str, int]], frozenset[str]]:

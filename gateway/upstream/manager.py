@@ -16,6 +16,7 @@ from typing import Any, Final
 from gateway.types import (
     BackendPolicy,
     BackendRef,
+    ClusterManager,
     Endpoint,
     HealthCheckPolicy,
     Outcome,
@@ -55,7 +56,7 @@ def narrow(endpoints: list[Endpoint], ref: BackendRef) -> list[Endpoint]:
     return eps
 
 
-class UpstreamManager:
+class UpstreamManager(ClusterManager):
     """Endpoints of every member cluster, their health, and load balancing per backend.
 
     Lifecycle: `await start()` (informers; health checks run only while started),
