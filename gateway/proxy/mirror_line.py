@@ -177,8 +177,10 @@ class MirrorLine(asyncio.Protocol):
         size = len(data)
         known = self.known
         while pos < size:
-            if known and data.startswith(known, pos):  # (it ends with the blank line)
-                end = pos + len(known)
+            end = pos + len(known)
+            # (`known` ends with the blank line. A slice compared costs a third of what
+            # `startswith(known, pos)` does, whose arguments are parsed from a tuple.)
+            if known and data[pos:end] == known:
                 length = self.known_length
             else:
                 end = data.find(b"\r\n\r\n", pos)
