@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pstats
 from pathlib import Path
+from statistics import median
 
 import _gateway_setup as S
 
@@ -147,6 +148,43 @@ def report(res: dict) -> str:
     }
     lines += [f"target: {texts[k](x['value'])} {ok[x['pass']]}" for k, x in v.items()]
     return "\n".join(lines)
+
+
+def ab_report(res: dict) -> str:
+    """--ab: per pair the medians of its runs and of its per-round ratios to the first pair."""
+    runs = res["ab"]
+    first = next(iter(runs.values()))
+    lines = ["pair                    runs  req/s med  usr us  sys us  cpu %  ratio med  "
+             "ratio per round"]
+    medians: dict[str, float] = {}
+    for pair, rs in runs.items():
+        ratios = [r["rps"] / b["rps"] for r, b in zip(rs, first, strict=True)]
+        medians[pair] = median(ratios)
+        lines.append(
+            f"{pair:<22} {len(rs):>5} {median(r['rps'] for r in rs):>10.0f} "
+            f"{_opt(_median_of(rs, 'user_us'), '.1f'):>7} {_opt(_median_of(rs, 'sys_us'), '.1f'):>7} "
+            f"{_opt(_median_of(rs, 'cpu_pct'), '.0f'):>6} {medians[pair]:>10.3f}  "
+            + " ".join(f"{x:.2f}" for x in ratios))
+    busy = sum(disturbed(r) for rs in runs.values() for r in rs)
+    if busy:
+        lines.append(f"WARNING: {busy} runs were disturbed by other processes or the hypervisor")
+    s = res["setup"]
+    lines.append(f"setup: code {s['code']}; {s['rounds']} rounds of {s['duration_s']} s runs, the "
+                 f"order reversed every other round; proxy on core {s['proxy_cpu']}, wrk and the "
+                 f"pods on core {s['client_cpu']}")
+    ours, mirror, peer = f"ours:{S.HOST}", f"ours:{S.MIRROR_HOST}", f"nginx:{S.HOST}"
+    for a, b, target, what in ((mirror, ours, TARGET_MIRROR, "req/s with mirroring (100 %) / without"),
+                               (ours, peer, TARGET_RPS, "ours / nginx req/s")):
+        if a in runs and b in runs:
+            x = median(r["rps"] / q["rps"] for r, q in zip(runs[a], runs[b], strict=True))
+            lines.append(f"target: {what}, median of interleaved rounds: {x:.3f} (>= {target}) "
+                         + ("PASS" if x >= target else "FAIL"))
+    return "\n".join(lines)
+
+
+def _median_of(rs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rs if r[key] is not None]
+    return median(values) if values else None
 
 
 def profile_top(path: Path, count: int = 25) -> str:

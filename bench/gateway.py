@@ -14,6 +14,8 @@ mirroring >= 0.9x without.
 
     python bench/gateway.py [--duration 10] [--connections 50] [--rounds 1] [--json out.json]
     python bench/gateway.py --profile gw.pstats    # ours under cProfile (slower): top functions
+    python bench/gateway.py --ab ours:bench.local,ours:mirror.local --rounds 6 --duration 2
+                                                   # interleaved medians of two (or more) runs
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ if str(HERE) not in sys.path:
 
 import _gateway_setup as S  # noqa: E402
 import _paced  # noqa: E402
-from _gateway_report import QUIET, disturbed, profile_top, report, verdicts  # noqa: E402
+from _gateway_report import (  # noqa: E402
+    QUIET,
+    ab_report,
+    disturbed,
+    profile_top,
+    report,
+    verdicts,
+)
 
 RUNS = ("half", "mirror", "failover")
 
@@ -241,6 +250,21 @@ class Bench:
         res["verdicts"] = verdicts(res)
         return res
 
+    def run_ab(self, pairs: list[tuple[str, str]]) -> dict:
+        """Interleaved rounds: each round runs every (target, host) pair once, in alternating
+        order, so that a comparison is the median of same-minute ratios (best-of-N compares
+        the luckiest run of each kind)."""
+        self.start()
+        self.check_answers()
+        if not self.args.no_warmup:
+            for target in sorted({t for t, _ in pairs} - {"direct"}):
+                self.measure_short(target)
+        runs: dict[str, list[dict]] = {f"{t}:{h}": [] for t, h in pairs}
+        for n in range(self.args.rounds):
+            for target, host in (pairs if n % 2 == 0 else pairs[::-1]):
+                runs[f"{target}:{host}"].append(self.measure(target, host=host))
+        return {"setup": self.setup(), "ab": runs}
+
     def background(self) -> dict[int, float]:
         """Other processes' load on our two cores (1 s, everything of ours idle), after
         waiting for quiet if asked to."""
@@ -305,12 +329,33 @@ def get(url: str, host: str) -> tuple[int, str]:
 # -- the report ----------------------------------------------------------------------------
 
 
+AB_TARGETS = ("ours", "nginx", "direct")
+AB_HOSTS = (S.HOST, S.MIRROR_HOST, S.MIRROR10_HOST)
+
+
+def ab_pairs(value: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, value.split(",")):
+        target, _, host = item.partition(":")
+        if target not in AB_TARGETS or host not in AB_HOSTS:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: want TARGET:HOST, a target of {', '.join(AB_TARGETS)} and a host of "
+                f"{', '.join(AB_HOSTS)}")
+        if (target, host) == ("nginx", S.MIRROR10_HOST):
+            raise argparse.ArgumentTypeError(f"{item!r}: the nginx peer has no 10 % mirror host")
+        pairs.append((target, host))
+    if len(pairs) < 2:
+        raise argparse.ArgumentTypeError(f"{value!r}: name at least two pairs to compare")
+    return pairs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=50, help="wrk connections")
-    p.add_argument("--rounds", type=int, default=1, help="best of N (failover: once)")
+    p.add_argument("--rounds", type=int, help="best of N (default 1; failover: once); with "
+                   "--ab, the interleaved rounds (default 6)")
     p.add_argument("--runs", type=lambda v: set(filter(None, v.split(","))), default=set(RUNS),
                    help=f"which runs besides peak (comma separated; default: {','.join(RUNS)})")
     p.add_argument("--failover-at", type=float, default=0.4,
@@ -328,9 +373,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="set the guest's cpuidle haltpoll window for the run (restored after): a "
                    "VM whose idle vCPUs halt at once wakes them slowly, which shows in every "
                    "proxy's tail latency at half load (see bench/README.md)")
+    p.add_argument("--ab", type=ab_pairs, metavar="TARGET:HOST,...",
+                   help="instead of the benchmark: interleaved rounds of these pairs (targets "
+                   f"{', '.join(AB_TARGETS)}; hosts {', '.join(AB_HOSTS)}), reporting medians "
+                   "and each pair's median ratio to the first; --rounds sets the rounds. "
+                   f"Example: --ab ours:{S.HOST},ours:{S.MIRROR_HOST} --rounds 6 --duration 2")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--profile", type=Path, help="run ours under cProfile, write stats here")
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 6 if args.ab else 1
+    if args.rounds < 1:
+        p.error(f"--rounds: {args.rounds}: must be >= 1")
     if args.runs - set(RUNS):
         p.error(f"--runs: unknown {', '.join(sorted(args.runs - set(RUNS)))}")
     return args
@@ -353,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             S.halt_poll(args.halt_poll_ns) as halt_poll_ns:
         bench = Bench(args, Path(tmp))
         try:
-            res = bench.run()
+            res = bench.run_ab(args.ab) if args.ab else bench.run()
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"bench/gateway.py: {exc}", file=sys.stderr)
             return 1
@@ -362,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.procs.close()
         res["setup"]["halt_poll_ns"] = halt_poll_ns
         res["setup"]["busy_poll_us"] = args.busy_poll_us
-    print(report(res), flush=True)
+    print(ab_report(res) if args.ab else report(res), flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     if args.profile:

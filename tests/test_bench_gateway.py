@@ -69,6 +69,38 @@ def test_bad_halt_poll_value_is_refused_before_anything_starts() -> None:
     assert "Traceback" not in done.stderr
 
 
+@needs_tools
+def test_ab_rounds_interleave_the_pairs_and_report_median_ratios(tmp_path: Path) -> None:
+    res, lines = run_bench(tmp_path, "--ab", "ours:bench.local,ours:mirror.local,nginx:bench.local",
+                           "--rounds", "2", "--duration", "1", "--no-warmup", timeout=120)
+    runs = res["ab"]
+    assert list(runs) == ["ours:bench.local", "ours:mirror.local", "nginx:bench.local"]
+    for pair, rs in runs.items():
+        assert len(rs) == 2, pair
+        for r in rs:
+            check_run(r, proxied=True)
+            assert (r["target"], r["host"]) == tuple(pair.split(":"))
+    assert all(r["upstream"]["cluster-c"] > 0 for r in runs["ours:mirror.local"])
+    assert all(r["upstream"]["cluster-c"] == 0 for r in runs["ours:bench.local"])
+    assert lines[0].split()[:2] == ["pair", "runs"]
+    first = [line.split() for line in lines[1:4]]
+    assert [row[0] for row in first] == list(runs) and first[0][6] == "1.000"
+    ratios = [r["rps"] / b["rps"] for r, b in zip(runs["ours:mirror.local"], runs["ours:bench.local"],
+                                                  strict=True)]
+    assert float(first[1][6]) == pytest.approx(sum(ratios) / 2, abs=0.001)  # median of two
+    assert len([line for line in lines if line.startswith("target: ")]) == 2
+
+
+def test_ab_pairs_are_checked_before_anything_starts() -> None:
+    for bad, says in (("ours:bench.local", "name at least two pairs"),
+                      ("ours:bench.local,nginx:mirror10.local", "no 10 % mirror host"),
+                      ("ours:bench.local,envoy:bench.local", "'envoy:bench.local': want TARGET:HOST")):
+        done = subprocess.run([sys.executable, "bench/gateway.py", "--ab", bad], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 @needs_tools
 def test_full_run_reports_every_run_and_target(tmp_path: Path) -> None:
