@@ -22,6 +22,7 @@ from gateway.types import (
     Outcome,
     RequestView,
     RouteDecision,
+    Router,
     SessionAffinity,
 )
 from gateway.upstream.affinity import sticky_cookie, sticky_endpoint
@@ -29,7 +30,7 @@ from gateway.upstream.affinity import sticky_cookie, sticky_endpoint
 # -- Router + ClusterManager ------------------------------------------------------------------
 
 
-class FixedRouter:
+class FixedRouter(Router):
     """Longest path-prefix match per host ("*" matches any host)."""
 
     def __init__(self, rules: Sequence[tuple[str, str, RouteDecision]]) -> None:

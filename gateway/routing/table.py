@@ -14,7 +14,14 @@ import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from gateway.types import BackendPolicy, BackendRef, RequestView, RouteDecision, SessionAffinity
+from gateway.types import (
+    BackendPolicy,
+    BackendRef,
+    RequestView,
+    RouteDecision,
+    Router,
+    SessionAffinity,
+)
 
 from .affinity import regex_cookie_path, sticky_side
 from .allow import AllowCheck, SourceRange
@@ -170,7 +177,7 @@ class Route:
         return out
 
 
-class RouteTable:
+class RouteTable(Router):
     """Implements `gateway.types.Router`; immutable once built (rebuild on any change)."""
 
     def __init__(self, hosts: HostTable[Route], backends: dict[BackendRef, BackendPolicy],
