@@ -104,27 +104,42 @@ def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
     return any(addr in net for net in networks)
 
 
+class AddressVerdicts:
+    """A bounded memo of address -> verdict: clients repeat, and parsing an address and
+    walking the networks per request would not be cheap."""
+
+    __slots__ = ("decide", "_seen")
+
+    SIZE = 4096
+
+    def __init__(self, decide: Callable[[str], bool]) -> None:
+        self.decide = decide
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, ip: str) -> bool:
+        hit = self._seen.get(ip)
+        if hit is None:
+            hit = self.decide(ip)
+            if len(self._seen) >= self.SIZE:
+                self._seen.clear()
+            self._seen[ip] = hit
+        return hit
+
+
 class AllowCheck:
     """A route's source check: `denied(request)` is the 403 decision, or None to go on."""
 
-    __slots__ = ("source", "trusted", "decision", "_seen")
+    __slots__ = ("source", "trusted", "decision", "_allowed")
 
     def __init__(self, source: SourceRange, trusted: Callable[[str], bool] | None,
                  base: RouteDecision) -> None:
         self.source = source
         self.trusted = trusted
         self.decision = derive(base, deny=403, mirrors=(), redirect=None)
-        self._seen: dict[str, bool] = {}  # address -> allowed (addresses repeat)
+        self._allowed = AddressVerdicts(self._allows)
 
     def denied(self, request: RequestView) -> RouteDecision | None:
-        ip = client_address(request, self.trusted)
-        ok = self._seen.get(ip)
-        if ok is None:
-            ok = self._allows(ip)
-            if len(self._seen) >= 4096:
-                self._seen.clear()
-            self._seen[ip] = ok
-        return None if ok else self.decision
+        return None if self._allowed(client_address(request, self.trusted)) else self.decision
 
     def _allows(self, ip: str) -> bool:
         try:

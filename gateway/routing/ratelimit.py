@@ -33,7 +33,7 @@ from typing import Final
 
 from gateway.types import RequestView
 
-from .allow import Network, client_address, in_networks, parse_networks
+from .allow import AddressVerdicts, Network, client_address, in_networks, parse_networks
 from .values import Annotations
 
 LIMIT_KEYS: Final = ("limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections",
@@ -112,7 +112,7 @@ class RateLimit:
     """One Ingress's limits, shared by all of its rules (and by both listeners)."""
 
     __slots__ = ("settings", "buckets", "active", "trusted", "req_status", "conn_status",
-                 "_exempt_seen")
+                 "_exempt")
 
     def __init__(self, settings: RateLimitSettings, zone: Zone,
                  trusted: Callable[[str], bool] | None, req_status: int, conn_status: int) -> None:
@@ -127,7 +127,8 @@ class RateLimit:
         self.trusted = trusted
         self.req_status = req_status
         self.conn_status = conn_status
-        self._exempt_seen: dict[str, bool] = {}
+        exempt = settings.exempt
+        self._exempt = AddressVerdicts(lambda ip: in_networks(ip, exempt))
 
     def admit(self, request: RequestView, now: float) -> tuple[int, str]:
         """(0, key) to go on, where a non-empty key must be `release`d at the request's end,
@@ -157,15 +158,6 @@ class RateLimit:
             self.active[key] = left
         else:
             self.active.pop(key, None)
-
-    def _exempt(self, ip: str) -> bool:
-        hit = self._exempt_seen.get(ip)
-        if hit is None:
-            hit = in_networks(ip, self.settings.exempt)
-            if len(self._exempt_seen) >= 4096:
-                self._exempt_seen.clear()
-            self._exempt_seen[ip] = hit
-        return hit
 
     def describe(self) -> dict:
         s = self.settings
