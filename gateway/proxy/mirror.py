@@ -30,7 +30,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, _without
 from gateway.proxy.mirror_line import MirrorLine
@@ -51,7 +51,7 @@ class MirrorJob:
 
     __slots__ = ("addr", "head", "head_only", "body", "size", "over")
 
-    def __init__(self, addr: tuple[str, int], head: list[bytes], head_only: bool, want_body: bool) -> None:
+    def __init__(self, addr: Any, head: list[bytes], head_only: bool, want_body: bool) -> None:
         self.addr = addr
         self.head = head  # the head's pieces, without the final Content-Length line and CRLF
         self.head_only = head_only
@@ -105,12 +105,15 @@ class MirrorSender:
         self.watch: deque[_Sink] = deque()  # in-flight HEAD copies, by deadline
         self._timer: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[str, int, str] | None] = {}
-        self.lines: dict[tuple[str, int], list[MirrorLine]] = {}
+        self.lines: dict[Any, list[MirrorLine]] = {}  # by (host, port)
         #: Shadows that close after a response: their copies go one per pooled connection.
         self.no_pipelining: set[tuple[str, int]] = set()
         self._line_timer: asyncio.TimerHandle | None = None
-        self._shadow_hosts: dict[bytes, bytes] = {}
-        self._last_addr: tuple[str, int] = ("", 0)
+        self._shadow_lines: dict[bytes, bytes] = {}
+        #: The last address copies went to, and its lines. Addresses stay boxed objects here:
+        #: compiled code would box a tuple[str, int] for each dict lookup, and a copy to an
+        #: endpoint (whose `key` is boxed once) is then found by identity.
+        self._last_addr: Any = None
         self._last_lines: list[MirrorLine] = []
 
     def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
@@ -130,12 +133,13 @@ class MirrorSender:
                 self._count("dropped")
                 continue
             path = head.path
+            addr: Any
             if p.backend is not None:
                 ep = self.server.clusters.pick(p.backend, view)
                 if ep is None:
                     self._count("failed")
                     continue
-                addr = ep.address
+                addr = ep.key  # (its address, boxed once)
             elif p.url:
                 target = self._target(p.url)
                 if target is None:
@@ -147,32 +151,35 @@ class MirrorSender:
             else:
                 continue
             if p.host:
-                host = p.host.encode("latin-1")
+                host_line = b" HTTP/1.1\r\nHost: " + p.host.encode("latin-1") + CRLF
+            elif p.shadow_suffix:
+                host_line = self._shadow_host_line(head.host_raw)
             else:
-                host = self._shadow_host(head.host_raw) if p.shadow_suffix else head.host_raw
-            out = [head.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, CRLF]
+                host_line = b" HTTP/1.1\r\nHost: " + head.host_raw + CRLF
             self.in_flight += 1
             if at and head.length is None and not head.chunked and not head.te_trailers:
-                if not lines:
+                if len(lines) == 0:
                     lines = up_head[at:]
-                out.append(lines)  # the header lines and the blank line: complete
-                self._send(addr, out, None, head.head_only)
+                # the header lines and the blank line: complete
+                self._send(addr, [head.method, b" ", path, host_line, lines], None, head.head_only)
                 continue
+            out = [head.method, b" ", path, host_line]
             out += _without(parts, {b"content-length"}) if head.length is not None else parts
             if jobs is None:
                 jobs = []
             jobs.append(MirrorJob(addr, out, head.head_only, want_body))
         return jobs
 
-    def _shadow_host(self, host: bytes) -> bytes:
-        """shadow_host, remembered: a route sees the same few Host values again and again."""
-        shadow = self._shadow_hosts.get(host)
-        if shadow is None:
-            shadow = shadow_host(host)
-            if len(self._shadow_hosts) >= 1024:
-                self._shadow_hosts.clear()
-            self._shadow_hosts[host] = shadow
-        return shadow
+    def _shadow_host_line(self, host: bytes) -> bytes:
+        """The rest of a copy's request line and its Host line, with shadow_host(host);
+        remembered: a route sees the same few Host values again and again."""
+        line = self._shadow_lines.get(host)
+        if line is None:
+            line = b" HTTP/1.1\r\nHost: " + shadow_host(host) + CRLF
+            if len(self._shadow_lines) >= 1024:
+                self._shadow_lines.clear()
+            self._shadow_lines[host] = line
+        return line
 
     def feed(self, jobs: list[MirrorJob], data: bytes) -> None:
         cap = self.server.limits.max_mirror_body
@@ -197,9 +204,10 @@ class MirrorSender:
             self._send(j.addr, pieces, j.body, j.head_only)
         jobs.clear()
 
-    def _send(self, addr: tuple[str, int], pieces: list[bytes], body: list[bytes] | None,
+    def _send(self, addr: Any, pieces: list[bytes], body: list[bytes] | None,
               head_only: bool) -> None:
-        if not head_only and not (self.no_pipelining and addr in self.no_pipelining):
+        """`addr`: a (host, port) tuple, kept boxed (see `_line`)."""
+        if not head_only and not (len(self.no_pipelining) and addr in self.no_pipelining):
             line = self._line(addr)
             if line is None:
                 self.in_flight -= 1
@@ -218,10 +226,10 @@ class MirrorSender:
             task.add_done_callback(self.tasks.discard)
         self._watch(sink)
 
-    def _line(self, addr: tuple[str, int]) -> MirrorLine | None:
+    def _line(self, addr: Any) -> MirrorLine | None:
         """The first usable line to `addr` (filling one line keeps its batches big), a new
         one if all are full, else None."""
-        if addr == self._last_addr:  # (a dict lookup boxes the address: copies repeat it)
+        if addr is self._last_addr or addr == self._last_addr:  # (copies repeat an address)
             lines = self._last_lines
         else:
             found = self.lines.get(addr)
