@@ -19,25 +19,42 @@ def disturbed(r: dict) -> bool:
 
 
 def verdicts(res: dict) -> dict[str, dict]:
-    """The issue's targets, for the runs that were made: value and pass."""
+    """The issue's targets, for the runs that were made: value and pass.
+
+    Each target compares runs of the same round (made a few seconds apart) and takes the
+    median over the rounds: a comparison of two best-of-N figures pairs the luckiest run of
+    each kind, from different minutes. `best` is that comparison, for reference."""
     out: dict[str, dict] = {}
-    peak = res["peak"]
-    ratio = peak["ours"]["rps"] / peak["nginx"]["rps"]
-    out["rps_ratio"] = {"value": ratio, "pass": ratio >= TARGET_RPS}
-    if "half" in res:
-        half = res["half"]
+    rounds = res.get("rounds") or {k: {t: [r] for t, r in res[k].items()} for k in KINDS if k in res}
+
+    def judge(name: str, value: float, best: float, ok: bool) -> None:
+        out[name] = {"value": value, "best": best, "pass": ok, "rounds": len(rounds["peak"]["ours"])}
+
+    def half_added(half: dict) -> float:
         # The direct path has wrk and the pod on one core, which can make it slower than a
         # proxied one; the lower of direct and nginx is the stricter baseline.
-        base = min(half["direct"]["p99_us"], half["nginx"]["p99_us"])
-        added = (half["ours"]["p99_us"] - base) / 1000
-        out["p99_added_ms"] = {"value": added, "pass": added <= TARGET_ADDED_MS}
+        return (half["ours"]["p99_us"] - min(half["direct"]["p99_us"], half["nginx"]["p99_us"])) / 1000
+
+    peak = rounds["peak"]
+    ratio = _median_paired(peak["ours"], peak["nginx"], lambda a, b: a["rps"] / b["rps"])
+    judge("rps_ratio", ratio, res["peak"]["ours"]["rps"] / res["peak"]["nginx"]["rps"],
+          ratio >= TARGET_RPS)
+    if "half" in res:
+        half = rounds["half"]
+        added = median(half_added({t: half[t][i] for t in half}) for i in range(len(half["ours"])))
+        judge("p99_added_ms", added, half_added(res["half"]), added <= TARGET_ADDED_MS)
     if "mirror" in res:
-        mirrored = res["mirror"]["ours"]["rps"] / peak["ours"]["rps"]
-        out["mirror_ratio"] = {"value": mirrored, "pass": mirrored >= TARGET_MIRROR}
+        mirrored = _median_paired(rounds["mirror"]["ours"], peak["ours"], lambda a, b: a["rps"] / b["rps"])
+        judge("mirror_ratio", mirrored, res["mirror"]["ours"]["rps"] / res["peak"]["ours"]["rps"],
+              mirrored >= TARGET_MIRROR)
     if "failover" in res:
         bad = res["failover"]["ours"]["non2xx"] + res["failover"]["ours"]["socket_errors"]
         out["failover_failed"] = {"value": bad, "pass": bad == 0}
     return out
+
+
+def _median_paired(a: list[dict], b: list[dict], f) -> float:
+    return median(f(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _ms(us: float) -> str:
@@ -146,7 +163,9 @@ def report(res: dict) -> str:
                                   f"{x:.2f}x",
         "failover_failed": lambda x: f"failover, non-2xx + socket errors = 0 (item 9): {x}",
     }
-    lines += [f"target: {texts[k](x['value'])} {ok[x['pass']]}" for k, x in v.items()]
+    lines += [f"target: {texts[k](x['value'])} {ok[x['pass']]}"
+              + (f" (median of {x['rounds']} rounds; best-of figures: {texts[k](x['best']).rsplit(': ', 1)[1]})"
+                 if x.get("rounds", 1) > 1 else "") for k, x in v.items()]
     return "\n".join(lines)
 
 

@@ -211,20 +211,23 @@ class Bench:
             for target in ("ours", "nginx"):  # open upstream connections, warm caches
                 self.measure_short(target)
 
+        res: dict = {"setup": self.setup(), "rounds": {}}
+
         def best(plan: list[tuple[str, tuple[str, ...], dict]]) -> dict[str, dict[str, dict]]:
             """Best of the rounds for each (kind, target), every round running the whole plan
             in turn, so that drifting machine speed hits every figure alike (a ratio of two
-            figures from different minutes is otherwise mostly that drift)."""
+            figures from different minutes is otherwise mostly that drift). Every round is
+            kept in res["rounds"]: the targets are judged on per-round comparisons."""
             got: dict[str, dict[str, list[dict]]] = {k: {t: [] for t in ts} for k, ts, _ in plan}
             for _ in rounds:
                 for kind, targets, kw in plan:
                     for t in targets:
                         got[kind][t].append(self.measure(t, **kw))
+            res["rounds"].update(got)
             def key(r: dict) -> float:  # paced runs: the lowest p99; others: the most req/s
                 return -r["p99_us"] if r["rate"] else r["rps"]
             return {k: {t: max(rs, key=key) for t, rs in by.items()} for k, by in got.items()}
 
-        res: dict = {"setup": self.setup()}
         res["setup"]["background_pct"] = self.background()
         res["setup"]["wakeup_lateness"] = S.wakeup_lateness(
             (self.args.proxy_cpu, self.args.client_cpu))

@@ -62,6 +62,37 @@ def test_smoke_peak_and_failover_report_both_proxies(tmp_path: Path) -> None:
     assert len(verdicts) == 2 and all(("PASS" in v) != ("FAIL" in v) for v in verdicts)
 
 
+def test_targets_are_judged_on_same_round_comparisons() -> None:
+    """Best-of-N pairs the luckiest run of each kind; the verdict takes the median over rounds
+    of runs made a few seconds apart. Here the best-of ratios pass and the paired ones fail."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from _gateway_report import verdicts
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def run(rps: float = 0.0, p99_ms: float = 0.0) -> dict:
+        return {"rps": rps, "p99_us": p99_ms * 1000}
+
+    rounds = {
+        "peak": {"ours": [run(40), run(40), run(50)], "nginx": [run(60), run(60), run(50)]},
+        "mirror": {"ours": [run(30), run(32), run(46)]},
+        "half": {"direct": [run(p99_ms=0.2)] * 3, "nginx": [run(p99_ms=0.3)] * 3,
+                 "ours": [run(p99_ms=2.0), run(p99_ms=0.5), run(p99_ms=1.5)]},
+    }
+    best = {"peak": {"ours": run(50), "nginx": run(60)}, "mirror": {"ours": run(46)},
+            "half": {"direct": run(p99_ms=0.2), "nginx": run(p99_ms=0.3), "ours": run(p99_ms=0.5)}}
+    v = verdicts({**best, "rounds": rounds})
+    assert v["rps_ratio"]["value"] == pytest.approx(40 / 60) and not v["rps_ratio"]["pass"]
+    assert v["rps_ratio"]["best"] == pytest.approx(50 / 60)
+    assert v["mirror_ratio"]["value"] == pytest.approx(32 / 40) and not v["mirror_ratio"]["pass"]
+    assert v["mirror_ratio"]["best"] == pytest.approx(46 / 50)
+    assert v["p99_added_ms"]["value"] == pytest.approx(1.3) and not v["p99_added_ms"]["pass"]
+    assert v["p99_added_ms"]["best"] == pytest.approx(0.3)
+    one = verdicts(best)  # one round (or an old result without rounds): the figures themselves
+    assert one["mirror_ratio"]["value"] == pytest.approx(46 / 50) and one["mirror_ratio"]["pass"]
+
+
 def test_bad_halt_poll_value_is_refused_before_anything_starts() -> None:
     done = subprocess.run([sys.executable, "bench/gateway.py", "--halt-poll-ns", "-5"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
