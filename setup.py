@@ -28,6 +28,7 @@ COMPILED = [
     "gateway/proxy/pool.py",
     "gateway/proxy/exchange_base.py",
     "gateway/proxy/retry.py",
+    "gateway/proxy/throttle.py",
     "gateway/proxy/response.py",
     "gateway/proxy/exchange.py",
     "gateway/proxy/client.py",

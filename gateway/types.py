@@ -203,6 +203,10 @@ class RouteDecision:
     #: limit-rps/-rpm/-connections: a gateway.routing.ratelimit.RateLimit (its `admit` and
     #: `release`), shared by the Ingress's rules; None: no limit.
     rate_limit: Any = None
+    #: limit-rate / limit-rate-after: the response leaves at this many bytes a second after
+    #: the first `send_rate_after` bytes (gateway/proxy/throttle.py); 0: no limit.
+    send_rate: int = 0
+    send_rate_after: int = 0
 
 
 class RequestView:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorJob
     from gateway.proxy.pool import UpstreamConnection
     from gateway.proxy.server import ProxyServer
+    from gateway.proxy.throttle import SendThrottle
 
 
 class ExchangeBase:
@@ -72,6 +73,7 @@ class ExchangeBase:
     resp_cors: bytes = b""  # enable-cors: the CORS lines of the answer
     held_limit: Any = None  # limit-connections: the RateLimit holding a slot for this request
     held_key = ""
+    throttle: SendThrottle | None = None  # limit-rate: the response's bytes wait here
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client
@@ -146,6 +148,8 @@ class ExchangeBase:
         if self.held_limit is not None:
             self.held_limit.release(self.held_key)
             self.held_limit = None
+        if self.throttle is not None:
+            self.throttle.cancel()
         if self.mirrors and not self.req_done:
             self.server.mirror.drop(self.mirrors)
             self.mirrors = None

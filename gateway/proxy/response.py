@@ -33,6 +33,7 @@ from gateway.proxy.states import (
     PAUSE_UPSTREAM,
     STREAMING,
 )
+from gateway.proxy.throttle import SendThrottle
 from gateway.proxy.tunnel import splice
 
 if TYPE_CHECKING:
@@ -108,7 +109,10 @@ class ResponseSide(RetrySide):
                 extra += cors
                 names |= CORS_HEADER_NAMES
             parts = [b"", *_without(parts[1:], names)]  # [0]: the status line's slot
-        c.write(response_head(status_line(status, reason), parts, extra))
+        head = response_head(status_line(status, reason), parts, extra)
+        c.write(head)
+        if d.send_rate and mode != M_NONE:  # limit-rate: the head counts, as nginx counts it
+            self.throttle = SendThrottle(self, d.send_rate, d.send_rate_after, self.t0, len(head))
         self.resp_started = True
         self.phase = STREAMING
         self.progress += 1  # the read timeout is re-armed lazily from here on (on_deadline)
@@ -155,10 +159,13 @@ class ResponseSide(RetrySide):
             return
         self.progress += 1
         if self.resp_mode == M_CHUNK:
-            if data:
-                self.client.write(chunk(data))
-        else:
+            if not data:
+                return
+            data = chunk(data)
+        if self.throttle is None:
             self.client.write(data)
+        else:
+            self.throttle.write(data)
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         if conn is not self.conn or self.upgraded:  # 101: llhttp completes it, splicing follows
@@ -172,6 +179,13 @@ class ResponseSide(RetrySide):
             conn.close()
         if self.phase == DRAINING:
             self._drained()
+            return
+        throttle = self.throttle
+        if throttle is not None and throttle.holding:  # the end waits for the held bytes
+            if self.resp_mode == M_CHUNK:
+                throttle.write(last_chunk(conn.trailers))
+            self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+            throttle.then = self._finish
             return
         if self.resp_mode == M_CHUNK:
             self.client.write(last_chunk(conn.trailers))
@@ -219,6 +233,6 @@ class ResponseSide(RetrySide):
         if conn is not None:
             if paused:
                 conn.pause_reading()
-            else:
+            elif self.throttle is None or not self.throttle.holding:
                 conn.resume_reading()
 

@@ -1,5 +1,6 @@
 """ingress-nginx rate limits: `limit-rps`, `limit-rpm`, `limit-burst-multiplier`,
-`limit-connections`, and `limit-allowlist` (older name `limit-whitelist`).
+`limit-connections`, and `limit-allowlist` (older name `limit-whitelist`); and the values of
+`limit-rate` / `limit-rate-after`.
 
 Per client address and per Ingress, as ingress-nginx's `limit_req`/`limit_conn` zones are:
 
@@ -21,6 +22,9 @@ Per client address and per Ingress, as ingress-nginx's `limit_req`/`limit_conn` 
   table rebuilds (nginx keeps a zone's shared memory across reloads); a zone holds at most
   `MAX_CLIENTS` clients, the least recently added going first when it is full.
 
+`limit-rate` / `limit-rate-after` (response bandwidth, in whole kilobytes as ingress-nginx
+writes them) are parsed here too; the data path applies them (gateway/proxy/throttle.py).
+
 Bad values are reported and that annotation ignored; a bad allowlist entry leaves the limits
 on for everyone. A canary Ingress cannot set them (canary traffic follows the main Ingress).
 """
@@ -37,7 +41,7 @@ from .allow import AddressVerdicts, Network, client_address, in_networks, parse_
 from .values import Annotations
 
 LIMIT_KEYS: Final = ("limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections",
-                     "limit-allowlist", "limit-whitelist")
+                     "limit-allowlist", "limit-whitelist", "limit-rate", "limit-rate-after")
 DEFAULT_BURST_MULTIPLIER: Final = 5
 MAX_CLIENTS: Final = 65536  # per zone (nginx's 5 MB zone holds some 40-80 thousand)
 
@@ -49,6 +53,15 @@ class RateLimitSettings:
     connections: int = 0
     burst_multiplier: int = DEFAULT_BURST_MULTIPLIER
     exempt: tuple[Network, ...] = ()
+
+
+def parse_send_rate(ann: Annotations) -> tuple[int, int]:
+    """`limit-rate` and `limit-rate-after` in bytes: ingress-nginx takes whole kilobytes
+    (`limit_rate <n>k`, `limit_rate_after <n>k`); 0 or unset: no limit. `limit-rate-after`
+    alone does nothing, as in nginx."""
+    rate = ann.integer("limit-rate", low=0) or 0
+    after = ann.integer("limit-rate-after", low=0) or 0
+    return rate * 1024, after * 1024 if rate else 0
 
 
 def parse_rate_limit(ann: Annotations) -> RateLimitSettings | None:

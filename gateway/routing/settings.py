@@ -14,7 +14,7 @@ from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 from .allow import SourceRange, parse_source_range
 from .cors import CorsPolicy, parse_cors
 from .policy import Context, check_cluster
-from .ratelimit import RateLimitSettings, parse_rate_limit
+from .ratelimit import RateLimitSettings, parse_rate_limit, parse_send_rate
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
 from .values import Annotations, split_list
@@ -57,6 +57,7 @@ class RouteSettings:
     source: SourceRange | None = None  # allow-/denylist-source-range (gateway/routing/allow.py)
     cors: CorsPolicy | None = None  # enable-cors (gateway/routing/cors.py)
     rate_limit: RateLimitSettings | None = None  # limit-rps etc. (gateway/routing/ratelimit.py)
+    send_rate: tuple[int, int] = (0, 0)  # limit-rate, limit-rate-after: bytes/s, bytes
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -101,6 +102,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         source=parse_source_range(ann),
         cors=parse_cors(ann),
         rate_limit=parse_rate_limit(ann),
+        send_rate=parse_send_rate(ann),
     )
 
 

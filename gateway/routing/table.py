@@ -283,6 +283,8 @@ class RouteTable(Router):
             "allowSourceRange": route.allow.describe() if route.allow is not None else None,
             "cors": main.cors.describe if main.cors is not None else None,
             "rateLimit": main.rate_limit.describe() if main.rate_limit is not None else None,
+            "sendRate": {"bytesPerSecond": main.send_rate, "after": main.send_rate_after}
+            if main.send_rate else None,
             "errors": describe_errors(main),
         }
 

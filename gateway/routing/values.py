@@ -31,7 +31,7 @@ COMPATIBLE_KEYS = frozenset({
     "allowlist-source-range", "whitelist-source-range", "denylist-source-range",  # allow.py
     "proxy-body-size",
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections",  # ratelimit.LIMIT_KEYS
-    "limit-allowlist", "limit-whitelist",
+    "limit-allowlist", "limit-whitelist", "limit-rate", "limit-rate-after",
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
