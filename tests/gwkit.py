@@ -110,7 +110,7 @@ class Req:
 class Upstream:
     """A tiny HTTP/1.1 server (asyncio streams) whose behaviour is chosen by the request path:
 
-    /status/<code>, /sleep/<s>, /reset, /close, /garbage, /chunked/<n>, /eof, /bytes/<n>,
+    /status/<code>, /sleep/<s>, /reset, /close, /garbage, /chunked/<n>, /eof[/<n>], /bytes/<n>,
     /trailers, /ws (101, then echo raw bytes), anything else: a JSON echo of the request.
     `default_status` overrides every answer (a "broken pod").
     """
@@ -223,8 +223,9 @@ class Upstream:
             await asyncio.sleep(0.05)
             w.transport.abort()
             return False
-        elif parts[0] == "eof":
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+        elif parts[0] == "eof":  # /eof/<n>: n bytes of "y" before the close
+            body = b"y" * int(parts[1]) if len(parts) > 1 else b"until the end"
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
             await w.drain()
             return False
         elif parts[0] == "bytes":

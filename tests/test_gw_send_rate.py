@@ -136,3 +136,24 @@ async def test_a_client_that_leaves_mid_response_leaves_nothing_behind():
         async with aiohttp.ClientSession() as s:  # and the gateway serves on
             status, _, _ = await fetch(s, f"http://127.0.0.1:{app.proxy.port}/x", "slow.example.com")
             assert status == 200
+
+
+async def test_a_body_that_ends_with_the_upstream_connection_arrives_whole_at_the_rate():
+    """An upstream body delimited by its connection's close: chunked to an HTTP/1.1 client,
+    close-delimited to an HTTP/1.0 one; either way all of it arrives, at the rate (the close
+    is read only once the held bytes have left, since reading pauses while they wait)."""
+    async with gateway_over([app_ingress("slow", "slow.example.com", "web", {RATE: "16"})],
+                            "127.0.76.4") as (app, up):
+        size = 40 * KIB  # 16 KiB at once, then 16 KiB a second
+        url = f"http://127.0.0.1:{app.proxy.port}/eof/{size}"
+        async with aiohttp.ClientSession() as s:
+            status, body, took = await fetch(s, url, "slow.example.com")
+        assert status == 200 and body == b"y" * size and took >= 1.4, took
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.proxy.port)
+        start = time.monotonic()
+        writer.write(f"GET /eof/{size} HTTP/1.0\r\nHost: slow.example.com\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"y" * size
+        assert time.monotonic() - start >= 1.4
+        writer.close()

@@ -180,16 +180,21 @@ class ResponseSide(RetrySide):
         if self.phase == DRAINING:
             self._drained()
             return
+        self._response_done(conn.trailers, now)
+
+    def _response_done(self, trailers: list[tuple[bytes, bytes]] | None, now: float = 0.0) -> None:
+        """The upstream's response ended: the last chunk, the outcome, and the exchange's end,
+        which waits for any bytes `limit-rate` still holds."""
+        end = last_chunk(trailers) if self.resp_mode == M_CHUNK else b""
+        self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
         throttle = self.throttle
-        if throttle is not None and throttle.holding:  # the end waits for the held bytes
-            if self.resp_mode == M_CHUNK:
-                throttle.write(last_chunk(conn.trailers))
-            self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+        if throttle is not None and throttle.holding:
+            if end:
+                throttle.write(end)
             throttle.then = self._finish
             return
-        if self.resp_mode == M_CHUNK:
-            self.client.write(last_chunk(conn.trailers))
-        self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
+        if end:
+            self.client.write(end)
         self._finish(now)
 
     def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
@@ -212,10 +217,7 @@ class ResponseSide(RetrySide):
             self._drained()
         elif self.phase == STREAMING:
             if cause == "reset" and exc is None and self.resp_eof:  # close-delimited body ended
-                if self.resp_mode == M_CHUNK:
-                    self.client.write(last_chunk(None))
-                self._end_attempt("success" if self.status < 500 else "http_5xx", self.status)
-                self._finish()
+                self._response_done(None)
             else:
                 self._end_attempt(CAUSES[cause][2], None, cause)
                 self._abort_client()
