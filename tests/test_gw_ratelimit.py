@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_routing_kit import MSE, NGX, build, problems_for, simple
+from test_gw_routing_kit import MSE, NGX, build, main_and_canary, problems_for, simple
 
 from gateway.__main__ import parse_args
 from gateway.routing import ratelimit
@@ -168,10 +168,7 @@ def test_one_zone_per_ingress_kept_across_rebuilds_and_dropped_with_it():
 
 
 def test_all_rules_of_an_ingress_share_its_zone_and_a_canary_cannot_set_limits():
-    table, problems = build(
-        simple("main", svc="main", age=1, ann={RPS: "1", MULT: "1"}),
-        simple("can", svc="canary", age=2, ann={NGX + "canary": "true", NGX + "canary-weight": "100",
-                                                RPS: "1000"}))
+    table, problems = main_and_canary({RPS: "1", MULT: "1"}, {RPS: "1000"})
     assert problems_for(problems, "default/can", "limit-rps")
     d = table.route(view())
     assert d.backend.service == "canary" and d.rate_limit.settings.rps == 1  # the main's limit

@@ -99,3 +99,12 @@ def one(ann: dict, **kw) -> tuple[RouteTable, list[Problem], list[str]]:
     """A one-rule Ingress "default/ing" -> service "main" with these annotations."""
     table, problems = build(simple("ing", svc="main", ann=ann), **kw)
     return table, problems, problems_for(problems, "default/ing")
+
+
+def main_and_canary(main_ann: dict, canary_ann: dict, **kw) -> tuple[RouteTable, list[Problem]]:
+    """Ingress "default/main" -> service "main", and "default/can", a canary taking all of
+    its traffic to service "canary", with these annotations besides."""
+    return build(
+        simple("main", svc="main", age=1, ann=main_ann),
+        simple("can", svc="canary", age=2,
+               ann={NGX + "canary": "true", NGX + "canary-weight": "100", **canary_ann}), **kw)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_routing_kit import MSE, NGX, build, problems_for, simple
+from test_gw_routing_kit import MSE, NGX, build, main_and_canary, problems_for, simple
 
 from gateway.types import RequestView
 
@@ -50,10 +50,7 @@ def test_bad_values_are_reported_and_ignored(ann, annotation, fragment, expected
 
 
 def test_a_canary_cannot_set_it_and_routes_show_it():
-    table, problems = build(
-        simple("main", svc="main", age=1, ann={RATE: "4", AFTER: "1"}),
-        simple("can", svc="canary", age=2, ann={NGX + "canary": "true", NGX + "canary-weight": "100",
-                                                RATE: "1000"}))
+    table, problems = main_and_canary({RATE: "4", AFTER: "1"}, {RATE: "1000"})
     assert problems_for(problems, "default/can", "limit-rate")
     d = table.route(RequestView("GET", "/", "a.example.com", {}, "10.0.0.1"))
     assert d.backend.service == "canary" and d.send_rate == 4 * KIB  # the main's limit
