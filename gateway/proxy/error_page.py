@@ -12,13 +12,10 @@ answer, so it stays interpreted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, upstream_head
-
-if TYPE_CHECKING:
-    from gateway.proxy.client import ClientConnection
-    from gateway.proxy.pool import UpstreamConnection
+from gateway.proxy.heads import CRLF, RequestHead, upstream_head
+from gateway.proxy.pool import Owner
 
 #: Headers the error-page request sets itself: a client's own values never pass (nginx's
 #: proxy_set_header replaces them; an empty $http_accept sends no X-Format at all).
@@ -54,33 +51,6 @@ def error_page_head(h: RequestHead, code: int, static: tuple[tuple[str, str], ..
     return upstream_head(h, parts, h.host_raw, path)
 
 
-class Discard:
-    """Owner of an upstream connection whose answer is dropped unread: the rest of the
-    current read goes nowhere while the connection closes."""
-
-    @property
-    def client(self) -> ClientConnection | None:
-        return None
-
-    def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         info: ResponseInfo, keep_alive: bool) -> None:
-        pass
-
-    def on_response_body(self, data: bytes) -> None:
-        pass
-
-    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        pass
-
-    def on_upstream_failure(self, conn: UpstreamConnection, cause: str,
-                            exc: BaseException | None) -> None:
-        pass
-
-    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
-        pass
-
-    def upstream_write_paused(self, paused: bool) -> None:
-        pass
-
-
-DISCARD: Final = Discard()
+#: The owner of an upstream connection whose answer is dropped unread: the rest of the
+#: current read goes nowhere while the connection closes.
+DISCARD: Final = Owner()

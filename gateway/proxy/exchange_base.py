@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from gateway.proxy.heads import RequestHead, local_response
+from gateway.proxy.pool import Owner
 from gateway.proxy.states import DONE, INF, M_NONE, NEW, PAUSE_UPSTREAM
 from gateway.types import Endpoint, RequestView, RouteDecision
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.proxy.throttle import SendThrottle
 
 
-class ExchangeBase:
+class ExchangeBase(Owner):
     """State of one request/response; created when the client's request head is complete."""
 
     # Class-level defaults: __init__ sets only what differs per request (a hot path).
@@ -80,6 +81,9 @@ class ExchangeBase:
         self.server: ProxyServer = client.server
         self.head = head
         self.req_done = not (head.chunked or head.length)
+
+    def batched_client(self) -> ClientConnection | None:
+        return self.client
 
     def over_limit(self, size: int) -> bool:
         """A request body of `size` bytes is over the route's proxy-body-size (before routing:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, _without
 from gateway.proxy.mirror_line import MirrorLine
+from gateway.proxy.pool import Owner
 from gateway.types import MirrorPolicy, RequestView
 
 if TYPE_CHECKING:
@@ -362,11 +363,10 @@ def _expand(template: str, head: RequestHead, view: RequestView) -> str:
     return template
 
 
-class _Sink:
+class _Sink(Owner):
     """Owner of a connection carrying one mirror copy: reads the response and ignores it."""
 
     __slots__ = ("sender", "head_only", "conn", "done", "deadline")
-    client = None  # no client to batch writes for
 
     def __init__(self, sender: MirrorSender, head_only: bool) -> None:
         self.sender = sender

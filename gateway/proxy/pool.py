@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from gateway.proxy.heads import ResponseInfo
 from gateway.proxy.tunnel import half_close
@@ -49,20 +50,35 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
-class Owner(Protocol):
-    """What a connection reports to whoever sent the current request on it."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Owner:
+    """What a connection reports to whoever sent the current request on it (an `Exchange`, a
+    mirror sink). This base ignores everything: as an owner, the rest of a read goes nowhere.
+    A base class, not a Protocol, so that these per-response calls are native (see
+    `gateway.types.ClusterManager`)."""
 
-    @property
-    def client(self) -> ClientConnection | None:
-        """Whose writes one upstream read batches (None: a mirror sink)."""
+    def batched_client(self) -> ClientConnection | None:
+        """Whose writes one upstream read batches (None: no client, a mirror copy)."""
+        return None
 
     def on_response_head(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         info: ResponseInfo, keep_alive: bool) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None: ...
-    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None: ...
-    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None: ...
-    def upstream_write_paused(self, paused: bool) -> None: ...
+                         info: ResponseInfo, keep_alive: bool) -> None:
+        pass
+
+    def on_response_body(self, data: bytes) -> None:
+        pass
+
+    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        pass
+
+    def on_upstream_failure(self, conn: UpstreamConnection, cause: str, exc: BaseException | None) -> None:
+        pass
+
+    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        pass
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        pass
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -112,7 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
-        client = owner.client  # what this read produces for the client leaves at the end of the turn
+        client = owner.batched_client()  # what this read produces for it leaves at the turn's end
         if client is not None:
             if client.server.busy_poll > 0.0:
                 client.server.read_happened()
