@@ -23,7 +23,10 @@ from prometheus_client.registry import Collector
 
 from gateway.proxy.hooks import MirrorOutcome
 
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: Typed as a tuple of any length: compiled code keeps a fixed-length tuple unboxed and would
+#: build a new tuple of 14 new floats at every use (2.7k instructions per request).
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RouteStats:
