@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: Held bytes leave in pieces of about this many seconds of the rate (ticks ~100 ms apart),
 #: so a slow rate still shows progress to the read timeout and to the client.
-TICK = 0.1
+TICK: Final = 0.1
 
 
 class SendThrottle:
