@@ -61,6 +61,11 @@ class MirrorJob:
         self.over = False
 
 
+def host_line(host: bytes) -> bytes:
+    """The rest of a copy's request line, and its Host line."""
+    return b" HTTP/1.1\r\nHost: " + host + CRLF
+
+
 def shadow_host(host: bytes) -> bytes:
     """`cluster1` -> `cluster1-shadow`, `a.example:8080` -> `a.example-shadow:8080` (Envoy)."""
     if host.startswith(b"["):
@@ -152,19 +157,19 @@ class MirrorSender:
             else:
                 continue
             if p.host:
-                host_line = b" HTTP/1.1\r\nHost: " + p.host.encode("latin-1") + CRLF
+                after_path = host_line(p.host.encode("latin-1"))
             elif p.shadow_suffix:
-                host_line = self._shadow_host_line(head.host_raw)
+                after_path = self._shadow_host_line(head.host_raw)
             else:
-                host_line = b" HTTP/1.1\r\nHost: " + head.host_raw + CRLF
+                after_path = host_line(head.host_raw)
             self.in_flight += 1
             if at and head.length is None and not head.chunked and not head.te_trailers:
                 if len(lines) == 0:
                     lines = up_head[at:]
                 # the header lines and the blank line: complete
-                self._send(addr, [head.method, b" ", path, host_line, lines], None, head.head_only)
+                self._send(addr, [head.method, b" ", path, after_path, lines], None, head.head_only)
                 continue
-            out = [head.method, b" ", path, host_line]
+            out = [head.method, b" ", path, after_path]
             out += _without(parts, {b"content-length"}) if head.length is not None else parts
             if jobs is None:
                 jobs = []
@@ -172,11 +177,11 @@ class MirrorSender:
         return jobs
 
     def _shadow_host_line(self, host: bytes) -> bytes:
-        """The rest of a copy's request line and its Host line, with shadow_host(host);
-        remembered: a route sees the same few Host values again and again."""
+        """host_line(shadow_host(host)), remembered: a route sees the same few Host values
+        again and again."""
         line = self._shadow_lines.get(host)
         if line is None:
-            line = b" HTTP/1.1\r\nHost: " + shadow_host(host) + CRLF
+            line = host_line(shadow_host(host))
             if len(self._shadow_lines) >= 1024:
                 self._shadow_lines.clear()
             self._shadow_lines[host] = line
