@@ -108,8 +108,7 @@ def build_route_table(
     build to the next (a fresh set when None).
     """
     default_ref, unusable = global_default_backend(default_backend, services)
-    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref,
-                       rate_zones if rate_zones is not None else RateZones())
+    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
