@@ -36,7 +36,7 @@ def verdicts(res: dict) -> dict[str, dict]:
         return (half["ours"]["p99_us"] - min(half["direct"]["p99_us"], half["nginx"]["p99_us"])) / 1000
 
     peak = rounds["peak"]
-    ratio = _median_paired(peak["ours"], peak["nginx"], lambda a, b: a["rps"] / b["rps"])
+    ratio = _median_rps_ratio(peak["ours"], peak["nginx"])
     judge("rps_ratio", ratio, res["peak"]["ours"]["rps"] / res["peak"]["nginx"]["rps"],
           ratio >= TARGET_RPS)
     if "half" in res:
@@ -44,7 +44,7 @@ def verdicts(res: dict) -> dict[str, dict]:
         added = median(half_added({t: half[t][i] for t in half}) for i in range(len(half["ours"])))
         judge("p99_added_ms", added, half_added(res["half"]), added <= TARGET_ADDED_MS)
     if "mirror" in res:
-        mirrored = _median_paired(rounds["mirror"]["ours"], peak["ours"], lambda a, b: a["rps"] / b["rps"])
+        mirrored = _median_rps_ratio(rounds["mirror"]["ours"], peak["ours"])
         judge("mirror_ratio", mirrored, res["mirror"]["ours"]["rps"] / res["peak"]["ours"]["rps"],
               mirrored >= TARGET_MIRROR)
     if "failover" in res:
@@ -53,8 +53,13 @@ def verdicts(res: dict) -> dict[str, dict]:
     return out
 
 
-def _median_paired(a: list[dict], b: list[dict], f) -> float:
-    return median(f(x, y) for x, y in zip(a, b, strict=True))
+def _rps_ratios(a: list[dict], b: list[dict]) -> list[float]:
+    """Run by run (round by round): a's req/s over b's."""
+    return [x["rps"] / y["rps"] for x, y in zip(a, b, strict=True)]
+
+
+def _median_rps_ratio(a: list[dict], b: list[dict]) -> float:
+    return median(_rps_ratios(a, b))
 
 
 def _ms(us: float) -> str:
@@ -175,14 +180,12 @@ def ab_report(res: dict) -> str:
     first = next(iter(runs.values()))
     lines = ["pair                    runs  req/s med  usr us  sys us  cpu %  ratio med  "
              "ratio per round"]
-    medians: dict[str, float] = {}
     for pair, rs in runs.items():
-        ratios = [r["rps"] / b["rps"] for r, b in zip(rs, first, strict=True)]
-        medians[pair] = median(ratios)
+        ratios = _rps_ratios(rs, first)
         lines.append(
             f"{pair:<22} {len(rs):>5} {median(r['rps'] for r in rs):>10.0f} "
             f"{_opt(_median_of(rs, 'user_us'), '.1f'):>7} {_opt(_median_of(rs, 'sys_us'), '.1f'):>7} "
-            f"{_opt(_median_of(rs, 'cpu_pct'), '.0f'):>6} {medians[pair]:>10.3f}  "
+            f"{_opt(_median_of(rs, 'cpu_pct'), '.0f'):>6} {median(ratios):>10.3f}  "
             + " ".join(f"{x:.2f}" for x in ratios))
     busy = sum(disturbed(r) for rs in runs.values() for r in rs)
     if busy:
@@ -195,7 +198,7 @@ def ab_report(res: dict) -> str:
     for a, b, target, what in ((mirror, ours, TARGET_MIRROR, "req/s with mirroring (100 %) / without"),
                                (ours, peer, TARGET_RPS, "ours / nginx req/s")):
         if a in runs and b in runs:
-            x = median(r["rps"] / q["rps"] for r, q in zip(runs[a], runs[b], strict=True))
+            x = _median_rps_ratio(runs[a], runs[b])
             lines.append(f"target: {what}, median of interleaved rounds: {x:.3f} (>= {target}) "
                          + ("PASS" if x >= target else "FAIL"))
     return "\n".join(lines)
