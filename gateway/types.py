@@ -207,6 +207,8 @@ class RouteDecision:
     #: the first `send_rate_after` bytes (gateway/proxy/throttle.py); 0: no limit.
     send_rate: int = 0
     send_rate_after: int = 0
+    #: auth-url: a gateway.routing.extauth.ExternalAuth, asked before proxying; None: no check.
+    auth: Any = None
 
 
 class RequestView:

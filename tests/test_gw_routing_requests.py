@@ -172,7 +172,7 @@ def test_canary_has_its_own_header_control():
 @pytest.mark.parametrize(("key", "reason"), [
     (OURS + "cluster-weight", "unknown annotation"),  # typo of cluster-weights
     (NGX + "server-snippet", "not supported"),
-    (NGX + "auth-url", "not supported"),
+    (NGX + "auth-snippet", "not supported"),
     (MSE + "some-future-thing", "not supported"),
     (NGX + "canary-by-cookie-value", "MSE-only"),
 ])

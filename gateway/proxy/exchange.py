@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.affinity import request_cookie, set_cookie_header
+from gateway.proxy.extauth import Verdict
 from gateway.proxy.heads import (
     LazyHeaders,
     Reject,
@@ -90,7 +91,44 @@ class Exchange(ResponseSide):
                 self.respond(204, "", extra=lines)
                 return
             self.resp_cors = lines
-        parts = with_set_headers(h.parts, d.set_headers) if d.set_headers else h.parts
+        if d.auth is not None:  # auth-url: nginx's access phase, after the checks above
+            if d.auth.broken:
+                self.respond(503, "denied: this route's external auth is misconfigured")
+                return
+            self.connect_task = self.client.loop.create_task(self._authorize(d))
+            return
+        self._forward(d, h.parts)
+
+    async def _authorize(self, d: RouteDecision) -> None:
+        """Ask the auth service (gateway/proxy/extauth.py); the request's body waits in
+        `pending` meanwhile, as it does while a connection is being made."""
+        srv = self.server
+        try:
+            verdict = await srv.auth.check(d.auth, self.head, srv.scheme, self.client.peer.ip, d.timeouts)
+        except Exception:
+            log.exception("external auth check failed on %s", self.view)
+            verdict = Verdict(500, "auth check failed")
+        self.connect_task = None
+        if self.done:
+            return
+        if verdict.status:
+            self.respond(verdict.status, verdict.text, verdict.location, verdict.to_client)
+            return
+        self.resp_auth = self.resp_extra = verdict.to_client
+        parts = self.head.parts
+        if verdict.to_upstream:
+            parts = with_set_headers(parts, tuple((n, v) for n, v in verdict.to_upstream if v is not None),
+                                     drop=frozenset(n for n, _ in verdict.to_upstream))
+        self._forward(d, parts)
+
+    def _forward(self, d: RouteDecision, parts: list[bytes]) -> None:
+        """To the upstream: its request head, the mirrors, the first attempt."""
+        h = self.head
+        srv = self.server
+        view = self.view
+        assert view is not None
+        if d.set_headers:
+            parts = with_set_headers(parts, d.set_headers)
         host = d.upstream_host.encode("latin-1") if d.upstream_host else h.host_raw
         # rewrite-target: the request-target sent upstream (mirrors keep the original)
         path = d.path.encode("latin-1", "replace") if d.path is not None else None
@@ -149,8 +187,8 @@ class Exchange(ResponseSide):
             ep = clusters.pick(ref, view, exclude=exclude, avoid_clusters=avoid, sticky=sticky)
             if ep is not None:
                 value = clusters.sticky_cookie(ref, ep, aff, current=sticky, retried=bool(self.tried))
-                self.resp_extra = b"" if value is None else set_cookie_header(
-                    aff, ep, aff.path or "/", value=value, https=self.server.scheme == "https")
+                self.resp_extra = self.resp_auth + (b"" if value is None else set_cookie_header(
+                    aff, ep, aff.path or "/", value=value, https=self.server.scheme == "https"))
                 return ep
         return None
 

@@ -69,6 +69,7 @@ class ExchangeBase(Owner):
     # cookie session affinity (only when decision.affinity is set)
     sticky: str | None = None  # the request's sticky cookie value
     resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
+    resp_auth: bytes = b""  # auth-url: the auth service's Set-Cookie lines (in resp_extra too)
     intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
     body_limit = -1  # request body bytes allowed (proxy-body-size); 0: any; -1: not routed yet
     resp_cors: bytes = b""  # enable-cors: the CORS lines of the answer

@@ -309,9 +309,12 @@ def _without(parts: list[bytes], names: AbstractSet[bytes]) -> list[bytes]:
     return out
 
 
-def with_set_headers(parts: list[bytes], set_headers: tuple[tuple[str, str], ...]) -> list[bytes]:
-    """RouteDecision.set_headers: replace same-named headers (rare path, copies the list)."""
+def with_set_headers(parts: list[bytes], set_headers: tuple[tuple[str, str], ...],
+                     drop: frozenset[str] = frozenset()) -> list[bytes]:
+    """RouteDecision.set_headers: replace same-named headers, and remove those named in
+    `drop` (rare path, copies the list)."""
     names = {n.lower().encode("latin-1") for n, _ in set_headers}
+    names |= {n.lower().encode("latin-1") for n in drop}
     out = _without(parts, names)
     for n, v in set_headers:
         out += (n.encode("latin-1"), b": ", v.encode("latin-1"), CRLF)

@@ -19,6 +19,7 @@ from typing import Any, cast
 from gateway.proxy.batching import WriteBatch
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
+from gateway.proxy.extauth import AuthChecker
 from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.pool import ConnectionPool
@@ -69,6 +70,7 @@ class ProxyServer:
         self._reads_seen = 0
         self._poll_until = 0.0
         self._polling = False
+        self.auth = AuthChecker()  # auth-url checks (gateway/proxy/extauth.py)
         #: When held writes leave (gateway/proxy/batching.py); shared with the pool.
         self.writes: WriteBatch = None  # type: ignore[assignment]
 
@@ -110,6 +112,7 @@ class ProxyServer:
         for c in list(self.conns):
             c.abort()
         await self.mirror.stop()
+        await self.auth.close()
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None

@@ -13,6 +13,7 @@ from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 
 from .allow import SourceRange, parse_source_range
 from .cors import CorsPolicy, parse_cors
+from .extauth import ExternalAuth, parse_external_auth
 from .policy import Context, check_cluster
 from .ratelimit import RateLimitSettings, parse_rate_limit, parse_send_rate
 from .rewrite import RewriteSettings, parse_rewrite
@@ -58,6 +59,7 @@ class RouteSettings:
     cors: CorsPolicy | None = None  # enable-cors (gateway/routing/cors.py)
     rate_limit: RateLimitSettings | None = None  # limit-rps etc. (gateway/routing/ratelimit.py)
     send_rate: tuple[int, int] = (0, 0)  # limit-rate, limit-rate-after: bytes/s, bytes
+    auth: ExternalAuth | None = None  # auth-url etc. (gateway/routing/extauth.py)
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -103,6 +105,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         cors=parse_cors(ann),
         rate_limit=parse_rate_limit(ann),
         send_rate=parse_send_rate(ann),
+        auth=parse_external_auth(ann),
     )
 
 

@@ -286,6 +286,7 @@ class RouteTable(Router):
             "sendRate": {"bytesPerSecond": main.send_rate, "after": main.send_rate_after}
             if main.send_rate else None,
             "errors": describe_errors(main),
+            "externalAuth": main.auth.describe if main.auth is not None else None,
         }
 
 

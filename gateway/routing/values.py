@@ -34,6 +34,8 @@ COMPATIBLE_KEYS = frozenset({
     "limit-allowlist", "limit-whitelist", "limit-rate", "limit-rate-after",
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
+    "auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",  # extauth.EXT_AUTH_KEYS
+    "auth-response-headers", "auth-request-redirect",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
@@ -65,7 +67,8 @@ OUR_KEYS = frozenset({
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
     "session-cookie-hash", "backend-protocol",
-    "configuration-snippet", "server-snippet", "auth-url", "auth-type",
+    "configuration-snippet", "server-snippet", "auth-type", "auth-snippet",
+    "auth-cache-key", "auth-cache-duration", "auth-proxy-set-headers", "auth-always-set-cookie",
 })
 
 

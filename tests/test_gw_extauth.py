@@ -1,0 +1,180 @@
+"""auth-url and its companions (gateway/routing/extauth.py, gateway/proxy/extauth.py): the
+parsing (table-driven), and the check through the gateway with a real auth service and
+real HTTP clients."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+from test_gw_app import gateway_over
+from test_gw_app import ingress as app_ingress
+from test_gw_routing_kit import MSE, NGX, decide, one, problems_for
+
+from gateway.routing.extauth import RequestVars, expand, parse_external_auth, signin_url
+from gateway.routing.values import Annotations
+
+HOST = "api.example.com"
+
+
+def parsed(ann: dict):
+    problems: list = []
+    return parse_external_auth(Annotations("demo/x", ann, problems)), [p.message for p in problems]
+
+
+@pytest.mark.parametrize("signin, param, want", [
+    ("https://login.example.com/start", "rd",
+     "https://login.example.com/start?rd=$pass_access_scheme://$http_host$escaped_request_uri"),
+    ("https://login.example.com/start?x=1", "rd",
+     "https://login.example.com/start?x=1&rd=$pass_access_scheme://$http_host$escaped_request_uri"),
+    ("https://login.example.com/start?rd=/home", "rd", "https://login.example.com/start?rd=/home"),
+    ("https://login.example.com/start", "back",
+     "https://login.example.com/start?back=$pass_access_scheme://$http_host$escaped_request_uri"),
+])
+def test_signin_url_adds_the_redirect_parameter_as_ingress_nginx(signin, param, want):
+    assert signin_url(signin, param) == want
+
+
+@pytest.mark.parametrize("template, want", [
+    ("https://$host/oauth2/auth", "https://api.example.com/oauth2/auth"),
+    ("$scheme://$http_host$request_uri", "https://API.example.com:8443/a b?x=1&y=2"),
+    ("$pass_access_scheme://$best_http_host$escaped_request_uri",
+     "https://API.example.com:8443%2Fa%20b%3Fx%3D1%26y%3D2"),
+    ("http://auth.local/check", "http://auth.local/check"),
+])
+def test_variables(template, want):
+    v = RequestVars("https", "API.example.com:8443", "api.example.com", "/a b?x=1&y=2")
+    assert expand(template, v) == want
+
+
+@pytest.mark.parametrize("ann, problem", [
+    ({NGX + "auth-url": "auth.local/check"}, "is not an http(s) URL"),
+    ({NGX + "auth-url": "ftp://auth.local/check"}, "is not an http(s) URL"),
+    ({NGX + "auth-url": "http://$remote_user.local/"}, "$remote_user not supported"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-method": "FETCH"}, "not an HTTP method"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-response-headers": "X-User, Bad Name"},
+     "invalid header name(s) Bad Name"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-signin": "https://l/?u=$cookie_x"},
+     "$cookie_x not supported"),
+])
+def test_an_unusable_check_denies_the_route(ann, problem):
+    auth, problems = parsed(ann)
+    assert auth is not None and auth.broken is not None and problem in auth.broken
+    assert any(problem in m and "answer 503" in m for m in problems)
+
+
+def test_settings_parse_under_both_prefixes_and_show_on_the_routes_page():
+    auth, problems = parsed({MSE + "auth-url": "http://auth.local/check", NGX + "auth-method": "POST",
+                             NGX + "auth-response-headers": "X-User, X-Email",
+                             NGX + "auth-signin": "https://login.example.com/",
+                             NGX + "auth-request-redirect": "https://app.example.com/"})
+    assert problems == [] and auth is not None and auth.broken is None
+    assert (auth.url, auth.method, auth.response_headers) == ("http://auth.local/check", "POST", ("X-User", "X-Email"))
+    assert auth.request_redirect == "https://app.example.com/"
+    table, _, msgs = one({NGX + "auth-url": "http://auth.local/check"})
+    assert msgs == [] and decide(table).auth.url == "http://auth.local/check"
+    assert table.describe()[0]["externalAuth"]["url"] == "http://auth.local/check"
+    _, problems, _ = one({NGX + "auth-url": "http://auth.local/", NGX + "auth-snippet": "x"})
+    assert problems_for(problems, "default/ing", "auth-snippet") == ["not supported by this gateway; ignored"]
+
+
+class AuthService:
+    """A real auth service: the Authorization header decides; every check is recorded."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append((request.method, request.path_qs, dict(request.headers), body))
+        token = request.headers.get("Authorization", "")
+        if token == "Bearer good":
+            return web.Response(text="ok", headers={"X-User": "alice", "Set-Cookie": "session=1; Path=/"})
+        if token == "Bearer forbidden":
+            return web.Response(status=403, text="no")
+        if token == "Bearer broken":
+            return web.Response(status=502, text="down")
+        return web.Response(status=401, text="who?", headers={
+            "WWW-Authenticate": 'Bearer realm="api"', "Set-Cookie": "tried=1"})
+
+
+@asynccontextmanager
+async def auth_service():
+    svc = AuthService()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", svc.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield svc, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_check_lets_through_denies_and_passes_headers():
+    async with auth_service() as (svc, base):
+        ing = app_ingress("api", HOST, "web", {
+            NGX + "auth-url": f"{base}/verify?from=gw", NGX + "auth-response-headers": "X-User, X-Team"})
+        async with gateway_over([ing], "127.0.77.1") as (app, up), aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{app.proxy.port}"
+            headers = {"Host": HOST, "Authorization": "Bearer good", "X-User": "mallory",
+                       "X-Team": "spoofed"}
+            async with s.post(f"{url}/items?q=1", headers=headers, data=b"payload") as r:
+                assert r.status == 200
+                assert r.headers.getall("Set-Cookie") == ["session=1; Path=/"]
+            method, path, seen, body = svc.seen[-1]
+            assert (method, path, body) == ("GET", "/verify?from=gw", b"")  # no body, nginx's GET
+            assert seen["X-Original-URL"] == f"http://{HOST}/items?q=1"
+            assert seen["X-Original-Method"] == "POST"
+            assert seen["X-Auth-Request-Redirect"] == "/items?q=1"
+            assert seen["X-Sent-From"] == "nginx-ingress-controller"
+            assert seen["X-Real-IP"] == seen["X-Forwarded-For"] == "127.0.0.1"
+            assert seen["Host"] == "127.0.0.1" and seen["Authorization"] == "Bearer good"
+            assert "X-Original-URI" not in seen and "Content-Length" not in seen
+            assert seen["X-Request-ID"] == up.requests[-1].header("x-request-id")
+            proxied = up.requests[-1]
+            assert proxied.method == "POST" and proxied.body == b"payload"
+            assert proxied.header("x-user") == "alice"  # from the auth answer, not the client
+            assert proxied.header("x-team") is None  # listed, absent from the answer: removed
+
+            n = len(up.requests)
+            async with s.get(f"{url}/items", headers={"Host": HOST}) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+                assert "Set-Cookie" not in r.headers
+            async with s.get(f"{url}/items", headers={"Host": HOST, "Authorization": "Bearer forbidden"}) as r:
+                assert r.status == 403
+            async with s.get(f"{url}/items", headers={"Host": HOST, "Authorization": "Bearer broken"}) as r:
+                assert r.status == 500  # any other answer is an error, as nginx's auth_request
+            async with s.post(f"{url}/up", headers={"Host": HOST}, data=b"x" * 100_000) as r:
+                assert r.status == 401  # a body the check refused is never proxied
+            assert len(up.requests) == n
+
+
+async def test_signin_redirect_method_and_an_unreachable_service():
+    async with auth_service() as (svc, base):
+        signin = {NGX + "auth-url": f"{base}/verify", NGX + "auth-method": "POST",
+                  NGX + "auth-signin": "https://login.example.com/start"}
+        down = {NGX + "auth-url": "http://127.0.0.1:9/verify"}  # discard port: refused
+        ings = [app_ingress("api", HOST, "web", signin), app_ingress("down", "down.example.com", "web", down),
+                app_ingress("bad", "bad.example.com", "web", {NGX + "auth-url": "not a url"})]
+        async with gateway_over(ings, "127.0.77.2") as (app, up), aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{app.proxy.port}"
+            async with s.get(f"{url}/a/b?x=1", headers={"Host": HOST}, allow_redirects=False) as r:
+                assert r.status == 302
+                assert r.headers["Location"] == f"https://login.example.com/start?rd=http://{HOST}%2Fa%2Fb%3Fx%3D1"
+                assert r.headers.getall("Set-Cookie") == ["tried=1"]
+            method, _, seen, _ = svc.seen[-1]
+            assert method == "POST" and seen["X-Original-URI"] == "/a/b?x=1" and seen["X-Scheme"] == "http"
+            async with s.get(f"{url}/a", headers={"Host": HOST, "Authorization": "Bearer good"}) as r:
+                assert r.status == 200
+            async with s.get(f"{url}/a", headers={"Host": "down.example.com"}) as r:
+                assert r.status == 500 and "auth service unavailable" in await r.text()
+            async with s.get(f"{url}/a", headers={"Host": "bad.example.com"}) as r:
+                assert r.status == 503  # denied, never proxied unchecked
+            assert len(up.requests) == 1
