@@ -4,6 +4,7 @@ real HTTP clients."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -178,3 +179,32 @@ async def test_signin_redirect_method_and_an_unreachable_service():
             async with s.get(f"{url}/a", headers={"Host": "bad.example.com"}) as r:
                 assert r.status == 503  # denied, never proxied unchecked
             assert len(up.requests) == 1
+
+
+async def test_a_client_leaving_during_the_check_abandons_it():
+    """The check's request is cancelled with the exchange: the auth service sees its
+    connection closed, and nothing is proxied."""
+    got_request = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def never_answers(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        got_request.set()
+        await r.read()  # EOF: the gateway gave up on this check
+        closed.set()
+        w.close()
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        ing = app_ingress("api", HOST, "web", {NGX + "auth-url": f"http://127.0.0.1:{port}/verify"})
+        async with gateway_over([ing], "127.0.77.3") as (app, up):
+            r, w = await asyncio.open_connection("127.0.0.1", app.proxy.port)
+            w.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            await asyncio.wait_for(got_request.wait(), 5)
+            w.close()
+            await asyncio.wait_for(closed.wait(), 5)
+            assert up.requests == []
+    finally:
+        server.close()
+        await server.wait_closed()
