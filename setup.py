@@ -25,7 +25,6 @@ COMPILED = [
     "gateway/proxy/states.py",
     "gateway/proxy/heads.py",
     "gateway/proxy/tunnel.py",
-    "gateway/proxy/batching.py",
     "gateway/proxy/pool.py",
     "gateway/proxy/exchange_base.py",
     "gateway/proxy/retry.py",

@@ -1,7 +1,6 @@
 """Writes leave at the end of a loop turn: one send per connection for everything a turn
 produced, after every read of that turn was handled, so a peer wakes once per turn rather
-than once per request (gateway/proxy/pool.py `WRITE_NOW`, gateway/proxy/batching.py). At
-light load (one request per turn) they leave at the end of the read that made them.
+than once per request (gateway/proxy/pool.py `WRITE_NOW`, ProxyServer.flush_later).
 
 Checked on real sockets: a recording wrapper around the proxy's transports notes, at each
 send, how many bytes are still unread on the proxy's sockets of the other side (FIONREAD)."""
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from gwkit import Env, read_response
 
-from gateway.proxy.batching import QUIET_TURNS, SAMPLE_EVERY
 from gateway.proxy.pool import WRITE_NOW, ConnectionPool, UpstreamConnection
 
 
@@ -30,13 +28,6 @@ async def env():
 
 def unread(sock: Any) -> int:
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def whole_response(data: bytes) -> bool:
-    """`data` is one complete Content-Length response: its head and all of its body."""
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = [v for n, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if n.lower() == b"content-length"]
-    return head.startswith(b"HTTP/1.1 200") and length == [b"%d" % len(body)] and len(body) > 0
 
 
 class Recorder(asyncio.Transport):
@@ -171,56 +162,3 @@ async def test_upstream_writes_of_a_turn_are_one_send_big_pieces_go_at_once() ->
     finally:
         server.close()
         await server.wait_closed()
-
-
-async def test_one_request_per_turn_leaves_per_event_and_a_burst_brings_the_hold_back(env: Env) -> None:
-    """Light load: after QUIET_TURNS held turns with one connection each, a request and its
-    response leave at the end of the read that made them (no end-of-turn pass), still one send
-    each. A burst of clients is then seen by a sampled turn, and writes are held again."""
-    await env.upstream("u1")
-    await env.start()
-    proxy = env.proxy
-    assert proxy is not None
-    writes = proxy.writes
-    clients = [await asyncio.open_connection("127.0.0.1", env.port) for _ in range(4)]
-
-    async def burst() -> None:
-        for _, w in clients:
-            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert [(await read_response(r)).status for r, _ in clients] == [200] * 4
-
-    async def one_at_a_time(n: int) -> None:
-        r, w = clients[0]
-        for _ in range(n):
-            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            assert (await read_response(r)).status == 200
-
-    try:
-        await burst()  # warm: four pooled upstream connections, so no connect below
-        assert not writes.per_event
-        await one_at_a_time(QUIET_TURNS)
-        assert writes.per_event
-        up_sends: list = []
-        client_sends: list = []
-        for u in proxy.pool.live:
-            u.transport = Recorder(u.transport, up_sends, lambda: writes.in_event)
-        for c in proxy.conns:
-            c.transport = Recorder(c.transport, client_sends, lambda: writes.in_event)
-        n = 10
-        await one_at_a_time(n)
-        assert len(up_sends) == n and len(client_sends) == n  # a response's head and body: one send
-        assert all(whole_response(d) for d, _ in client_sends)
-        sent_in_event = [e for _, e in up_sends + client_sends]
-        assert sent_in_event.count(True) >= 2 * n - 2, sent_in_event  # all but a sampled turn's
-
-        for _ in range(SAMPLE_EVERY):  # a sample comes within SAMPLE_EVERY writes
-            await burst()
-            if not writes.per_event:
-                break
-        assert not writes.per_event  # back to holding writes to the end of the turn
-        del up_sends[:], client_sends[:]
-        await burst()
-        assert len(up_sends) == 4 and not any(e for _, e in up_sends + client_sends)
-    finally:
-        for _, w in clients:
-            w.close()

@@ -109,14 +109,6 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closing or self.pending_error is not None:
             return
-        writes = self.server.writes
-        was = writes.begin()  # what this read makes for upstreams may leave when it is handled
-        try:
-            self._read(data)
-        finally:
-            writes.end(was)
-
-    def _read(self, data: bytes) -> None:
         state = self.state
         if state != BODY:
             if state == IDLE:  # a new head starts: the header-read timeout runs from here
@@ -322,13 +314,6 @@ class ClientConnection(asyncio.Protocol):
         if buf:
             self.wbuf = []
             send_pieces(self.transport, buf)
-
-    def send_held(self) -> None:
-        """Send what was gathered while an upstream read was handled, and stop gathering
-        (called by the server's `WriteBatch`)."""
-        if not self.closing:
-            self.flush()
-        self.wbuf = None
 
     def close(self) -> None:
         if not self.closing:

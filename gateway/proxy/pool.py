@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Final
 import httptools
 from mypy_extensions import mypyc_attr
 
-from gateway.proxy.batching import WriteBatch
 from gateway.proxy.heads import ResponseInfo
 from gateway.proxy.tunnel import half_close
 
@@ -26,8 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.proxy")
 
-#: Writes are held (gateway/proxy/batching.py: one send per connection per turn or event, so
-#: the peer wakes once for a turn's worth); a read or body piece this big goes at once instead.
+#: Writes are held until the end of the loop turn (one send per connection per turn, so the
+#: peer wakes once for a turn's worth); a read or body piece this big goes at once instead.
 WRITE_NOW: Final = 16384
 
 Address = tuple[str, int]
@@ -109,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: asyncio.Protocol | None = None  # the client side once upgraded (101)
         self.got_bytes = False  # any byte of the current response arrived
         self.idle_list: list[UpstreamConnection] | None = None  # the pool's list for addr
-        self.out: list[bytes] = []  # held writes (send_held, when the pool's WriteBatch says)
+        self.out: list[bytes] = []  # written at the end of this loop turn (ConnectionPool.flush_later)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -129,21 +128,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
-        writes = self.pool.writes
-        was = writes.begin()  # what this read makes for the client leaves in one send
-        try:
-            self._read(owner, data, writes)
-        finally:
-            writes.end(was)
-
-    def _read(self, owner: Owner, data: bytes, writes: WriteBatch) -> None:
-        client = owner.batched_client()
+        client = owner.batched_client()  # what this read produces for it leaves at the turn's end
         if client is not None:
             if client.server.busy_poll > 0.0:
                 client.server.read_happened()
             if client.wbuf is None:
                 client.wbuf = []
-                writes.hold_client(client)
+                client.server.flush_later(client)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -247,17 +238,8 @@ class UpstreamConnection(asyncio.Protocol):
             send_pieces(self.transport, out)
             return
         if not out:
-            self.pool.writes.hold_upstream(self)
+            self.pool.flush_later(self)
         out.append(data)
-
-    def send_held(self) -> None:
-        """Send what `write` gathered (called by the pool's `WriteBatch`)."""
-        out = self.out
-        if out:
-            self.out = []
-            tr = self.transport
-            if not self.closed and not tr.is_closing():
-                send_pieces(tr, out)
 
     def close(self) -> None:
         self.owner = None
@@ -269,11 +251,8 @@ class UpstreamConnection(asyncio.Protocol):
 class ConnectionPool:
     """Idle keep-alive connections per upstream address, LIFO."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int, idle_timeout: float,
-                 writes: WriteBatch | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int, idle_timeout: float) -> None:
         self.loop = loop
-        #: When held writes leave, for upstream and client connections alike.
-        self.writes = writes if writes is not None else WriteBatch(loop)
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: dict[object, list[UpstreamConnection]] = {}  # by address (Endpoint.key)
@@ -282,10 +261,29 @@ class ConnectionPool:
         self.closing = False
         self.live: set[UpstreamConnection] = set()  # every open connection, idle or busy
         self._sweeper: asyncio.TimerHandle | None = None
+        self.dirty: list[UpstreamConnection] = []  # with writes queued this loop turn
 
     @property
     def open_connections(self) -> int:
         return len(self.live)
+
+    def flush_later(self, conn: UpstreamConnection) -> None:
+        if not self.dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self.dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        """One send per connection for everything this loop turn queued: the upstream gets a
+        turn's requests together and wakes once, not once per request (see ProxyServer.flush_later)."""
+        dirty = self.dirty
+        self.dirty = []
+        for conn in dirty:
+            out = conn.out
+            if out:
+                conn.out = []
+                tr = conn.transport
+                if not conn.closed and not tr.is_closing():
+                    send_pieces(tr, out)
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self.idle.values())

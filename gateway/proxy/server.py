@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from gateway.proxy.batching import WriteBatch
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
 from gateway.proxy.extauth import AuthChecker
@@ -71,16 +70,14 @@ class ProxyServer:
         self._poll_until = 0.0
         self._polling = False
         self.auth = AuthChecker()  # auth-url checks (gateway/proxy/extauth.py)
-        #: When held writes leave (gateway/proxy/batching.py); shared with the pool.
-        self.writes: WriteBatch = None  # type: ignore[assignment]
+        #: Client connections with writes held until the end of this loop turn (flush_later).
+        self.dirty: list[ClientConnection] = []
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     ssl: ssl.SSLContext | None = None) -> int:
         self.loop = asyncio.get_running_loop()
         lim = self.limits
-        self.writes = WriteBatch(self.loop)
-        self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout,
-                                   self.writes)
+        self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
         self.mirror = MirrorSender(self)
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
@@ -123,6 +120,20 @@ class ProxyServer:
         if self.hsts and self.hsts_for is not None and view is not None and self.hsts_for(view.host):
             return self.hsts
         return b""
+
+    def flush_later(self, client: ClientConnection) -> None:
+        """Hold `client`'s writes (its `wbuf`) until the events of this loop turn are handled."""
+        if not self.dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self.dirty.append(client)
+
+    def _flush_dirty(self) -> None:
+        dirty = self.dirty
+        self.dirty = []
+        for c in dirty:
+            if not c.closing:
+                c.flush()
+            c.wbuf = None
 
     def read_happened(self) -> None:
         """A client or upstream read (only called with busy polling on): poll from now on."""
