@@ -5,6 +5,7 @@ real HTTP clients."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -14,7 +15,14 @@ from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, decide, one, problems_for
 
-from gateway.routing.extauth import RequestVars, expand, parse_external_auth, signin_url
+from gateway.routing.extauth import (
+    RequestVars,
+    cache_ttl,
+    cache_validity,
+    expand,
+    parse_external_auth,
+    signin_url,
+)
 from gateway.routing.values import Annotations
 
 HOST = "api.example.com"
@@ -50,15 +58,53 @@ def test_variables(template, want):
     assert expand(template, v) == want
 
 
+def test_variables_from_headers_cookies_and_the_client():
+    headers = {"x-token": "t1", "cookie": "a=1; session=abc; b=2",
+               "authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
+    v = RequestVars("http", "h", "h", "/", headers, "10.0.0.7")
+    assert expand("$http_x_token|$cookie_session|$remote_user|$remote_addr|$cookie_none|$http_none", v) \
+        == "t1|abc|alice|10.0.0.7||"
+    assert expand("$remote_user", RequestVars("http", "h", "h", "/", {"authorization": "Bearer x"})) == ""
+
+
+@pytest.mark.parametrize("text, want", [
+    ("200 202 401 5m", (frozenset({200, 202, 401}), 300.0)),
+    ("5m", (frozenset({200, 301, 302}), 300.0)),
+    ("any 30s", (None, 30.0)),
+    ("200 1h 30m", (frozenset({200}), 5400.0)),
+    ("500ms", (frozenset({200, 301, 302}), 0.5)),
+    ("5m 200", None),
+    ("200 soon", None),
+    ("200", None),
+])
+def test_cache_durations_read_as_proxy_cache_valid(text, want):
+    assert cache_validity(text) == want
+
+
+def test_cache_settings():
+    auth, problems = parsed({NGX + "auth-url": "http://a/", NGX + "auth-cache-key": "$http_authorization"})
+    assert problems == [] and auth.cache_key == "$http_authorization"
+    assert auth.cache_valid == ((frozenset({200, 202, 401}), 300.0),)  # ingress-nginx's default
+    assert cache_ttl(auth, 401) == 300.0 and cache_ttl(auth, 403) == 0.0
+    auth, _ = parsed({NGX + "auth-url": "http://a/", NGX + "auth-cache-key": "$remote_user",
+                      NGX + "auth-cache-duration": "200 1m, 401 10s"})
+    assert auth.cache_valid == ((frozenset({200}), 60.0), (frozenset({401}), 10.0))
+    auth, problems = parsed({NGX + "auth-url": "http://a/", NGX + "auth-cache-key": "k",
+                             NGX + "auth-cache-duration": "200 1m, later"})
+    assert auth.broken == "invalid cache duration(s) later" and problems
+
+
 @pytest.mark.parametrize("ann, problem", [
     ({NGX + "auth-url": "auth.local/check"}, "is not an http(s) URL"),
     ({NGX + "auth-url": "ftp://auth.local/check"}, "is not an http(s) URL"),
-    ({NGX + "auth-url": "http://$remote_user.local/"}, "$remote_user not supported"),
+    ({NGX + "auth-url": "http://$upstream_addr.local/"}, "$upstream_addr not supported"),
     ({NGX + "auth-url": "http://auth.local/", NGX + "auth-method": "FETCH"}, "not an HTTP method"),
     ({NGX + "auth-url": "http://auth.local/", NGX + "auth-response-headers": "X-User, Bad Name"},
      "invalid header name(s) Bad Name"),
-    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-signin": "https://l/?u=$cookie_x"},
-     "$cookie_x not supported"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-signin": "https://l/?u=$args"},
+     "$args not supported"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-cache-key": "$request_time"},
+     "$request_time not supported"),
 ])
 def test_an_unusable_check_denies_the_route(ann, problem):
     auth, problems = parsed(ann)
@@ -97,6 +143,10 @@ class AuthService:
             return web.Response(status=403, text="no")
         if token == "Bearer broken":
             return web.Response(status=502, text="down")
+        if token.startswith("Bearer plain"):
+            return web.Response(text="ok", headers={"X-User": token[13:]})
+        if token == "Bearer nostore":
+            return web.Response(text="ok", headers={"Cache-Control": "no-store"})
         return web.Response(status=401, text="who?", headers={
             "WWW-Authenticate": 'Bearer realm="api"', "Set-Cookie": "tried=1"})
 
@@ -208,3 +258,29 @@ async def test_a_client_leaving_during_the_check_abandons_it():
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_answers_are_cached_per_key_as_nginx_caches_them():
+    async with auth_service() as (svc, base):
+        ing = app_ingress("api", HOST, "web", {
+            NGX + "auth-url": f"{base}/verify", NGX + "auth-cache-key": "$http_authorization",
+            NGX + "auth-response-headers": "X-User"})
+        async with gateway_over([ing], "127.0.77.4") as (app, up), aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{app.proxy.port}"
+
+            async def status(token: str | None) -> int:
+                headers = {"Host": HOST, **({"Authorization": token} if token else {})}
+                async with s.get(f"{url}/x", headers=headers) as r:
+                    return r.status
+
+            assert [await status("Bearer plain bob") for _ in range(3)] == [200] * 3
+            assert len(svc.seen) == 1  # one check, then the cached answer
+            assert [q.header("x-user") for q in up.requests] == ["bob"] * 3  # its headers too
+            assert await status("Bearer plain eve") == 200 and len(svc.seen) == 2  # another key
+            assert [await status(None) for _ in range(2)] == [401, 401]
+            assert len(svc.seen) == 4  # a 401 with Set-Cookie is not cached (nginx)
+            for token in ("Bearer good", "Bearer nostore", "Bearer forbidden"):
+                before = len(svc.seen)
+                await status(token)
+                await status(token)
+                assert len(svc.seen) == before + 2, token  # Set-Cookie, no-store, 403: not cached

@@ -7,14 +7,16 @@ for it, so the coroutine and aiohttp's parsing are not what its cost is made of.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from gateway.proxy.heads import RequestHead
-from gateway.routing.extauth import ExternalAuth, RequestVars, expand
+from gateway.routing.extauth import ExternalAuth, RequestVars, cache_ttl, expand
 from gateway.types import Timeouts
 
 log = logging.getLogger("gateway.proxy")
@@ -42,11 +44,37 @@ class Verdict:
     to_upstream: tuple[tuple[str, str | None], ...] = ()  # auth-response-headers; None: remove
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the auth service said: its status and the headers a verdict may use."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # lower-cased names
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n == name]
+
+    def get(self, name: str) -> str | None:
+        found = self.all(name.lower())
+        return found[0] if found else None
+
+
+#: An answer that cannot be had (refused, timeout, bad URL): a 500, never cached.
+UNAVAILABLE = Answer(0, ())
+#: Cached answers per listener, at most (the oldest go first).
+CACHE_SIZE = 10000
+
+
 class AuthChecker:
-    """One per proxy listener; the aiohttp session is made on first use, on the running loop."""
+    """One per proxy listener; the aiohttp session is made on first use, on the running loop.
+    With `auth-cache-key`, answers are kept per (auth-url, expanded key) for the time
+    `auth-cache-duration` gives their status, unless they carry `Set-Cookie` or a
+    `Cache-Control` of no-store, no-cache or private (nginx's proxy_cache rules); a
+    `Cache-Control: max-age` sets the time instead."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._cache: dict[tuple[str, str], tuple[float, Answer]] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -60,10 +88,28 @@ class AuthChecker:
             self._session = None
 
     async def check(self, auth: ExternalAuth, h: RequestHead, scheme: str, client_ip: str,
-                    timeouts: Timeouts) -> Verdict:
-        v = RequestVars(scheme, h.host_raw.decode("latin-1"), h.host, h.path.decode("latin-1"))
+                    timeouts: Timeouts, headers: Mapping[str, str]) -> Verdict:
+        v = RequestVars(scheme, h.host_raw.decode("latin-1"), h.host, h.path.decode("latin-1"),
+                        headers, client_ip)
         url = expand(auth.url, v)
-        uri = v.request_uri
+        key = (url, expand(auth.cache_key, v)) if auth.cache_key is not None else None
+        now = asyncio.get_running_loop().time()
+        cached = self._cache.get(key) if key is not None else None
+        if cached is not None and cached[0] > now:
+            answer = cached[1]
+        else:
+            answer = await self._ask(auth, h, v, url, timeouts)
+            ttl = _ttl(auth, answer) if key is not None else 0.0
+            if ttl > 0 and key is not None:
+                self._cache.pop(key, None)
+                if len(self._cache) >= CACHE_SIZE:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[key] = (now + ttl, answer)
+        return _verdict(auth, answer, v, url)
+
+    async def _ask(self, auth: ExternalAuth, h: RequestHead, v: RequestVars, url: str,
+                   timeouts: Timeouts) -> Answer:
+        uri, scheme, client_ip = v.request_uri, v.scheme, v.client_ip
         headers: list[tuple[str, str]] = [
             (n.decode("latin-1"), value.decode("latin-1")) for n, value in h.lower
             if n.decode("latin-1").lower() not in _NOT_FORWARDED]
@@ -86,23 +132,46 @@ class AuthChecker:
                     auth.method or "GET", url, headers=headers, allow_redirects=False,
                     timeout=timeout) as resp:
                 await resp.content.read(_MAX_BODY)
-                status = resp.status
-                cookies = resp.headers.getall("Set-Cookie", [])
-                if 200 <= status < 300:
-                    return Verdict(0, to_client=_lines("Set-Cookie", cookies), to_upstream=tuple(
-                        (name, resp.headers.get(name)) for name in auth.response_headers))
-                if status == 401 and auth.signin is not None:
-                    where = expand(auth.signin, v)
-                    return Verdict(302, f"redirecting to {where}", where, _lines("Set-Cookie", cookies))
-                if status in (401, 403):
-                    challenge = resp.headers.getall("WWW-Authenticate", []) if status == 401 else []
-                    return Verdict(status, "unauthorized" if status == 401 else "forbidden",
-                                   to_client=_lines("WWW-Authenticate", challenge))
-                log.warning("auth service %s answered %d: answering 500", url, status)
-                return Verdict(500, f"auth service answered {status}")
+                return Answer(resp.status, tuple((n.lower(), val) for n, val in resp.headers.items()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("auth service %s failed: %s", url, exc or type(exc).__name__)
-            return Verdict(500, "auth service unavailable")
+            return UNAVAILABLE
+
+
+def _ttl(auth: ExternalAuth, answer: Answer) -> float:
+    if answer is UNAVAILABLE or answer.get("set-cookie") is not None:
+        return 0.0
+    directives = [d.strip().lower() for d in ",".join(answer.all("cache-control")).split(",")]
+    if any(d in ("no-store", "no-cache", "private") for d in directives):
+        return 0.0
+    for d in directives:
+        if d.startswith("max-age="):
+            try:
+                return float(int(d[8:]))
+            except ValueError:
+                return 0.0
+    return cache_ttl(auth, answer.status)
+
+
+def _verdict(auth: ExternalAuth, answer: Answer, v: RequestVars, url: str) -> Verdict:
+    """nginx auth_request: 2xx lets the request through; 401 and 403 are the answer (a 401 may
+    become the sign-in redirect); anything else is a 500."""
+    status = answer.status
+    cookies = _lines("Set-Cookie", answer.all("set-cookie"))
+    if 200 <= status < 300:
+        return Verdict(0, to_client=cookies, to_upstream=tuple(
+            (name, answer.get(name)) for name in auth.response_headers))
+    if status == 401 and auth.signin is not None:
+        where = expand(auth.signin, v)
+        return Verdict(302, f"redirecting to {where}", where, cookies)
+    if status == 401:
+        return Verdict(401, "unauthorized", to_client=_lines("WWW-Authenticate", answer.all("www-authenticate")))
+    if status == 403:
+        return Verdict(403, "forbidden")
+    if status:
+        log.warning("auth service %s answered %d: answering 500", url, status)
+        return Verdict(500, f"auth service answered {status}")
+    return Verdict(500, "auth service unavailable")
 
 
 def _lines(name: str, values: list[str]) -> bytes:

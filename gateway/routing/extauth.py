@@ -17,28 +17,45 @@ becomes a 302 to the sign-in page; any other answer, or no answer, is a 500.
   request (a listed header the answer lacks is removed from the request);
 * `auth-request-redirect`: the `X-Auth-Request-Redirect` value (default: the request URI).
 
+* `auth-cache-key`, `auth-cache-duration`: answers are kept per expanded key for the time
+  nginx's `proxy_cache_valid` entries give their status (default `200 202 401 5m`), except
+  answers with `Set-Cookie` or `Cache-Control` no-store/no-cache/private; `max-age` wins.
+
 `Set-Cookie` lines of the service's answer reach the client, on the proxied answer or the
-sign-in redirect. In `auth-url` and `auth-signin` these nginx variables are replaced per
-request: `$host`, `$http_host`, `$best_http_host`, `$scheme`, `$pass_access_scheme`,
-`$request_uri`, `$escaped_request_uri`. An `auth-url` that cannot be used denies the route
-(503), as ingress-nginx does: an Ingress asking for a check never goes unchecked.
+sign-in redirect. In `auth-url`, `auth-signin` and `auth-cache-key` these nginx variables are
+replaced per request: `$host`, `$http_host`, `$best_http_host`, `$scheme`,
+`$pass_access_scheme`, `$request_uri`, `$escaped_request_uri`, `$remote_addr`,
+`$remote_user`, `$http_<header>`, `$cookie_<name>`. An `auth-url` that cannot be used (or
+an unknown variable, a bad method, header name or cache duration) denies the route (503),
+as ingress-nginx does: an Ingress asking for a check never goes unchecked.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .values import Annotations, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
-                 "auth-response-headers", "auth-request-redirect")
+                 "auth-response-headers", "auth-request-redirect", "auth-cache-key",
+                 "auth-cache-duration")
+#: ingress-nginx's auth-cache-duration default (nginx proxy_cache_valid syntax).
+DEFAULT_CACHE_DURATION = "200 202 401 5m"
+_TIME = re.compile(r"^(\d+)(ms|s|m|h|d|w|M|y)$")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000,
+            "y": 31536000}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
 _HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
-_VARIABLE = re.compile(r"\$([a-z_]+)")
+_VARIABLE = re.compile(r"\$([a-z0-9_]+)")
 VARIABLES = frozenset({"host", "http_host", "best_http_host", "scheme", "pass_access_scheme",
-                       "request_uri", "escaped_request_uri"})
+                       "request_uri", "escaped_request_uri", "remote_addr", "remote_user"})
+#: Variable families: `$http_<header>` (dashes as underscores), `$cookie_<name>`.
+_FAMILIES = ("http_", "cookie_")
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,8 @@ class RequestVars:
     http_host: str  # the Host header as sent
     host: str  # lower-cased, port stripped
     request_uri: str  # path plus "?query", as received
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    client_ip: str = ""
 
     def value(self, name: str) -> str:
         if name in ("scheme", "pass_access_scheme"):
@@ -59,7 +78,34 @@ class RequestVars:
             return self.host
         if name == "request_uri":
             return self.request_uri
-        return quote(self.request_uri, safe="")  # escaped_request_uri (set_escape_uri)
+        if name == "escaped_request_uri":
+            return quote(self.request_uri, safe="")  # set_escape_uri
+        if name == "remote_addr":
+            return self.client_ip
+        if name == "remote_user":
+            return basic_auth_user(self.headers.get("authorization", ""))
+        if name.startswith("cookie_"):
+            return cookie_value(self.headers.get("cookie", ""), name[7:])
+        return self.headers.get(name[5:].replace("_", "-"), "")  # http_<header>
+
+
+def basic_auth_user(authorization: str) -> str:
+    """nginx's $remote_user: the user of a `Basic` Authorization header ("" otherwise)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(token.strip(), validate=True).decode("latin-1").partition(":")[0]
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def cookie_value(header: str, name: str) -> str:
+    for part in header.split(";"):
+        key, eq, value = part.strip().partition("=")
+        if eq and key == name:
+            return value
+    return ""
 
 
 def expand(template: str, v: RequestVars) -> str:
@@ -77,6 +123,10 @@ class ExternalAuth:
     signin: str | None = None  # with the redirect parameter already added
     response_headers: tuple[str, ...] = ()
     request_redirect: str | None = None
+    #: auth-cache-key: the cache key template; None: every request is checked.
+    cache_key: str | None = None
+    #: auth-cache-duration: (statuses, seconds) pairs; statuses None: any status.
+    cache_valid: tuple[tuple[frozenset[int] | None, float], ...] = ()
     broken: str | None = None
     describe: dict = field(default_factory=dict, compare=False)
 
@@ -92,8 +142,38 @@ def signin_url(signin: str, param: str) -> str:
     return f"{signin}&{param}={target}"
 
 
+def cache_validity(text: str) -> tuple[frozenset[int] | None, float] | None:
+    """One nginx `proxy_cache_valid` entry: `[code ...|any] time [time ...]` (no code: 200,
+    301, 302); None when it is not one."""
+    codes: list[int] = []
+    anything = False
+    seconds = 0.0
+    for word in text.split():
+        time = _TIME.match(word)
+        if time:
+            seconds += int(time.group(1)) * _SECONDS[time.group(2)]
+        elif seconds or not (word == "any" or (len(word) == 3 and word.isdigit())):
+            return None  # a code after the time, or neither
+        elif word == "any":
+            anything = True
+        else:
+            codes.append(int(word))
+    if not seconds:
+        return None
+    return None if anything else frozenset(codes or (200, 301, 302)), seconds
+
+
+def cache_ttl(auth: ExternalAuth, status: int) -> float:
+    """How long an answer with this status stays cached (0: not at all)."""
+    for codes, seconds in auth.cache_valid:
+        if codes is None or status in codes:
+            return seconds
+    return 0.0
+
+
 def _variables_known(text: str) -> str | None:
-    unknown = sorted(set(_VARIABLE.findall(text)) - VARIABLES)
+    unknown = sorted(n for n in set(_VARIABLE.findall(text))
+                     if n not in VARIABLES and not (n.startswith(_FAMILIES) and n not in _FAMILIES))
     return f"nginx variable(s) ${', $'.join(unknown)} not supported" if unknown else None
 
 
@@ -129,11 +209,29 @@ def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
             param = ann.string("auth-signin-redirect-param")
             signin = signin_url(found_signin[1], param[1] if param and param[1] else "rd")
     found_redirect = ann.string("auth-request-redirect")
+    cache_key, cache_valid = None, ()
+    found_key = ann.string("auth-cache-key")
+    if found_key is not None and why is None:
+        why = _variables_known(found_key[1])
+        if why is not None:
+            full = found_key[0]
+        else:
+            cache_key = found_key[1]
+            found_valid = ann.string("auth-cache-duration")
+            entries = split_list(found_valid[1], ",") if found_valid else [DEFAULT_CACHE_DURATION]
+            parsed = [cache_validity(e) for e in entries]
+            bad = [e for e, v in zip(entries, parsed, strict=True) if v is None]
+            if bad and found_valid is not None:  # ingress-nginx: denied
+                full, why = found_valid[0], f"invalid cache duration(s) {', '.join(bad)}"
+            cache_valid = tuple(v for v in parsed if v is not None)
     if why is not None:
         ann.problem(full, f"{why}; the routes of this Ingress answer 503 (denied, as ingress-nginx)")
         return ExternalAuth(broken=why, describe={"denied": why})
     redirect = found_redirect[1] if found_redirect else None
     return ExternalAuth(url=url, method=method, signin=signin, response_headers=tuple(names),
-                        request_redirect=redirect,
+                        request_redirect=redirect, cache_key=cache_key, cache_valid=cache_valid,
                         describe={"url": url, "method": method or "GET", "signin": signin,
-                                  "responseHeaders": names, "requestRedirect": redirect})
+                                  "responseHeaders": names, "requestRedirect": redirect,
+                                  "cacheKey": cache_key,
+                                  "cacheValid": [{"statuses": sorted(c) if c is not None else "any",
+                                                  "seconds": t} for c, t in cache_valid]})
