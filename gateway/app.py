@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.routing import build_route_table, select_ingresses
@@ -99,15 +100,18 @@ class GatewayApp:
         self.tls: CertificateStore | None = None
         self.secrets: Informer | None = None
         self.proxy_tls: ProxyServer | None = None
+        # TLS certificates and basic-auth users (auth-secret) come from the hub's Secrets
+        self.secrets = Informer(hub, SECRETS, transform=trim_secret)
+        self.proxy.credentials = CredentialStore(self._secret)
         if listen_tls is not None:
             self.tls = CertificateStore(default_cert, default_key)
-            self.secrets = Informer(hub, SECRETS, transform=trim_secret)
             table_tls, _ = build_route_table([], [], class_name=class_name, controller=controller,
                                              scheme="https")
             self.proxy_tls = ProxyServer(table_tls, self.upstream, metrics=self.metrics,
                                          limits=limits, xff_trusted=xff_trusted, scheme="https")
             if hsts:
                 self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
+            self.proxy_tls.credentials = self.proxy.credentials
         self.rebuild_delay = rebuild_delay
         self.admin = (
             AdminServer(admin[0], admin[1], self.registry, ready=self._ready,

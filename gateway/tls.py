@@ -354,8 +354,13 @@ def _is_ip(text: str) -> bool:
         return False
 
 
+#: Secret types whose data the gateway keeps: certificates, and basic-auth users (Opaque).
+KEPT_SECRET_TYPES = frozenset({TLS_SECRET_TYPE, "Opaque"})
+
+
 def trim_secret(obj: dict) -> dict:
-    """Informer transform: only TLS Secrets keep their data (no other secret is held)."""
-    if obj.get("type") == TLS_SECRET_TYPE:
+    """Informer transform: only TLS and Opaque Secrets keep their data (service-account
+    tokens, registry credentials and the like are never held)."""
+    if (obj.get("type") or "Opaque") in KEPT_SECRET_TYPES:
         return obj
     return {"metadata": obj.get("metadata") or {}, "type": obj.get("type")}

@@ -209,6 +209,8 @@ class RouteDecision:
     send_rate_after: int = 0
     #: auth-url: a gateway.routing.extauth.ExternalAuth, asked before proxying; None: no check.
     auth: Any = None
+    #: auth-type basic: a gateway.routing.basicauth.BasicAuth, checked before `auth`; None: no check.
+    basic_auth: Any = None
 
 
 class RequestView:

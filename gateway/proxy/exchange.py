@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.proxy")
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_AUTHORIZATION: Final = frozenset({"authorization"})
+_DENIED: Final = "denied: this route's authentication settings cannot be applied"
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -91,20 +93,34 @@ class Exchange(ResponseSide):
                 self.respond(204, "", extra=lines)
                 return
             self.resp_cors = lines
+        parts = h.parts
+        basic = d.basic_auth
+        if basic is not None:  # auth-type basic: nginx's auth_basic, before auth_request
+            status = 503 if basic.broken else srv.credentials.check(basic, view.headers.get("authorization"))
+            if status == 401:
+                self.respond(401, "authorization required", extra=basic.challenge)
+                return
+            if status:
+                self.respond(503, _DENIED)
+                return
+            parts = with_set_headers(parts, (), drop=_AUTHORIZATION)  # not passed upstream
         if d.auth is not None:  # auth-url: nginx's access phase, after the checks above
             if d.auth.broken:
-                self.respond(503, "denied: this route's external auth is misconfigured")
+                self.respond(503, _DENIED)
                 return
-            self.connect_task = self.client.loop.create_task(self._authorize(d))
+            self.connect_task = self.client.loop.create_task(self._authorize(d, parts))
             return
-        self._forward(d, h.parts)
+        self._forward(d, parts)
 
-    async def _authorize(self, d: RouteDecision) -> None:
+    async def _authorize(self, d: RouteDecision, parts: list[bytes]) -> None:
         """Ask the auth service (gateway/proxy/extauth.py); the request's body waits in
         `pending` meanwhile, as it does while a connection is being made."""
         srv = self.server
         try:
-            verdict = await srv.auth.check(d.auth, self.head, srv.scheme, self.client.peer.ip, d.timeouts)
+            view = self.view
+            assert view is not None
+            verdict = await srv.auth.check(d.auth, self.head, srv.scheme, self.client.peer.ip,
+                                           d.timeouts, view.headers)
         except Exception:
             log.exception("external auth check failed on %s", self.view)
             verdict = Verdict(500, "auth check failed")
@@ -115,7 +131,6 @@ class Exchange(ResponseSide):
             self.respond(verdict.status, verdict.text, verdict.location, verdict.to_client)
             return
         self.resp_auth = self.resp_extra = verdict.to_client
-        parts = self.head.parts
         if verdict.to_upstream:
             parts = with_set_headers(parts, tuple((n, v) for n, v in verdict.to_upstream if v is not None),
                                      drop=frozenset(n for n, _ in verdict.to_upstream))

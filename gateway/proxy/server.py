@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from gateway.credentials import CredentialStore
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
 from gateway.proxy.extauth import AuthChecker
@@ -70,6 +71,8 @@ class ProxyServer:
         self._poll_until = 0.0
         self._polling = False
         self.auth = AuthChecker()  # auth-url checks (gateway/proxy/extauth.py)
+        #: auth-type basic checks; the app gives it the hub's Secrets (none: such routes 503).
+        self.credentials = CredentialStore()
         #: Client connections with writes held until the end of this loop turn (flush_later).
         self.dirty: list[ClientConnection] = []
 

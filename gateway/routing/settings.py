@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
 
 from .allow import SourceRange, parse_source_range
+from .basicauth import BasicAuth, client_cert_denial, parse_basic_auth
 from .cors import CorsPolicy, parse_cors
 from .extauth import ExternalAuth, parse_external_auth
 from .policy import Context, check_cluster
@@ -60,6 +61,7 @@ class RouteSettings:
     rate_limit: RateLimitSettings | None = None  # limit-rps etc. (gateway/routing/ratelimit.py)
     send_rate: tuple[int, int] = (0, 0)  # limit-rate, limit-rate-after: bytes/s, bytes
     auth: ExternalAuth | None = None  # auth-url etc. (gateway/routing/extauth.py)
+    basic_auth: BasicAuth | None = None  # auth-type basic (gateway/routing/basicauth.py)
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -106,6 +108,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         rate_limit=parse_rate_limit(ann),
         send_rate=parse_send_rate(ann),
         auth=parse_external_auth(ann),
+        basic_auth=client_cert_denial(ann) or parse_basic_auth(ann, ctx.namespace),
     )
 
 

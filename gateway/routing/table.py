@@ -287,6 +287,7 @@ class RouteTable(Router):
             if main.send_rate else None,
             "errors": describe_errors(main),
             "externalAuth": main.auth.describe if main.auth is not None else None,
+            "basicAuth": main.basic_auth.describe if main.basic_auth is not None else None,
         }
 
 

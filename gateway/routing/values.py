@@ -35,7 +35,10 @@ COMPATIBLE_KEYS = frozenset({
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     "auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",  # extauth.EXT_AUTH_KEYS
-    "auth-response-headers", "auth-request-redirect",
+    "auth-response-headers", "auth-request-redirect", "auth-cache-key", "auth-cache-duration",
+    "auth-type", "auth-secret", "auth-secret-type", "auth-realm",  # basicauth.BASIC_AUTH_KEYS
+    "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",  # .CLIENT_CERT_KEYS
+    "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "session-cookie-name", "session-cookie-path", "session-cookie-domain",
@@ -67,8 +70,8 @@ OUR_KEYS = frozenset({
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
     "session-cookie-hash", "backend-protocol",
-    "configuration-snippet", "server-snippet", "auth-type", "auth-snippet",
-    "auth-cache-key", "auth-cache-duration", "auth-proxy-set-headers", "auth-always-set-cookie",
+    "configuration-snippet", "server-snippet", "auth-snippet",
+    "auth-proxy-set-headers", "auth-always-set-cookie",
 })
 
 

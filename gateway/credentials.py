@@ -1,0 +1,172 @@
+"""Basic authentication's check (gateway/routing/basicauth.py): users and password hashes
+from the Secret the route names, read as it is when the request comes (so a changed Secret
+applies at once), checked as nginx's `auth_basic` does.
+
+Hashes, as nginx reads them: `{PLAIN}`, `{SHA}`, `{SSHA}`, `$apr1$` (htpasswd's default),
+and what the system's crypt(3) knows (`$2y$`/`$2b$` bcrypt, `$5$`, `$6$`, `$1$`, DES).
+A slow hash (bcrypt) would stall the event loop on every request, so a verified
+(Authorization, hash) pair is remembered, by digest, for the life of the hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import warnings
+from collections.abc import Callable
+
+from gateway.routing.basicauth import BasicAuth
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import crypt as _crypt  # removed in Python 3.13: then crypt(3) hashes are refused
+    except ImportError:  # pragma: no cover - depends on the Python build
+        _crypt = None  # type: ignore[assignment]
+
+log = logging.getLogger("gateway.auth")
+
+SecretLookup = Callable[[str, str], "dict | None"]
+_ITOA64 = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: Verified (Authorization, hash) digests kept, at most.
+MEMO_SIZE = 4096
+
+
+def apr1(password: bytes, salt: bytes, magic: bytes = b"$apr1$") -> bytes:
+    """The MD5-based crypt of Apache's htpasswd (magic `$apr1$`; `$1$` is the same with its own
+    magic)."""
+    salt = salt[:8]
+    final = hashlib.md5(password + salt + password).digest()
+    ctx = password + magic + salt
+    n = len(password)
+    while n > 0:
+        ctx += final[:min(16, n)]
+        n -= 16
+    i = len(password)
+    while i:
+        ctx += b"\0" if i & 1 else password[:1]
+        i >>= 1
+    final = hashlib.md5(ctx).digest()
+    for i in range(1000):
+        step = password if i & 1 else final
+        if i % 3:
+            step += salt
+        if i % 7:
+            step += password
+        step += final if i & 1 else password
+        final = hashlib.md5(step).digest()
+    out = bytearray()
+    for a, b, c in ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5)):
+        v = (final[a] << 16) | (final[b] << 8) | final[c]
+        for _ in range(4):
+            out.append(_ITOA64[v & 0x3F])
+            v >>= 6
+    v = final[11]
+    for _ in range(2):
+        out.append(_ITOA64[v & 0x3F])
+        v >>= 6
+    return magic + salt + b"$" + bytes(out)
+
+
+def verify(password: str, hashed: str) -> bool:
+    pw = password.encode("utf-8")
+    if hashed.startswith("{PLAIN}"):
+        return hmac.compare_digest(pw, hashed[7:].encode("utf-8"))
+    if hashed.startswith("{SHA}"):
+        return hmac.compare_digest(base64.b64encode(hashlib.sha1(pw).digest()), hashed[5:].encode())
+    if hashed.startswith("{SSHA}"):
+        try:
+            raw = base64.b64decode(hashed[6:], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return len(raw) > 20 and hmac.compare_digest(hashlib.sha1(pw + raw[20:]).digest(), raw[:20])
+    if hashed.startswith("$apr1$"):
+        salt = hashed[6:].partition("$")[0].encode()
+        return hmac.compare_digest(apr1(pw, salt), hashed.encode())
+    if _crypt is None:
+        return False
+    try:
+        computed = _crypt.crypt(password, hashed)
+    except (OSError, ValueError):
+        return False
+    return computed is not None and hmac.compare_digest(computed.encode(), hashed.encode())
+
+
+def parse_users(obj: dict, secret_type: str) -> dict[str, str] | str:
+    """user -> hash from a Secret (auth-file: its `auth` key, htpasswd lines; auth-map: every
+    key a user), or why it cannot be used."""
+    data = obj.get("data") or {}
+    if not isinstance(data, dict):
+        return "has no data"
+    try:
+        decoded = {str(k): base64.b64decode(v, validate=True).decode("utf-8")
+                   for k, v in data.items()}
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        return "has data that is not base64 UTF-8"
+    if secret_type == "auth-map":
+        users = {k: v.strip() for k, v in decoded.items() if v.strip()}
+    else:
+        if "auth" not in decoded:
+            return "has no auth key"
+        users = {}
+        for line in decoded["auth"].splitlines():
+            user, sep, hashed = line.strip().partition(":")
+            if sep and user and not user.startswith("#"):
+                users[user] = hashed.strip()
+    return users or "lists no user"
+
+
+class CredentialStore:
+    """Checks an Authorization header against a route's BasicAuth."""
+
+    def __init__(self, lookup: SecretLookup | None = None) -> None:
+        self.lookup: SecretLookup = lookup or (lambda ns, name: None)
+        self._users: dict[tuple[str, str, str], tuple[str, dict[str, str] | str]] = {}
+        self._verified: dict[bytes, None] = {}
+        self._reported: set[tuple[tuple[str, str], str]] = set()
+
+    def check(self, auth: BasicAuth, authorization: str | None) -> int:
+        """0: let through; 401: ask again (with `auth.challenge`); 503: the Secret cannot be used."""
+        users = self._table(auth)
+        if isinstance(users, str):
+            if (auth.secret, users) not in self._reported:
+                self._reported.add((auth.secret, users))
+                log.warning("basic auth secret %s %s: answering 503", "/".join(auth.secret), users)
+            return 503
+        if not authorization:
+            return 401
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return 401
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return 401
+        hashed = users.get(user)
+        if not sep or hashed is None:
+            return 401
+        memo = hashlib.sha256(f"{authorization}\0{hashed}".encode()).digest()
+        if memo in self._verified:
+            return 0
+        if not verify(password, hashed):
+            return 401
+        if len(self._verified) >= MEMO_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[memo] = None
+        return 0
+
+    def _table(self, auth: BasicAuth) -> dict[str, str] | str:
+        obj = self.lookup(*auth.secret)
+        if obj is None:
+            return "not found"
+        key = (*auth.secret, auth.secret_type)
+        stamp = str((obj.get("metadata") or {}).get("resourceVersion")
+                    or repr(sorted((obj.get("data") or {}).items())))
+        cached = self._users.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, parse_users(obj, auth.secret_type))
+            self._users[key] = cached
+        return cached[1]

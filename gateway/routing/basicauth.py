@@ -1,0 +1,104 @@
+"""ingress-nginx basic authentication: `auth-type: basic` with `auth-secret`, `auth-secret-type`
+and `auth-realm` (rule scope, main Ingresses; a canary's requests are checked by its main
+Ingress's settings).
+
+The users and password hashes live in a Secret of the Ingress's namespace (or `ns/name`):
+with `auth-secret-type: auth-file` (the default) its `auth` key holds an htpasswd file, with
+`auth-map` every key is a user and its value the hash. The check itself is
+gateway/credentials.py, against the Secret as it is at that moment. A setting that cannot be
+used (no `auth-secret`, an unknown type, `digest`, which is not supported) denies the route
+(503) as ingress-nginx's denied location does: a route that asks for authentication is never
+served without it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .values import Annotations
+
+BASIC_AUTH_KEYS = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
+#: ingress-nginx client-certificate authentication: not supported (see `client_cert_denial`).
+CLIENT_CERT_KEYS = ("auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",
+                    "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream",
+                    "auth-tls-match-cn")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """One Ingress's basic authentication; `broken` names why its routes answer 503 instead."""
+
+    secret: tuple[str, str] = ("", "")  # (namespace, name)
+    secret_type: str = "auth-file"  # or "auth-map"
+    realm: str = ""
+    broken: str | None = None
+    describe: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def challenge(self) -> bytes:
+        """The WWW-Authenticate line of a 401."""
+        realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
+        return f'WWW-Authenticate: Basic realm="{realm}"\r\n'.encode("latin-1", "replace")
+
+
+def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
+    found = ann.string("auth-type")
+    if found is None:
+        for key in ("auth-secret", "auth-secret-type", "auth-realm"):
+            other = ann.string(key)
+            if other is not None:
+                ann.problem(other[0], "needs auth-type; ignored")
+        return None
+    full, kind = found
+    why = None
+    if kind == "digest":
+        why = "digest authentication is not supported"
+    elif kind != "basic":
+        why = f"{kind!r} is not an authentication type (basic)"
+    secret = ann.string("auth-secret")
+    ref = ("", "")
+    if why is None:
+        if secret is None:
+            why = "auth-secret is missing"
+        else:
+            ns, _, name = secret[1].rpartition("/")
+            ref = (ns or namespace, name)
+            if not (_NAME.match(ref[0]) and _NAME.match(ref[1])):
+                full, why = secret[0], f"{secret[1]!r} is not a Secret name (name or namespace/name)"
+    found_type = ann.string("auth-secret-type")
+    secret_type = found_type[1] if found_type else "auth-file"
+    if why is None and secret_type not in ("auth-file", "auth-map"):
+        full, why = found_type[0], f"{secret_type!r} is not auth-file or auth-map"  # type: ignore[index]
+    if why is not None:
+        ann.problem(full, f"{why}; the routes of this Ingress answer 503 (denied, as ingress-nginx)")
+        return BasicAuth(broken=why, describe={"denied": why})
+    found_realm = ann.string("auth-realm")
+    realm = found_realm[1] if found_realm else ""
+    return BasicAuth(ref, secret_type, realm, describe={
+        "type": "basic", "secret": "/".join(ref), "secretType": secret_type, "realm": realm})
+
+
+def client_cert_denial(ann: Annotations) -> BasicAuth | None:
+    """`auth-tls-secret` asks for client certificates, which this gateway cannot request per
+    host (gateway/README.md). With `auth-tls-verify-client` on (the default) the routes are
+    denied (503), so they are never served without the check; with `optional`,
+    `optional_no_ca` or `off` a request without a certificate passes in ingress-nginx too,
+    so they are served as such requests, and the annotation is reported."""
+    found = ann.string("auth-tls-secret")
+    if found is None:
+        for key in CLIENT_CERT_KEYS[1:]:
+            other = ann.string(key)
+            if other is not None:
+                ann.problem(other[0], "needs auth-tls-secret; ignored")
+        return None
+    verify = ann.string("auth-tls-verify-client")
+    mode = verify[1] if verify is not None else "on"
+    if mode in ("off", "optional", "optional_no_ca"):
+        ann.problem(found[0], f"client certificates are not supported; with verify-client {mode} "
+                    "the routes are served as to clients that send none")
+        return None
+    why = "client certificate authentication (auth-tls-*) is not supported"
+    ann.problem(found[0], f"{why}; the routes of this Ingress answer 503 (never served unchecked)")
+    return BasicAuth(broken=why, describe={"denied": why})
