@@ -108,3 +108,11 @@ def main_and_canary(main_ann: dict, canary_ann: dict, **kw) -> tuple[RouteTable,
         simple("main", svc="main", age=1, ann=main_ann),
         simple("can", svc="canary", age=2,
                ann={NGX + "canary": "true", NGX + "canary-weight": "100", **canary_ann}), **kw)
+
+
+def assert_denied(parsed: object, problems: list[str], reason: str) -> None:
+    """An auth setting that cannot be used: the parsed policy is `broken` with `reason`, and
+    the reported problem says the routes answer 503."""
+    broken = getattr(parsed, "broken", None)
+    assert broken is not None and reason in broken, parsed
+    assert any(reason in m and "answer 503" in m for m in problems), problems

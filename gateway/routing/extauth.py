@@ -35,7 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -177,56 +177,63 @@ def _variables_known(text: str) -> str | None:
     return f"nginx variable(s) ${', $'.join(unknown)} not supported" if unknown else None
 
 
-def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
-    found = ann.string("auth-url")
+class _Unusable(Exception):
+    """A setting that denies the route: (full annotation key, why)."""
+
+
+def _value(ann: Annotations, key: str, problem: Callable[[str], str | None]) -> str | None:
+    found = ann.string(key)
     if found is None:
         return None
-    full, url = found
-    parts = urlsplit(url)
-    why = _variables_known(url)
-    if why is None and (parts.scheme not in ("http", "https") or not parts.netloc):
-        why = f"{url!r} is not an http(s) URL"
-    method = None
-    found_method = ann.string("auth-method")
-    if found_method is not None and why is None:
-        method = found_method[1]
-        if method not in _METHODS:
-            full, why = found_method[0], f"{method!r} is not an HTTP method"
-    names: list[str] = []
-    found_headers = ann.string("auth-response-headers")
-    if found_headers is not None and why is None:
-        names = split_list(found_headers[1], ",")
-        bad = [n for n in names if not _HEADER.match(n)]
-        if bad:
-            full, why = found_headers[0], f"invalid header name(s) {', '.join(bad)}"
-    signin = None
-    found_signin = ann.string("auth-signin")
-    if found_signin is not None and why is None:
-        why = _variables_known(found_signin[1])
-        if why is not None:
-            full = found_signin[0]
-        else:
-            param = ann.string("auth-signin-redirect-param")
-            signin = signin_url(found_signin[1], param[1] if param and param[1] else "rd")
-    found_redirect = ann.string("auth-request-redirect")
-    cache_key, cache_valid = None, ()
-    found_key = ann.string("auth-cache-key")
-    if found_key is not None and why is None:
-        why = _variables_known(found_key[1])
-        if why is not None:
-            full = found_key[0]
-        else:
-            cache_key = found_key[1]
-            found_valid = ann.string("auth-cache-duration")
-            entries = split_list(found_valid[1], ",") if found_valid else [DEFAULT_CACHE_DURATION]
-            parsed = [cache_validity(e) for e in entries]
-            bad = [e for e, v in zip(entries, parsed, strict=True) if v is None]
-            if bad and found_valid is not None:  # ingress-nginx: denied
-                full, why = found_valid[0], f"invalid cache duration(s) {', '.join(bad)}"
-            cache_valid = tuple(v for v in parsed if v is not None)
+    why = problem(found[1])
     if why is not None:
+        raise _Unusable(found[0], why)
+    return found[1]
+
+
+def _url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{url!r} is not an http(s) URL"
+    return _variables_known(url)
+
+
+def _method_problem(method: str) -> str | None:
+    return None if method in _METHODS else f"{method!r} is not an HTTP method"
+
+
+def _headers_problem(text: str) -> str | None:
+    bad = [n for n in split_list(text, ",") if not _HEADER.match(n)]
+    return f"invalid header name(s) {', '.join(bad)}" if bad else None
+
+
+def _durations_problem(text: str) -> str | None:
+    bad = [e for e in split_list(text, ",") if cache_validity(e) is None]
+    return f"invalid cache duration(s) {', '.join(bad)}" if bad else None
+
+
+def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
+    if ann.string("auth-url") is None:
+        return None
+    try:
+        url = _value(ann, "auth-url", _url_problem) or ""
+        method = _value(ann, "auth-method", _method_problem)
+        names = split_list(_value(ann, "auth-response-headers", _headers_problem) or "", ",")
+        signin = _value(ann, "auth-signin", _variables_known)
+        cache_key = _value(ann, "auth-cache-key", _variables_known)
+        durations = _value(ann, "auth-cache-duration", _durations_problem)  # ingress-nginx: always
+    except _Unusable as exc:
+        full, why = exc.args
         ann.problem(full, f"{why}; the routes of this Ingress answer 503 (denied, as ingress-nginx)")
         return ExternalAuth(broken=why, describe={"denied": why})
+    if signin is not None:
+        param = ann.string("auth-signin-redirect-param")
+        signin = signin_url(signin, param[1] if param and param[1] else "rd")
+    cache_valid: tuple[tuple[frozenset[int] | None, float], ...] = ()
+    if cache_key is not None:
+        entries = split_list(durations, ",") if durations else [DEFAULT_CACHE_DURATION]
+        cache_valid = tuple(v for v in map(cache_validity, entries) if v is not None)
+    found_redirect = ann.string("auth-request-redirect")
     redirect = found_redirect[1] if found_redirect else None
     return ExternalAuth(url=url, method=method, signin=signin, response_headers=tuple(names),
                         request_redirect=redirect, cache_key=cache_key, cache_valid=cache_valid,
