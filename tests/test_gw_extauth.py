@@ -281,3 +281,26 @@ async def test_answers_are_cached_per_key_as_nginx_caches_them():
                 await status(token)
                 await status(token)
                 assert len(svc.seen) == before + 2, token  # Set-Cookie, no-store, 403: not cached
+
+
+async def test_set_cookie_goes_where_nginx_add_header_puts_it():
+    """Without auth-always-set-cookie, the service's Set-Cookie is added to 2xx/3xx answers
+    only (nginx add_header); with it, to every answer, a refusal included."""
+    async with auth_service() as (_, base):
+        ings = [app_ingress("api", HOST, "web", {NGX + "auth-url": f"{base}/verify"}),
+                app_ingress("always", "always.example.com", "web", {
+                    NGX + "auth-url": f"{base}/verify", NGX + "auth-always-set-cookie": "true"})]
+        async with gateway_over(ings, "127.0.77.5") as (app, _), aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{app.proxy.port}"
+
+            async def cookies(host: str, path: str, token: str | None) -> tuple[int, list[str]]:
+                headers = {"Host": host, **({"Authorization": token} if token else {})}
+                async with s.get(f"{url}{path}", headers=headers) as r:
+                    return r.status, r.headers.getall("Set-Cookie", [])
+
+            assert await cookies(HOST, "/ok", "Bearer good") == (200, ["session=1; Path=/"])
+            assert await cookies(HOST, "/status/500", "Bearer good") == (500, [])
+            assert await cookies(HOST, "/ok", None) == (401, [])
+            assert await cookies("always.example.com", "/status/500", "Bearer good") == (
+                500, ["session=1; Path=/"])
+            assert await cookies("always.example.com", "/ok", None) == (401, ["tried=1"])

@@ -128,9 +128,10 @@ class Exchange(ResponseSide):
         if self.done:
             return
         if verdict.status:
+            self.resp_auth, self.auth_always = verdict.cookies, d.auth.always_set_cookie
             self.respond(verdict.status, verdict.text, verdict.location, verdict.to_client)
             return
-        self.resp_auth = self.resp_extra = verdict.to_client
+        self.resp_auth, self.auth_always = verdict.cookies, d.auth.always_set_cookie
         if verdict.to_upstream:
             parts = with_set_headers(parts, tuple((n, v) for n, v in verdict.to_upstream if v is not None),
                                      drop=frozenset(n for n, _ in verdict.to_upstream))
@@ -202,8 +203,8 @@ class Exchange(ResponseSide):
             ep = clusters.pick(ref, view, exclude=exclude, avoid_clusters=avoid, sticky=sticky)
             if ep is not None:
                 value = clusters.sticky_cookie(ref, ep, aff, current=sticky, retried=bool(self.tried))
-                self.resp_extra = self.resp_auth + (b"" if value is None else set_cookie_header(
-                    aff, ep, aff.path or "/", value=value, https=self.server.scheme == "https"))
+                self.resp_extra = b"" if value is None else set_cookie_header(
+                    aff, ep, aff.path or "/", value=value, https=self.server.scheme == "https")
                 return ep
         return None
 

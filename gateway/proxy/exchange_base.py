@@ -9,7 +9,7 @@ exchange.py (routing, picking, connecting, the request side).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.heads import RequestHead, local_response
 from gateway.proxy.pool import Owner
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamConnection
     from gateway.proxy.server import ProxyServer
     from gateway.proxy.throttle import SendThrottle
+
+
+#: The statuses nginx's `add_header` (without `always`) adds its header to.
+ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 
 
 class ExchangeBase(Owner):
@@ -69,7 +73,8 @@ class ExchangeBase(Owner):
     # cookie session affinity (only when decision.affinity is set)
     sticky: str | None = None  # the request's sticky cookie value
     resp_extra: bytes = b""  # header lines added to the response head (Set-Cookie)
-    resp_auth: bytes = b""  # auth-url: the auth service's Set-Cookie lines (in resp_extra too)
+    resp_auth: bytes = b""  # auth-url: the auth service's Set-Cookie lines (auth_lines())
+    auth_always = False  # auth-always-set-cookie: resp_auth goes on every answer
     intercepted = 0  # custom-http-errors: the upstream status the default backend's page replaces
     body_limit = -1  # request body bytes allowed (proxy-body-size); 0: any; -1: not routed yet
     resp_cors: bytes = b""  # enable-cors: the CORS lines of the answer
@@ -115,10 +120,17 @@ class ExchangeBase(Owner):
         self.client_close = close
         self.status = status
         self.resp_started = True
+        if self.resp_auth:
+            extra += self.auth_lines(status)
         self.client.write(local_response(
             status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location,
             extra=self.server.hsts_line(self.view) + extra))
         self._finish()
+
+    def auth_lines(self, status: int) -> bytes:
+        """The auth service's Set-Cookie lines for an answer with this status: as nginx's
+        `add_header Set-Cookie $auth_cookie` (`always` with auth-always-set-cookie)."""
+        return self.resp_auth if self.auth_always or status in ADD_HEADER_STATUSES else b""
 
     def _finish(self, now: float = 0.0) -> None:
         if self.done:

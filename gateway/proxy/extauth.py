@@ -40,7 +40,8 @@ class Verdict:
     status: int
     text: str = ""
     location: str | None = None
-    to_client: bytes = b""  # header lines for the client's answer (Set-Cookie, WWW-Authenticate)
+    to_client: bytes = b""  # header lines for the client's answer (WWW-Authenticate)
+    cookies: bytes = b""  # the service's Set-Cookie lines (ExchangeBase.auth_lines decides where)
     to_upstream: tuple[tuple[str, str | None], ...] = ()  # auth-response-headers; None: remove
 
 
@@ -159,18 +160,19 @@ def _verdict(auth: ExternalAuth, answer: Answer, v: RequestVars, url: str) -> Ve
     status = answer.status
     cookies = _lines("Set-Cookie", answer.all("set-cookie"))
     if 200 <= status < 300:
-        return Verdict(0, to_client=cookies, to_upstream=tuple(
+        return Verdict(0, cookies=cookies, to_upstream=tuple(
             (name, answer.get(name)) for name in auth.response_headers))
     if status == 401 and auth.signin is not None:
         where = expand(auth.signin, v)
-        return Verdict(302, f"redirecting to {where}", where, cookies)
+        return Verdict(302, f"redirecting to {where}", where, cookies=cookies)
     if status == 401:
-        return Verdict(401, "unauthorized", to_client=_lines("WWW-Authenticate", answer.all("www-authenticate")))
+        return Verdict(401, "unauthorized", cookies=cookies,
+                       to_client=_lines("WWW-Authenticate", answer.all("www-authenticate")))
     if status == 403:
-        return Verdict(403, "forbidden")
+        return Verdict(403, "forbidden", cookies=cookies)
     if status:
         log.warning("auth service %s answered %d: answering 500", url, status)
-        return Verdict(500, f"auth service answered {status}")
+        return Verdict(500, f"auth service answered {status}", cookies=cookies)
     return Verdict(500, "auth service unavailable")
 
 

@@ -76,6 +76,8 @@ class ResponseSide(RetrySide):
             extra = b"Connection: upgrade\r\nUpgrade: " + (info.upgrade or h.upgrade) + CRLF
             if self.resp_extra:
                 extra += self.resp_extra
+            if self.resp_auth:
+                extra += self.auth_lines(101)
             c.write(response_head(status_line(101, reason), info.parts, extra))
             return
         if h.head_only or status == 204 or status == 304:
@@ -97,6 +99,8 @@ class ResponseSide(RetrySide):
             extra = b"Connection: keep-alive\r\n" if h.http10 else b""
         if self.resp_extra:  # Set-Cookie of session affinity, next to the upstream's own
             extra += self.resp_extra
+        if self.resp_auth:  # auth-url's Set-Cookie
+            extra += self.auth_lines(status)
         parts = info.parts
         hsts = self.server.hsts_line(self.view)
         cors = self.resp_cors

@@ -21,8 +21,9 @@ becomes a 302 to the sign-in page; any other answer, or no answer, is a 500.
   nginx's `proxy_cache_valid` entries give their status (default `200 202 401 5m`), except
   answers with `Set-Cookie` or `Cache-Control` no-store/no-cache/private; `max-age` wins.
 
-`Set-Cookie` lines of the service's answer reach the client, on the proxied answer or the
-sign-in redirect. In `auth-url`, `auth-signin` and `auth-cache-key` these nginx variables are
+`Set-Cookie` lines of the service's answer reach the client on 2xx/3xx answers (the proxied
+answer, the sign-in redirect), as nginx's `add_header`; with `auth-always-set-cookie` on
+every answer. In `auth-url`, `auth-signin` and `auth-cache-key` these nginx variables are
 replaced per request: `$host`, `$http_host`, `$best_http_host`, `$scheme`,
 `$pass_access_scheme`, `$request_uri`, `$escaped_request_uri`, `$remote_addr`,
 `$remote_user`, `$http_<header>`, `$cookie_<name>`. An `auth-url` that cannot be used (or
@@ -43,7 +44,7 @@ from .values import Annotations, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
-                 "auth-cache-duration")
+                 "auth-cache-duration", "auth-always-set-cookie")
 #: ingress-nginx's auth-cache-duration default (nginx proxy_cache_valid syntax).
 DEFAULT_CACHE_DURATION = "200 202 401 5m"
 _TIME = re.compile(r"^(\d+)(ms|s|m|h|d|w|M|y)$")
@@ -127,6 +128,8 @@ class ExternalAuth:
     cache_key: str | None = None
     #: auth-cache-duration: (statuses, seconds) pairs; statuses None: any status.
     cache_valid: tuple[tuple[frozenset[int] | None, float], ...] = ()
+    #: auth-always-set-cookie: the service's Set-Cookie on every answer, not only 2xx/3xx.
+    always_set_cookie: bool = False
     broken: str | None = None
     describe: dict = field(default_factory=dict, compare=False)
 
@@ -235,10 +238,12 @@ def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
         cache_valid = tuple(v for v in map(cache_validity, entries) if v is not None)
     found_redirect = ann.string("auth-request-redirect")
     redirect = found_redirect[1] if found_redirect else None
+    always = bool(ann.boolean("auth-always-set-cookie"))
     return ExternalAuth(url=url, method=method, signin=signin, response_headers=tuple(names),
                         request_redirect=redirect, cache_key=cache_key, cache_valid=cache_valid,
+                        always_set_cookie=always,
                         describe={"url": url, "method": method or "GET", "signin": signin,
                                   "responseHeaders": names, "requestRedirect": redirect,
-                                  "cacheKey": cache_key,
+                                  "cacheKey": cache_key, "alwaysSetCookie": always,
                                   "cacheValid": [{"statuses": sorted(c) if c is not None else "any",
                                                   "seconds": t} for c, t in cache_valid]})
