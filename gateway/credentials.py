@@ -4,12 +4,14 @@ applies at once), checked as nginx's `auth_basic` does.
 
 Hashes, as nginx reads them: `{PLAIN}`, `{SHA}`, `{SSHA}`, `$apr1$` (htpasswd's default),
 and what the system's crypt(3) knows (`$2y$`/`$2b$` bcrypt, `$5$`, `$6$`, `$1$`, DES).
-A slow hash (bcrypt) would stall the event loop on every request, so a verified
-(Authorization, hash) pair is remembered, by digest, for the life of the hash.
+A slow hash (apr1's 1000 rounds, crypt(3), bcrypt's tens of milliseconds) is computed in a
+worker thread, never on the event loop, and every (Authorization, hash) pair's outcome is
+remembered by digest, so each is computed once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -17,6 +19,7 @@ import hmac
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gateway.routing.basicauth import BasicAuth
 
@@ -31,8 +34,19 @@ log = logging.getLogger("gateway.auth")
 
 SecretLookup = Callable[[str, str], "dict | None"]
 _ITOA64 = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-#: Verified (Authorization, hash) digests kept, at most.
+#: Checked (Authorization, hash) digests kept, at most.
 MEMO_SIZE = 4096
+#: Hashes cheap enough to check on the event loop.
+_FAST = ("{PLAIN}", "{SHA}", "{SSHA}")
+
+
+@dataclass(frozen=True)
+class SlowCheck:
+    """A password to check against a slow hash, off the event loop."""
+
+    password: str = field(repr=False)
+    hashed: str = field(repr=False)
+    memo: bytes = field(repr=False)
 
 
 def apr1(password: bytes, salt: bytes, magic: bytes = b"$apr1$") -> bytes:
@@ -125,11 +139,12 @@ class CredentialStore:
     def __init__(self, lookup: SecretLookup | None = None) -> None:
         self.lookup: SecretLookup = lookup or (lambda ns, name: None)
         self._users: dict[tuple[str, str, str], tuple[str, dict[str, str] | str]] = {}
-        self._verified: dict[bytes, None] = {}
+        self._verified: dict[bytes, bool] = {}  # (Authorization, hash) digest -> outcome
         self._reported: set[tuple[tuple[str, str], str]] = set()
 
-    def check(self, auth: BasicAuth, authorization: str | None) -> int:
-        """0: let through; 401: ask again (with `auth.challenge`); 503: the Secret cannot be used."""
+    def check(self, auth: BasicAuth, authorization: str | None) -> int | SlowCheck:
+        """0: let through; 401: ask again (with `auth.challenge`); 503: the Secret cannot be
+        used; a SlowCheck: the password's hash is slow to compute, `await verify_slow(it)`."""
         users = self._table(auth)
         if isinstance(users, str):
             if (auth.secret, users) not in self._reported:
@@ -149,14 +164,24 @@ class CredentialStore:
         if not sep or hashed is None:
             return 401
         memo = hashlib.sha256(f"{authorization}\0{hashed}".encode()).digest()
-        if memo in self._verified:
-            return 0
-        if not verify(password, hashed):
-            return 401
+        known = self._verified.get(memo)
+        if known is not None:
+            return 0 if known else 401
+        if not hashed.startswith(_FAST):
+            return SlowCheck(password, hashed, memo)
+        return self._remember(memo, verify(password, hashed))
+
+    async def verify_slow(self, slow: SlowCheck) -> int:
+        """`verify` in a worker thread (crypt(3) and apr1 take milliseconds; bcrypt tens), so
+        the event loop keeps serving meanwhile; the outcome is remembered like any."""
+        ok = await asyncio.get_running_loop().run_in_executor(None, verify, slow.password, slow.hashed)
+        return self._remember(slow.memo, ok)
+
+    def _remember(self, memo: bytes, ok: bool) -> int:
         if len(self._verified) >= MEMO_SIZE:
             del self._verified[next(iter(self._verified))]
-        self._verified[memo] = None
-        return 0
+        self._verified[memo] = ok
+        return 0 if ok else 401
 
     def _table(self, auth: BasicAuth) -> dict[str, str] | str:
         obj = self.lookup(*auth.secret)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.affinity import request_cookie, set_cookie_header
 from gateway.proxy.extauth import Verdict
@@ -95,27 +95,41 @@ class Exchange(ResponseSide):
             self.resp_cors = lines
         parts = h.parts
         basic = d.basic_auth
+        slow = None
         if basic is not None:  # auth-type basic: nginx's auth_basic, before auth_request
             status = 503 if basic.broken else srv.credentials.check(basic, view.headers.get("authorization"))
-            if status == 401:
-                self.respond(401, "authorization required", extra=basic.challenge)
-                return
+            if not isinstance(status, int):
+                slow, status = status, 0
             if status:
-                self.respond(503, _DENIED)
+                self.respond(status, "authorization required" if status == 401 else _DENIED,
+                             extra=basic.challenge if status == 401 else b"")
                 return
             parts = with_set_headers(parts, (), drop=_AUTHORIZATION)  # not passed upstream
-        if d.auth is not None:  # auth-url: nginx's access phase, after the checks above
-            if d.auth.broken:
-                self.respond(503, _DENIED)
-                return
-            self.connect_task = self.client.loop.create_task(self._authorize(d, parts))
+        if d.auth is not None and d.auth.broken:
+            self.respond(503, _DENIED)
+            return
+        if slow is not None or d.auth is not None:
+            self.connect_task = self.client.loop.create_task(self._authorize(d, parts, slow))
             return
         self._forward(d, parts)
 
-    async def _authorize(self, d: RouteDecision, parts: list[bytes]) -> None:
-        """Ask the auth service (gateway/proxy/extauth.py); the request's body waits in
-        `pending` meanwhile, as it does while a connection is being made."""
+    async def _authorize(self, d: RouteDecision, parts: list[bytes], slow: Any) -> None:
+        """A slow basic-auth hash (gateway/credentials.py), then the auth service (auth-url,
+        gateway/proxy/extauth.py); the request's body waits in `pending` meanwhile, as it
+        does while a connection is being made."""
         srv = self.server
+        if slow is not None:
+            status = await srv.credentials.verify_slow(slow)
+            if self.done:
+                return
+            if status:
+                self.connect_task = None
+                self.respond(401, "authorization required", extra=d.basic_auth.challenge)
+                return
+            if d.auth is None:
+                self.connect_task = None
+                self._forward(d, parts)
+                return
         try:
             view = self.view
             assert view is not None
