@@ -141,11 +141,10 @@ class Exchange(ResponseSide):
         self.connect_task = None
         if self.done:
             return
+        self.resp_auth, self.auth_always = verdict.cookies, d.auth.always_set_cookie
         if verdict.status:
-            self.resp_auth, self.auth_always = verdict.cookies, d.auth.always_set_cookie
             self.respond(verdict.status, verdict.text, verdict.location, verdict.to_client)
             return
-        self.resp_auth, self.auth_always = verdict.cookies, d.auth.always_set_cookie
         if verdict.to_upstream:
             parts = with_set_headers(parts, tuple((n, v) for n, v in verdict.to_upstream if v is not None),
                                      drop=frozenset(n for n, _ in verdict.to_upstream))
