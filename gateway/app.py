@@ -98,7 +98,6 @@ class GatewayApp:
         self.listen_tls = listen_tls
         self.https_redirect_port = https_redirect_port
         self.tls: CertificateStore | None = None
-        self.secrets: Informer | None = None
         self.proxy_tls: ProxyServer | None = None
         # TLS certificates and basic-auth users (auth-secret) come from the hub's Secrets
         self.secrets = Informer(hub, SECRETS, transform=trim_secret)
@@ -128,9 +127,8 @@ class GatewayApp:
         for informer in (self.ingresses, self.classes):
             informer.add_handler(lambda *_: self._schedule_rebuild())
             informer.start()
-        if self.secrets is not None:
-            self.secrets.add_handler(self._secret_changed)
-            self.secrets.start()
+        self.secrets.add_handler(self._secret_changed)
+        self.secrets.start()
         for member in self.upstream.catalog.members.values():
             member.services.add_handler(self._service_changed)
         await self.upstream.start(wait=False)
@@ -144,8 +142,7 @@ class GatewayApp:
     async def _first_build(self) -> None:
         await self.ingresses.synced.wait()
         await self.classes.synced.wait()
-        if self.secrets is not None:  # else a host's certificate would be missing at first
-            await self.secrets.synced.wait()
+        await self.secrets.synced.wait()  # else a host's certificate would be missing at first
         await self.upstream.catalog.wait_synced(None)
         self.rebuild()
         # The synced caches and the table live as long as the process: keep the collector's
@@ -161,8 +158,7 @@ class GatewayApp:
         else:
             await self.proxy.stop(grace)
         for informer in (self.ingresses, self.classes, self.secrets):
-            if informer is not None:
-                await informer.stop()
+            await informer.stop()
         await self.upstream.stop()
         if self.admin is not None:
             await self.admin.stop()
@@ -226,7 +222,7 @@ class GatewayApp:
             self._schedule_rebuild()
 
     def _secret(self, namespace: str, name: str) -> dict | None:
-        return self.secrets.get(namespace, name) if self.secrets is not None else None
+        return self.secrets.get(namespace, name)
 
     def rebuild(self) -> None:
         self._rebuild = None
