@@ -18,10 +18,10 @@ import hashlib
 import hmac
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.routing.basicauth import BasicAuth
+from gateway.routing.basicauth import BasicAuth, basic_token
+from gateway.tls import SecretLookup
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -32,7 +32,6 @@ with warnings.catch_warnings():
 
 log = logging.getLogger("gateway.auth")
 
-SecretLookup = Callable[[str, str], "dict | None"]
 _ITOA64 = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 #: Checked (Authorization, hash) digests kept, at most.
 MEMO_SIZE = 4096
@@ -151,14 +150,12 @@ class CredentialStore:
                 self._reported.add((auth.secret, users))
                 log.warning("basic auth secret %s %s: answering 503", "/".join(auth.secret), users)
             return 503
-        if not authorization:
-            return 401
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "basic":
+        token = basic_token(authorization) if authorization else None
+        if token is None:
             return 401
         try:
-            user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+            user, sep, password = token.decode("utf-8").partition(":")
+        except UnicodeDecodeError:
             return 401
         hashed = users.get(user)
         if not sep or hashed is None:

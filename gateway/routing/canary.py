@@ -15,7 +15,7 @@ from gateway.types import BackendRef
 
 from .policy import Context
 from .settings import first_port
-from .values import Annotations
+from .values import Annotations, cookie_value
 
 _NAME = re.compile(r"^[A-Za-z0-9_.~/-]+$")  # ingress-nginx BasicCharsRegex, roughly
 SUBSET_LABEL_PREFIX = "opensergo.io/canary-"
@@ -101,15 +101,6 @@ def query_param(query: str, name: str) -> str | None:
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
         if key == name:
-            return value
-    return None
-
-
-def cookie_value(header: str, name: str) -> str | None:
-    """nginx $cookie_<name>: the first cookie with this name (case-insensitive)."""
-    for part in header.replace(",", ";").split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key.lower() == name:
             return value
     return None
 

@@ -33,14 +33,13 @@ as ingress-nginx does: an Ingress asking for a check never goes unchecked.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .values import Annotations, split_list
+from .basicauth import basic_token
+from .values import Annotations, cookie_value, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
@@ -86,27 +85,14 @@ class RequestVars:
         if name == "remote_user":
             return basic_auth_user(self.headers.get("authorization", ""))
         if name.startswith("cookie_"):
-            return cookie_value(self.headers.get("cookie", ""), name[7:])
+            return cookie_value(self.headers.get("cookie", ""), name[7:]) or ""
         return self.headers.get(name[5:].replace("_", "-"), "")  # http_<header>
 
 
 def basic_auth_user(authorization: str) -> str:
     """nginx's $remote_user: the user of a `Basic` Authorization header ("" otherwise)."""
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return ""
-    try:
-        return base64.b64decode(token.strip(), validate=True).decode("latin-1").partition(":")[0]
-    except (binascii.Error, ValueError):
-        return ""
-
-
-def cookie_value(header: str, name: str) -> str:
-    for part in header.split(";"):
-        key, eq, value = part.strip().partition("=")
-        if eq and key == name:
-            return value
-    return ""
+    token = basic_token(authorization)
+    return "" if token is None else token.decode("latin-1").partition(":")[0]
 
 
 def expand(template: str, v: RequestVars) -> str:
