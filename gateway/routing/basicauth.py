@@ -59,10 +59,7 @@ def basic_token(authorization: str) -> bytes | None:
 def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
     found = ann.string("auth-type")
     if found is None:
-        for key in ("auth-secret", "auth-secret-type", "auth-realm"):
-            other = ann.string(key)
-            if other is not None:
-                ann.problem(other[0], "needs auth-type; ignored")
+        ann.orphans(BASIC_AUTH_KEYS[1:], "auth-type")
         return None
     full, kind = found
     why = None
@@ -101,10 +98,7 @@ def client_cert_denial(ann: Annotations) -> BasicAuth | None:
     so they are served as such requests, and the annotation is reported."""
     found = ann.string("auth-tls-secret")
     if found is None:
-        for key in CLIENT_CERT_KEYS[1:]:
-            other = ann.string(key)
-            if other is not None:
-                ann.problem(other[0], "needs auth-tls-secret; ignored")
+        ann.orphans(CLIENT_CERT_KEYS[1:], "auth-tls-secret")
         return None
     verify = ann.string("auth-tls-verify-client")
     mode = verify[1] if verify is not None else "on"

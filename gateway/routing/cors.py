@@ -66,11 +66,7 @@ class CorsPolicy:
 
 def parse_cors(ann: Annotations) -> CorsPolicy | None:
     if not ann.boolean("enable-cors"):
-        for key in CORS_KEYS[1:]:  # settings without enable-cors do nothing (reported)
-            if ann.has(key):
-                found = ann.string(key)
-                if found is not None:
-                    ann.problem(found[0], "needs enable-cors: \"true\"; ignored")
+        ann.orphans(CORS_KEYS[1:], 'enable-cors: "true"')
         return None
     origins_text = _setting(ann, "cors-allow-origin", "*", _origins_ok)
     items = split_list(origins_text)

@@ -115,6 +115,14 @@ class Annotations:
     def has(self, key: str) -> bool:
         return self.lookup(key) is not None
 
+    def orphans(self, keys: Iterable[str], needs: str) -> None:
+        """Report each of `keys` that is set although `needs` (the annotation that turns
+        them on) is not: they do nothing."""
+        for key in keys:
+            found = self.string(key)
+            if found is not None:
+                self.problem(found[0], f"needs {needs}; ignored")
+
     def problem(self, full_key: str | None, message: str) -> None:
         self.problems.append(Problem(self.ingress, full_key, message))
 
