@@ -17,6 +17,7 @@ import sys
 
 from gateway.app import GatewayApp
 from gateway.proxy import Limits
+from gateway.routing.extauth import DEFAULT_NO_AUTH_LOCATIONS, GLOBAL_AUTH_KEYS, global_auth_scope
 from gateway.routing.values import is_dns_label
 from gateway.tls import TLSConfigError, check_key_pair
 from mcs_controller.access.kube import KubeConfigError
@@ -68,6 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-conn-status-code", type=int, default=503, metavar="STATUS",
                    help="status refused by limit-connections (ingress-nginx's "
                    "limit-conn-status-code; default: %(default)s)")
+    auth = p.add_argument_group(
+        "gateway-wide external authentication",
+        "ingress-nginx's ConfigMap keys of the same names: the auth-* annotation values, checked "
+        "on the routes of every Ingress without auth-url of its own unless it sets "
+        "enable-global-auth: \"false\" (gateway/README.md)")
+    for key in GLOBAL_AUTH_KEYS:
+        auth.add_argument(f"--{key}", metavar="VALUE", help=f"as the {key[7:]} annotation")
+    auth.add_argument("--no-auth-locations", default=DEFAULT_NO_AUTH_LOCATIONS, metavar="PREFIXES",
+                      help="comma-separated path prefixes whose routes skip every auth check "
+                      "(default: %(default)s)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     args = p.parse_args(argv)
@@ -89,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not (slash and is_dns_label(ns) and is_dns_label(name)):
             p.error(f"--default-backend-service {args.default_backend_service!r}: "
                     "expected NAMESPACE/NAME")
+    try:
+        args.auth_scope = global_auth_scope(
+            {key: getattr(args, key.replace("-", "_")) for key in GLOBAL_AUTH_KEYS},
+            args.no_auth_locations)
+    except ValueError as exc:
+        p.error(f"--{exc}")
     for cidr in args.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -133,7 +150,8 @@ async def amain(args: argparse.Namespace) -> int:
                          limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args),
                          default_backend=args.default_backend_service,
                          rate_limit_status=(args.limit_req_status_code,
-                                            args.limit_conn_status_code))
+                                            args.limit_conn_status_code),
+                         auth_scope=args.auth_scope)
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

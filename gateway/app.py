@@ -25,6 +25,7 @@ from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.routing import build_route_table, select_ingresses
+from gateway.routing.extauth import AuthScope
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
@@ -66,6 +67,7 @@ class GatewayApp:
         hsts: str = HSTS_DEFAULT,
         default_backend: str | None = None,
         rate_limit_status: tuple[int, int] = (503, 503),
+        auth_scope: AuthScope | None = None,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -76,8 +78,10 @@ class GatewayApp:
         for hosts with a certificate ("" for none; ingress-nginx's default). `default_backend`:
         "namespace/name" of the Service answering requests no rule matches, and the
         custom-http-errors pages of Ingresses without their own default-backend.
-        `rate_limit_status`: the statuses refused by limit-rps/-rpm and by limit-connections."""
+        `rate_limit_status`: the statuses refused by limit-rps/-rpm and by limit-connections.
+        `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py)."""
         self.default_backend = default_backend
+        self.auth_scope = auth_scope
         #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
         self.rate_zones = RateZones(*rate_limit_status)
         self.registry = registry if registry is not None else new_registry()
@@ -242,7 +246,7 @@ class GatewayApp:
             services=self._services(), accept_classless=self.accept_classless,
             default_backend=self.default_backend,
             trusted=self.proxy.is_trusted if self.proxy.trusted else None,
-            rate_zones=self.rate_zones)
+            rate_zones=self.rate_zones, auth_scope=self.auth_scope)
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
             https_port=self._redirect_port(), **common)

@@ -27,6 +27,7 @@ from .allow import AllowCheck
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
+from .extauth import AuthScope
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .ratelimit import RateLimit, RateZones
@@ -92,6 +93,7 @@ def build_route_table(
     trusted: Callable[[str], bool] | None = None,
     default_backend: str | None = None,
     rate_zones: RateZones | None = None,
+    auth_scope: AuthScope | None = None,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -105,10 +107,12 @@ def build_route_table(
     `default_backend`: "namespace/name" of the global default backend (--default-backend-service):
     it answers requests no rule matches and serves the custom-http-errors pages of Ingresses
     without their own default-backend. `rate_zones`: the rate-limit counters, kept from one
-    build to the next (a fresh set when None).
+    build to the next (a fresh set when None). `auth_scope`: the gateway-wide auth check and
+    the paths exempt from checks (default: no global check, ingress-nginx's no-auth-locations).
     """
     default_ref, unusable = global_default_backend(default_backend, services)
-    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones)
+    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones,
+                       auth_scope)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
@@ -129,13 +133,15 @@ def build_route_table(
 class _Builder:
     def __init__(self, clusters: frozenset[str], services: Mapping | None, scheme: str = "http",
                  trusted: Callable[[str], bool] | None = None,
-                 default_ref: BackendRef | None = None, rate_zones: RateZones | None = None):
+                 default_ref: BackendRef | None = None, rate_zones: RateZones | None = None,
+                 auth_scope: AuthScope | None = None):
         self.clusters = clusters
         self.services = services
         self.scheme = scheme
         self.trusted = trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
         self.rate_zones = rate_zones if rate_zones is not None else RateZones()
+        self.auth_scope = auth_scope or AuthScope()  # global-auth-*, no-auth-locations
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
@@ -156,7 +162,7 @@ class _Builder:
         meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
         ns = meta.get("namespace") or "default"
         ann = Annotations(key, meta.get("annotations"), self.problems)
-        ctx = Context(ns, self.clusters, self.services, self.default_ref)
+        ctx = Context(ns, self.clusters, self.services, self.default_ref, self.auth_scope)
         is_canary, rule = parse_canary(ann)
         subset = parse_subset(ann)
         target = ann.string("target-cluster")
@@ -282,6 +288,10 @@ class _Builder:
             mirrors += (MirrorPolicy(backend=replace(weighted[0][1], cluster=cluster),
                                      percentage=percentage),)
         refs = [r for _, r in weighted]
+        auth, basic_auth = settings.auth, settings.basic_auth
+        if self.auth_scope.exempts(path or "/"):  # no-auth-locations; a denial stays
+            auth = auth if auth is not None and auth.broken is not None else None
+            basic_auth = basic_auth if basic_auth is not None and basic_auth.broken is not None else None
         primary: list[tuple[float, Choice]] = []
         cumulative = 0.0
         for weight, target in weighted:
@@ -295,7 +305,7 @@ class _Builder:
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
                 max_body=settings.max_body, cors=settings.cors, rate_limit=parsed.rate_limit,
                 send_rate=settings.send_rate[0], send_rate_after=settings.send_rate[1],
-                auth=settings.auth, basic_auth=settings.basic_auth)
+                auth=auth, basic_auth=basic_auth)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

@@ -29,17 +29,24 @@ replaced per request: `$host`, `$http_host`, `$best_http_host`, `$scheme`,
 `$remote_user`, `$http_<header>`, `$cookie_<name>`. An `auth-url` that cannot be used (or
 an unknown variable, a bad method, header name or cache duration) denies the route (503),
 as ingress-nginx does: an Ingress asking for a check never goes unchecked.
+
+Gateway-wide (ingress-nginx ConfigMap keys, here `python -m gateway` flags of the same names):
+`global-auth-url` and its `global-auth-*` companions (the values of the annotations of the
+same suffix) check every route whose Ingress has no `auth-url` of its own, unless the Ingress
+says `enable-global-auth: "false"`. `no-auth-locations` (default
+`/.well-known/acme-challenge`) lists path prefixes whose routes skip every check, external
+or basic: an Ingress path starting with one is served unchecked.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .basicauth import basic_token
-from .values import Annotations, cookie_value, split_list
+from .values import NGINX, Annotations, Problem, cookie_value, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
@@ -203,6 +210,7 @@ def _durations_problem(text: str) -> str | None:
 
 def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
     if ann.string("auth-url") is None:
+        ann.orphans(EXT_AUTH_KEYS[1:], "auth-url")
         return None
     try:
         url = _value(ann, "auth-url", _url_problem) or ""
@@ -233,3 +241,46 @@ def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
                                   "cacheKey": cache_key, "alwaysSetCookie": always,
                                   "cacheValid": [{"statuses": sorted(c) if c is not None else "any",
                                                   "seconds": t} for c, t in cache_valid]})
+
+
+#: ingress-nginx's no-auth-locations default.
+DEFAULT_NO_AUTH_LOCATIONS = "/.well-known/acme-challenge"
+#: The gateway-wide settings: "global-" + each per-Ingress key.
+GLOBAL_AUTH_KEYS = tuple(f"global-{key}" for key in EXT_AUTH_KEYS)
+
+
+@dataclass(frozen=True)
+class AuthScope:
+    """Gateway-wide auth: the check of Ingresses without `auth-url` (`global-auth-*`), and
+    the path prefixes no check applies to (`no-auth-locations`)."""
+
+    check: ExternalAuth | None = None
+    exempt: tuple[str, ...] = (DEFAULT_NO_AUTH_LOCATIONS,)
+
+    def exempts(self, path: str) -> bool:
+        """ingress-nginx's isLocationInLocationList: the Ingress path starts with one."""
+        return any(path.startswith(prefix) for prefix in self.exempt)
+
+
+def global_auth_scope(settings: Mapping[str, str | None],
+                      no_auth_locations: str = DEFAULT_NO_AUTH_LOCATIONS) -> AuthScope:
+    """The AuthScope of `global-auth-*` settings (keys as in GLOBAL_AUTH_KEYS; None or ""
+    is unset). Raises ValueError naming the setting when one cannot be used: a gateway-wide
+    check that is half set up must stop the start, not leave every route unchecked."""
+    given = {k: v.strip() for k, v in settings.items() if v is not None and v.strip()}
+    unknown = sorted(set(given) - set(GLOBAL_AUTH_KEYS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a global auth setting")
+    if given and "global-auth-url" not in given:
+        raise ValueError(f"{sorted(given)[0]}: set without global-auth-url")
+    problems: list[Problem] = []
+    ann = Annotations("global", {NGINX + k[len("global-"):]: v for k, v in given.items()},
+                      problems)
+    check = parse_external_auth(ann)
+    if problems:
+        key = (problems[0].annotation or NGINX).removeprefix(NGINX)
+        why = check.broken if check is not None and check.broken else problems[0].message
+        raise ValueError(f"global-{key}: {why.removesuffix('; ignored')}")
+    if check is not None:
+        check = replace(check, describe={**check.describe, "global": True})
+    return AuthScope(check, tuple(split_list(no_auth_locations, ",")))

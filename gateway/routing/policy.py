@@ -20,6 +20,7 @@ from gateway.types import (
     OutlierPolicy,
 )
 
+from .extauth import AuthScope
 from .values import Annotations, is_dns_label, split_list
 
 #: nginx variables usable in upstream-hash-by (kept in step with gateway/upstream/lb.py).
@@ -39,6 +40,8 @@ class Context:
     services: Mapping[tuple[str, str], dict] | None
     #: The gateway's --default-backend-service, resolved (None: not set or unusable).
     default_backend: BackendRef | None = None
+    #: The gateway's global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
+    auth: AuthScope = AuthScope()
 
 
 def check_cluster(ann: Annotations, full: str, name: str, ctx: Context) -> bool:

@@ -107,9 +107,19 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         cors=parse_cors(ann),
         rate_limit=parse_rate_limit(ann),
         send_rate=parse_send_rate(ann),
-        auth=parse_external_auth(ann),
+        auth=_external_auth(ann, ctx),
         basic_auth=client_cert_denial(ann) or parse_basic_auth(ann, ctx.namespace),
     )
+
+
+def _external_auth(ann: Annotations, ctx: Context) -> ExternalAuth | None:
+    """The Ingress's own auth-url check, else the gateway-wide one unless the Ingress opts
+    out (ingress-nginx's shouldApplyGlobalAuth)."""
+    own = parse_external_auth(ann)
+    enabled = ann.boolean("enable-global-auth")
+    if own is not None or enabled is False:
+        return own
+    return ctx.auth.check
 
 
 def _retry(ann: Annotations) -> RetryPolicy:
