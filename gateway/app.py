@@ -15,7 +15,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -33,7 +33,13 @@ from gateway.upstream import UpstreamManager
 from mcs_controller.access.api import ClusterClient
 from mcs_controller.access.errors import ApiError
 from mcs_controller.access.informer import Informer
-from mcs_controller.access.resources import EVENTS, INGRESS_CLASSES, INGRESSES, SECRETS
+from mcs_controller.access.resources import (
+    CONFIG_MAPS,
+    EVENTS,
+    INGRESS_CLASSES,
+    INGRESSES,
+    SECRETS,
+)
 from mcs_controller.model.timestamps import rfc3339
 from mcs_controller.ops.admin import AdminServer
 from mcs_controller.ops.metrics import new_registry
@@ -106,6 +112,9 @@ class GatewayApp:
         # TLS certificates and basic-auth users (auth-secret) come from the hub's Secrets
         self.secrets = Informer(hub, SECRETS, transform=trim_secret)
         self.proxy.credentials = CredentialStore(self._secret)
+        # auth-proxy-set-headers: ConfigMaps in the hub; those the last build read
+        self.configmaps = Informer(hub, CONFIG_MAPS, transform=trim_configmap)
+        self._configmaps_read: set[tuple[str, str]] = set()
         if listen_tls is not None:
             self.tls = CertificateStore(default_cert, default_key)
             table_tls, _ = build_route_table([], [], class_name=class_name, controller=controller,
@@ -133,6 +142,8 @@ class GatewayApp:
             informer.start()
         self.secrets.add_handler(self._secret_changed)
         self.secrets.start()
+        self.configmaps.add_handler(self._configmap_changed)
+        self.configmaps.start()
         for member in self.upstream.catalog.members.values():
             member.services.add_handler(self._service_changed)
         await self.upstream.start(wait=False)
@@ -147,6 +158,7 @@ class GatewayApp:
         await self.ingresses.synced.wait()
         await self.classes.synced.wait()
         await self.secrets.synced.wait()  # else a host's certificate would be missing at first
+        await self.configmaps.synced.wait()  # else a check's headers would be missing at first
         await self.upstream.catalog.wait_synced(None)
         self.rebuild()
         # The synced caches and the table live as long as the process: keep the collector's
@@ -161,7 +173,7 @@ class GatewayApp:
             await asyncio.gather(self.proxy.stop(grace), self.proxy_tls.stop(grace))
         else:
             await self.proxy.stop(grace)
-        for informer in (self.ingresses, self.classes, self.secrets):
+        for informer in (self.ingresses, self.classes, self.secrets, self.configmaps):
             await informer.stop()
         await self.upstream.stop()
         if self.admin is not None:
@@ -228,6 +240,18 @@ class GatewayApp:
     def _secret(self, namespace: str, name: str) -> dict | None:
         return self.secrets.get(namespace, name)
 
+    def _configmap_changed(self, _type: str, obj: dict, _old: dict | None) -> None:
+        """A ConfigMap the last build read (or looked for) changed: rebuild."""
+        meta = obj.get("metadata") or {}
+        if (meta.get("namespace") or "", meta.get("name") or "") in self._configmaps_read:
+            self._schedule_rebuild()
+
+    def _configmap_reader(self, read: set[tuple[str, str]]) -> Callable[[str, str], dict | None]:
+        def configmap(namespace: str, name: str) -> dict | None:
+            read.add((namespace, name))
+            return self.configmaps.get(namespace, name)
+        return configmap
+
     def rebuild(self) -> None:
         self._rebuild = None
         ingresses, classes = self.ingresses.items(), self.classes.items()
@@ -241,12 +265,14 @@ class GatewayApp:
             tls_hosts = self.tls.hosts
             if self.proxy_tls is not None:
                 self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
+        read: set[tuple[str, str]] = set()
         common: dict[str, Any] = dict(
             class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
             services=self._services(), accept_classless=self.accept_classless,
             default_backend=self.default_backend,
             trusted=self.proxy.is_trusted if self.proxy.trusted else None,
-            rate_zones=self.rate_zones, auth_scope=self.auth_scope)
+            rate_zones=self.rate_zones, auth_scope=self.auth_scope,
+            configmap=self._configmap_reader(read))
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
             https_port=self._redirect_port(), **common)
@@ -254,6 +280,7 @@ class GatewayApp:
             self.proxy_tls.router, _ = build_route_table(ingresses, classes, scheme="https",
                                                          **common)
         self.rate_zones.prune()  # zones of Ingresses gone
+        self._configmaps_read = read
         problems = problems + tls_problems
         old = {str(p) for p in self.problems}
         for problem in problems:
@@ -327,3 +354,11 @@ class GatewayApp:
 
 def _dumps(obj: object) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def trim_configmap(obj: dict) -> dict:
+    """Informer transform: a ConfigMap's metadata (less managedFields and annotations) and
+    `data`; `binaryData` is never read."""
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: v for k, v in meta.items() if k not in ("managedFields", "annotations")},
+            "data": obj.get("data") or {}}

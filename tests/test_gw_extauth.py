@@ -24,6 +24,7 @@ from gateway.routing.extauth import (
     signin_url,
 )
 from gateway.routing.values import Annotations
+from mcs_controller.access.resources import CONFIG_MAPS
 
 HOST = "api.example.com"
 
@@ -304,3 +305,77 @@ async def test_set_cookie_goes_where_nginx_add_header_puts_it():
             assert await cookies("always.example.com", "/status/500", "Bearer good") == (
                 500, ["session=1; Path=/"])
             assert await cookies("always.example.com", "/ok", None) == (401, ["tried=1"])
+
+
+def with_configmaps(ann: dict, maps: dict):
+    problems: list = []
+    auth = parse_external_auth(Annotations("demo/x", ann, problems), "demo",
+                               lambda ns, name: maps.get((ns, name)))
+    return auth, [p.message for p in problems]
+
+
+@pytest.mark.parametrize("value, data, problem", [
+    ("nope", None, "ConfigMap demo/nope not found"),
+    ("other/nope", None, "ConfigMap other/nope not found"),
+    ("Bad_Name", None, "'Bad_Name' is not a ConfigMap name"),
+    ("hdrs", {"X Tenant": "a"}, "ConfigMap demo/hdrs: invalid header(s) X Tenant"),
+    ("hdrs", {"X-Tenant": "a\r\nX-Evil: 1"}, "ConfigMap demo/hdrs: invalid header(s) X-Tenant"),
+    ("hdrs", {"X-Time": "$request_time"}, "ConfigMap demo/hdrs: nginx variable(s) $request_time not supported"),
+])
+def test_proxy_set_headers_that_cannot_be_used_deny_the_route(value, data, problem):
+    maps = {("demo", "hdrs"): {"data": data}} if data is not None else {}
+    assert_denied(*with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": value}, maps),
+                  problem)
+
+
+def test_proxy_set_headers_come_from_the_configmap():
+    maps = {("demo", "hdrs"): {"data": {"X-Tenant": " acme ", "X-Host": "$host"}},
+            ("auth", "shared"): {"data": {"X-Shared": "1"}}, ("demo", "empty"): {}}
+    auth, problems = with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": "hdrs"}, maps)
+    assert problems == [] and auth.proxy_set_headers == (("X-Host", "$host"), ("X-Tenant", "acme"))
+    assert auth.describe["proxySetHeaders"] == {"X-Host": "$host", "X-Tenant": "acme"}
+    auth, _ = with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": "auth/shared"}, maps)
+    assert auth.proxy_set_headers == (("X-Shared", "1"),)
+    auth, _ = with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": "empty"}, maps)
+    assert auth.proxy_set_headers == () and auth.broken is None
+    _, problems = with_configmaps({NGX + "auth-proxy-set-headers": "hdrs"}, maps)
+    assert problems == ["needs auth-url; ignored"]
+
+
+async def test_proxy_set_headers_reach_the_check_and_follow_the_configmap():
+    async with auth_service() as (svc, base):
+        ing = app_ingress("api", HOST, "web", {NGX + "auth-url": f"{base}/verify",
+                                               NGX + "auth-proxy-set-headers": "check-headers"})
+        async with gateway_over([ing], "127.0.77.6") as (app, up), aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{app.proxy.port}"
+            headers = {"Host": HOST, "Authorization": "Bearer good", "X-Tenant": "spoofed", "X-Drop": "x"}
+            async with s.get(f"{url}/a", headers=headers) as r:
+                assert r.status == 503  # the ConfigMap is missing: denied, never unchecked
+            assert svc.seen == []
+            await app.hub.create(CONFIG_MAPS, {"metadata": {"name": "check-headers", "namespace": "demo"},
+                                               "data": {"X-Tenant": "acme", "X-Host": "$host", "X-Drop": ""}})
+            seen = await eventually_checked(s, url, headers, svc)
+            assert seen["X-Tenant"] == "acme" and seen["X-Host"] == HOST  # replaced; variables expanded
+            assert "X-Drop" not in seen  # an empty value removes the client's header
+            assert up.requests[-1].header("x-tenant") == "spoofed"  # only the check is changed
+            assert [str(p) for p in app.problems] == []  # supported, and the ConfigMap found
+            await app.hub.replace(CONFIG_MAPS, {"metadata": {"name": "check-headers", "namespace": "demo"},
+                                                "data": {"X-Tenant": "globex"}})
+            for _ in range(50):  # a change to the ConfigMap rebuilds the table within a second
+                async with s.get(f"{url}/a", headers=headers) as r:
+                    assert r.status == 200
+                if svc.seen[-1][2].get("X-Tenant") == "globex":
+                    break
+                await asyncio.sleep(0.05)
+            assert svc.seen[-1][2]["X-Tenant"] == "globex" and svc.seen[-1][2]["X-Drop"] == "x"
+
+
+async def eventually_checked(s: aiohttp.ClientSession, url: str, headers: dict, svc: AuthService) -> dict:
+    """Ask until the route is no longer denied (the table rebuilt); the check's headers."""
+    for _ in range(50):
+        async with s.get(f"{url}/a", headers=headers) as r:
+            if r.status != 503:
+                assert r.status == 200
+                return svc.seen[-1][2]
+        await asyncio.sleep(0.05)
+    raise AssertionError("still denied")

@@ -26,7 +26,8 @@ def test_rbac_is_read_only_except_events():
     assert rules("rbac-hub.yaml") == {
         ("networking.k8s.io", "ingresses"): {"get", "list", "watch"},
         ("networking.k8s.io", "ingressclasses"): {"get", "list", "watch"},
-        ("", "secrets"): {"get", "list", "watch"},  # spec.tls certificates
+        ("", "secrets"): {"get", "list", "watch"},  # spec.tls certificates, auth-secret
+        ("", "configmaps"): {"get", "list", "watch"},  # auth-proxy-set-headers
         ("", "events"): {"create", "patch"},
     }
     assert rules("rbac-member.yaml") == {

@@ -126,6 +126,12 @@ class AuthChecker:
         ]
         if auth.method:
             headers += [("X-Original-URI", uri), ("X-Scheme", scheme)]
+        for name, template in auth.proxy_set_headers:  # nginx proxy_set_header: replaces
+            lower = name.lower()
+            headers = [(n, value) for n, value in headers if n.lower() != lower]
+            value = _safe(expand(template, v))
+            if value:
+                headers.append((name, value))
         timeout = aiohttp.ClientTimeout(total=timeouts.total or None, sock_connect=timeouts.connect,
                                         sock_read=timeouts.read)
         try:

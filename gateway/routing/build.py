@@ -27,7 +27,7 @@ from .allow import AllowCheck
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
-from .extauth import AuthScope
+from .extauth import AuthScope, ConfigMapLookup
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .ratelimit import RateLimit, RateZones
@@ -94,6 +94,7 @@ def build_route_table(
     default_backend: str | None = None,
     rate_zones: RateZones | None = None,
     auth_scope: AuthScope | None = None,
+    configmap: ConfigMapLookup | None = None,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -109,10 +110,11 @@ def build_route_table(
     without their own default-backend. `rate_zones`: the rate-limit counters, kept from one
     build to the next (a fresh set when None). `auth_scope`: the gateway-wide auth check and
     the paths exempt from checks (default: no global check, ingress-nginx's no-auth-locations).
+    `configmap`: finds the hub's ConfigMaps by (namespace, name) (auth-proxy-set-headers).
     """
     default_ref, unusable = global_default_backend(default_backend, services)
     builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones,
-                       auth_scope)
+                       auth_scope, configmap)
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
@@ -134,7 +136,7 @@ class _Builder:
     def __init__(self, clusters: frozenset[str], services: Mapping | None, scheme: str = "http",
                  trusted: Callable[[str], bool] | None = None,
                  default_ref: BackendRef | None = None, rate_zones: RateZones | None = None,
-                 auth_scope: AuthScope | None = None):
+                 auth_scope: AuthScope | None = None, configmap: ConfigMapLookup | None = None):
         self.clusters = clusters
         self.services = services
         self.scheme = scheme
@@ -142,6 +144,7 @@ class _Builder:
         self.default_ref = default_ref  # --default-backend-service
         self.rate_zones = rate_zones if rate_zones is not None else RateZones()
         self.auth_scope = auth_scope or AuthScope()  # global-auth-*, no-auth-locations
+        self.configmap = configmap
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
@@ -162,7 +165,8 @@ class _Builder:
         meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
         ns = meta.get("namespace") or "default"
         ann = Annotations(key, meta.get("annotations"), self.problems)
-        ctx = Context(ns, self.clusters, self.services, self.default_ref, self.auth_scope)
+        ctx = Context(ns, self.clusters, self.services, self.default_ref, self.auth_scope,
+                      self.configmap)
         is_canary, rule = parse_canary(ann)
         subset = parse_subset(ann)
         target = ann.string("target-cluster")

@@ -15,7 +15,11 @@ becomes a 302 to the sign-in page; any other answer, or no answer, is a 500.
   already has it (`auth-signin-redirect-param` renames `rd`);
 * `auth-response-headers`: headers copied from the service's 2xx answer onto the proxied
   request (a listed header the answer lacks is removed from the request);
-* `auth-request-redirect`: the `X-Auth-Request-Redirect` value (default: the request URI).
+* `auth-request-redirect`: the `X-Auth-Request-Redirect` value (default: the request URI);
+* `auth-proxy-set-headers`: a ConfigMap (`name` in the Ingress's namespace, or
+  `namespace/name`) whose entries are headers set on the check (nginx `proxy_set_header`:
+  the variables below allowed; an empty value removes the header). The ConfigMap is read when
+  the route table is built, and a change to it rebuilds the table.
 
 * `auth-cache-key`, `auth-cache-duration`: answers are kept per expanded key for the time
   nginx's `proxy_cache_valid` entries give their status (default `200 202 401 5m`), except
@@ -43,6 +47,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .basicauth import basic_token
@@ -51,6 +56,10 @@ from .values import NGINX, Annotations, Problem, cookie_value, split_list
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
                  "auth-cache-duration", "auth-always-set-cookie")
+#: Per Ingress only (ingress-nginx has no global-auth-proxy-set-headers).
+PROXY_SET_HEADERS_KEY = "auth-proxy-set-headers"
+#: (namespace, name) -> the ConfigMap object, or None when there is none.
+ConfigMapLookup = Callable[[str, str], "Mapping[str, Any] | None"]
 #: ingress-nginx's auth-cache-duration default (nginx proxy_cache_valid syntax).
 DEFAULT_CACHE_DURATION = "200 202 401 5m"
 _TIME = re.compile(r"^(\d+)(ms|s|m|h|d|w|M|y)$")
@@ -58,6 +67,7 @@ _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M
             "y": 31536000}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
 _HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
+_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _VARIABLE = re.compile(r"\$([a-z0-9_]+)")
 VARIABLES = frozenset({"host", "http_host", "best_http_host", "scheme", "pass_access_scheme",
                        "request_uri", "escaped_request_uri", "remote_addr", "remote_user"})
@@ -123,6 +133,8 @@ class ExternalAuth:
     cache_valid: tuple[tuple[frozenset[int] | None, float], ...] = ()
     #: auth-always-set-cookie: the service's Set-Cookie on every answer, not only 2xx/3xx.
     always_set_cookie: bool = False
+    #: auth-proxy-set-headers: (header, value template) set on the check ("" removes it).
+    proxy_set_headers: tuple[tuple[str, str], ...] = ()
     broken: str | None = None
     describe: dict = field(default_factory=dict, compare=False)
 
@@ -208,12 +220,39 @@ def _durations_problem(text: str) -> str | None:
     return f"invalid cache duration(s) {', '.join(bad)}" if bad else None
 
 
-def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
+def _proxy_set_headers(ann: Annotations, namespace: str,
+                       configmap: ConfigMapLookup | None) -> tuple[tuple[str, str], ...]:
+    found = ann.string(PROXY_SET_HEADERS_KEY)
+    if found is None:
+        return ()
+    ns, _, name = found[1].rpartition("/")
+    ref = (ns or namespace, name)
+    if not (_RESOURCE_NAME.match(ref[0]) and _RESOURCE_NAME.match(ref[1])):
+        raise _Unusable(found[0], f"{found[1]!r} is not a ConfigMap name (name or namespace/name)")
+    obj = configmap(*ref) if configmap is not None else None
+    if obj is None:
+        raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)} not found")
+    data = obj.get("data") or {}
+    bad = sorted(str(k) for k, v in data.items()
+                 if not _HEADER.match(str(k)) or "\r" in str(v) or "\n" in str(v))
+    if bad:
+        raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: invalid header(s) {', '.join(bad)}")
+    for value in data.values():
+        why = _variables_known(str(value))
+        if why is not None:
+            raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: {why}")
+    return tuple(sorted((str(k), str(v).strip()) for k, v in data.items()))
+
+
+def parse_external_auth(ann: Annotations, namespace: str = "",
+                        configmap: ConfigMapLookup | None = None) -> ExternalAuth | None:
+    """`configmap` finds the auth-proxy-set-headers ConfigMap (None: there are none)."""
     if ann.string("auth-url") is None:
-        ann.orphans(EXT_AUTH_KEYS[1:], "auth-url")
+        ann.orphans((*EXT_AUTH_KEYS[1:], PROXY_SET_HEADERS_KEY), "auth-url")
         return None
     try:
         url = _value(ann, "auth-url", _url_problem) or ""
+        set_headers = _proxy_set_headers(ann, namespace, configmap)
         method = _value(ann, "auth-method", _method_problem)
         names = split_list(_value(ann, "auth-response-headers", _headers_problem) or "", ",")
         signin = _value(ann, "auth-signin", _variables_known)
@@ -235,8 +274,8 @@ def parse_external_auth(ann: Annotations) -> ExternalAuth | None:
     always = bool(ann.boolean("auth-always-set-cookie"))
     return ExternalAuth(url=url, method=method, signin=signin, response_headers=tuple(names),
                         request_redirect=redirect, cache_key=cache_key, cache_valid=cache_valid,
-                        always_set_cookie=always,
-                        describe={"url": url, "method": method or "GET", "signin": signin,
+                        always_set_cookie=always, proxy_set_headers=set_headers,
+                        describe={"proxySetHeaders": dict(set_headers), "url": url, "method": method or "GET", "signin": signin,
                                   "responseHeaders": names, "requestRedirect": redirect,
                                   "cacheKey": cache_key, "alwaysSetCookie": always,
                                   "cacheValid": [{"statuses": sorted(c) if c is not None else "any",

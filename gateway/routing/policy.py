@@ -20,7 +20,7 @@ from gateway.types import (
     OutlierPolicy,
 )
 
-from .extauth import AuthScope
+from .extauth import AuthScope, ConfigMapLookup
 from .values import Annotations, is_dns_label, split_list
 
 #: nginx variables usable in upstream-hash-by (kept in step with gateway/upstream/lb.py).
@@ -42,6 +42,8 @@ class Context:
     default_backend: BackendRef | None = None
     #: The gateway's global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
     auth: AuthScope = AuthScope()
+    #: The hub's ConfigMaps (auth-proxy-set-headers); None: there are none.
+    configmap: ConfigMapLookup | None = None
 
 
 def check_cluster(ann: Annotations, full: str, name: str, ctx: Context) -> bool:

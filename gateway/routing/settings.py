@@ -115,7 +115,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
 def _external_auth(ann: Annotations, ctx: Context) -> ExternalAuth | None:
     """The Ingress's own auth-url check, else the gateway-wide one unless the Ingress opts
     out (ingress-nginx's shouldApplyGlobalAuth)."""
-    own = parse_external_auth(ann)
+    own = parse_external_auth(ann, ctx.namespace, ctx.configmap)
     enabled = ann.boolean("enable-global-auth")
     if own is not None or enabled is False:
         return own

@@ -36,7 +36,7 @@ COMPATIBLE_KEYS = frozenset({
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     "auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",  # extauth.EXT_AUTH_KEYS
     "auth-response-headers", "auth-request-redirect", "auth-cache-key", "auth-cache-duration",
-    "auth-always-set-cookie", "enable-global-auth",
+    "auth-always-set-cookie", "auth-proxy-set-headers", "enable-global-auth",
     "auth-type", "auth-secret", "auth-secret-type", "auth-realm",  # basicauth.BASIC_AUTH_KEYS
     "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",  # .CLIENT_CERT_KEYS
     "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
@@ -72,7 +72,6 @@ UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
     "session-cookie-hash", "backend-protocol",
     "configuration-snippet", "server-snippet", "auth-snippet",
-    "auth-proxy-set-headers",
 })
 
 

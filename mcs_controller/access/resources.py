@@ -36,6 +36,7 @@ SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 SECRETS = Resource("", "v1", "secrets", "Secret")  # the gateway's TLS certificates
+CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")  # the gateway's auth-proxy-set-headers
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
@@ -64,6 +65,7 @@ ALL = (
     PODS,
     EVENTS,
     SECRETS,
+    CONFIG_MAPS,
     ENDPOINT_SLICES,
     LEASES,
     INGRESSES,
