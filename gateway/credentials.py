@@ -1,6 +1,6 @@
-"""Basic authentication's check (gateway/routing/basicauth.py): users and password hashes
-from the Secret the route names, read as it is when the request comes (so a changed Secret
-applies at once), checked as nginx's `auth_basic` does.
+"""Basic and digest authentication's check (gateway/routing/basicauth.py): users and password
+hashes from the Secret the route names, read as it is when the request comes (so a changed
+Secret applies at once), checked as nginx's `auth_basic` does (digest: gateway/digest.py).
 
 Hashes, as nginx reads them: `{PLAIN}`, `{SHA}`, `{SSHA}`, `$apr1$` (htpasswd's default),
 and what the system's crypt(3) knows (`$2y$`/`$2b$` bcrypt, `$5$`, `$6$`, `$1$`, DES).
@@ -20,6 +20,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 
+from gateway.digest import DigestNonces
 from gateway.routing.basicauth import BasicAuth, basic_token
 from gateway.tls import SecretLookup
 
@@ -108,9 +109,10 @@ def verify(password: str, hashed: str) -> bool:
     return computed is not None and hmac.compare_digest(computed.encode(), hashed.encode())
 
 
-def parse_users(obj: dict, secret_type: str) -> dict[str, str] | str:
+def parse_users(obj: dict, secret_type: str, kind: str = "basic") -> dict[str, str] | str:
     """user -> hash from a Secret (auth-file: its `auth` key, htpasswd lines; auth-map: every
-    key a user), or why it cannot be used."""
+    key a user), or why it cannot be used. Digest: "user:realm" -> HA1 (htdigest lines
+    `user:realm:HA1`; auth-map values `realm:HA1`)."""
     data = obj.get("data") or {}
     if not isinstance(data, dict):
         return "has no data"
@@ -120,15 +122,17 @@ def parse_users(obj: dict, secret_type: str) -> dict[str, str] | str:
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         return "has data that is not base64 UTF-8"
     if secret_type == "auth-map":
-        users = {k: v.strip() for k, v in decoded.items() if v.strip()}
+        lines = [f"{k}:{v.strip()}" for k, v in decoded.items() if v.strip()]
+    elif "auth" in decoded:
+        lines = [line.strip() for line in decoded["auth"].splitlines()]
     else:
-        if "auth" not in decoded:
-            return "has no auth key"
-        users = {}
-        for line in decoded["auth"].splitlines():
-            user, sep, hashed = line.strip().partition(":")
-            if sep and user and not user.startswith("#"):
-                users[user] = hashed.strip()
+        return "has no auth key"
+    users = {}
+    for line in lines:
+        # basic: user:hash; digest: user:realm:HA1, keyed "user:realm"
+        user, sep, hashed = line.rpartition(":") if kind == "digest" else line.partition(":")
+        if sep and user and not user.startswith("#") and (kind != "digest" or ":" in user):
+            users[user] = hashed.strip()
     return users or "lists no user"
 
 
@@ -137,19 +141,25 @@ class CredentialStore:
 
     def __init__(self, lookup: SecretLookup | None = None) -> None:
         self.lookup: SecretLookup = lookup or (lambda ns, name: None)
-        self._users: dict[tuple[str, str, str], tuple[str, dict[str, str] | str]] = {}
+        self._users: dict[tuple[str, str, str, str], tuple[str, dict[str, str] | str]] = {}
         self._verified: dict[bytes, bool] = {}  # (Authorization, hash) digest -> outcome
         self._reported: set[tuple[tuple[str, str], str]] = set()
+        self.digest = DigestNonces()
 
-    def check(self, auth: BasicAuth, authorization: str | None) -> int | SlowCheck:
-        """0: let through; 401: ask again (with `auth.challenge`); 503: the Secret cannot be
-        used; a SlowCheck: the password's hash is slow to compute, `await verify_slow(it)`."""
+    def check(self, auth: BasicAuth, authorization: str | None, method: bytes = b"GET",
+              uri: bytes = b"/") -> int | SlowCheck:
+        """0: let through; 401: ask again (with `challenge`); 503: the Secret cannot be used;
+        400: a digest header made for another URI; a SlowCheck: the password's hash is slow
+        to compute, `await verify_slow(it)`."""
         users = self._table(auth)
         if isinstance(users, str):
             if (auth.secret, users) not in self._reported:
                 self._reported.add((auth.secret, users))
-                log.warning("basic auth secret %s %s: answering 503", "/".join(auth.secret), users)
+                log.warning("%s auth secret %s %s: answering 503", auth.kind, "/".join(auth.secret), users)
             return 503
+        if auth.kind == "digest":
+            return self.digest.check(users, auth.realm, method.decode("latin-1"),
+                                     uri.decode("latin-1"), authorization)
         token = basic_token(authorization) if authorization else None
         if token is None:
             return 401
@@ -168,6 +178,13 @@ class CredentialStore:
             return SlowCheck(password, hashed, memo)
         return self._remember(memo, verify(password, hashed))
 
+    def challenge(self, auth: BasicAuth, authorization: str | None) -> bytes:
+        """The WWW-Authenticate line of a 401 (digest: a fresh nonce, stale when only the old
+        one was refused)."""
+        if auth.kind == "digest":
+            return self.digest.challenge(auth.realm, authorization)
+        return auth.challenge
+
     async def verify_slow(self, slow: SlowCheck) -> int:
         """`verify` in a worker thread (crypt(3) and apr1 take milliseconds; bcrypt tens), so
         the event loop keeps serving meanwhile; the outcome is remembered like any."""
@@ -184,11 +201,11 @@ class CredentialStore:
         obj = self.lookup(*auth.secret)
         if obj is None:
             return "not found"
-        key = (*auth.secret, auth.secret_type)
+        key = (*auth.secret, auth.secret_type, auth.kind)
         stamp = str((obj.get("metadata") or {}).get("resourceVersion")
                     or repr(sorted((obj.get("data") or {}).items())))
         cached = self._users.get(key)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, parse_users(obj, auth.secret_type))
+            cached = (stamp, parse_users(obj, auth.secret_type, auth.kind))
             self._users[key] = cached
         return cached[1]

@@ -71,7 +71,6 @@ def test_users_from_an_htpasswd_file_or_a_map():
 
 @pytest.mark.parametrize("ann, problem", [
     ({NGX + "auth-type": "basic"}, "auth-secret is missing"),
-    ({NGX + "auth-type": "digest", NGX + "auth-secret": "s"}, "digest authentication is not supported"),
     ({NGX + "auth-type": "ldap", NGX + "auth-secret": "s"}, "'ldap' is not an authentication type"),
     ({NGX + "auth-type": "basic", NGX + "auth-secret": "Not_A_Name"}, "is not a Secret name"),
     ({NGX + "auth-type": "basic", NGX + "auth-secret": "s", NGX + "auth-secret-type": "ldap"},

@@ -97,12 +97,14 @@ class Exchange(ResponseSide):
         basic = d.basic_auth
         slow = None
         if basic is not None:  # auth-type basic: nginx's auth_basic, before auth_request
-            status = 503 if basic.broken else srv.credentials.check(basic, view.headers.get("authorization"))
+            authorization = view.headers.get("authorization")
+            status = 503 if basic.broken else srv.credentials.check(basic, authorization, h.method, h.path)
             if not isinstance(status, int):
                 slow, status = status, 0
             if status:
-                self.respond(status, "authorization required" if status == 401 else _DENIED,
-                             extra=basic.challenge if status == 401 else b"")
+                self.respond(status, "authorization required" if status == 401 else
+                             _DENIED if status == 503 else "bad authorization header",
+                             extra=srv.credentials.challenge(basic, authorization) if status == 401 else b"")
                 return
             parts = with_set_headers(parts, (), drop=_AUTHORIZATION)  # not passed upstream
         if d.auth is not None and d.auth.broken:
@@ -124,7 +126,8 @@ class Exchange(ResponseSide):
                 return
             if status:
                 self.connect_task = None
-                self.respond(401, "authorization required", extra=d.basic_auth.challenge)
+                self.respond(401, "authorization required",
+                             extra=srv.credentials.challenge(d.basic_auth, None))
                 return
             if d.auth is None:
                 self.connect_task = None

@@ -1,14 +1,14 @@
-"""ingress-nginx basic authentication: `auth-type: basic` with `auth-secret`, `auth-secret-type`
-and `auth-realm` (rule scope, main Ingresses; a canary's requests are checked by its main
-Ingress's settings).
+"""ingress-nginx basic and digest authentication: `auth-type: basic|digest` with
+`auth-secret`, `auth-secret-type` and `auth-realm` (rule scope, main Ingresses; a canary's
+requests are checked by its main Ingress's settings).
 
-The users and password hashes live in a Secret of the Ingress's namespace (or `ns/name`):
-with `auth-secret-type: auth-file` (the default) its `auth` key holds an htpasswd file, with
-`auth-map` every key is a user and its value the hash. The check itself is
-gateway/credentials.py, against the Secret as it is at that moment. A setting that cannot be
-used (no `auth-secret`, an unknown type, `digest`, which is not supported) denies the route
-(503) as ingress-nginx's denied location does: a route that asks for authentication is never
-served without it.
+The users live in a Secret of the Ingress's namespace (or `ns/name`): with
+`auth-secret-type: auth-file` (the default) its `auth` key holds an htpasswd file (basic) or
+an htdigest file (digest: `user:realm:HA1` lines), with `auth-map` every key is a user and
+its value the hash (digest: `realm:HA1`). The check itself is gateway/credentials.py (and
+gateway/digest.py), against the Secret as it is at that moment. A setting that cannot be used
+(no `auth-secret`, an unknown type) denies the route (503) as ingress-nginx's denied location
+does: a route that asks for authentication is never served without it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class BasicAuth:
     """One Ingress's basic authentication; `broken` names why its routes answer 503 instead."""
 
     secret: tuple[str, str] = ("", "")  # (namespace, name)
+    kind: str = "basic"  # or "digest"
     secret_type: str = "auth-file"  # or "auth-map"
     realm: str = ""
     broken: str | None = None
@@ -40,7 +41,8 @@ class BasicAuth:
 
     @property
     def challenge(self) -> bytes:
-        """The WWW-Authenticate line of a 401."""
+        """The WWW-Authenticate line of a basic 401 (a digest one carries a fresh nonce:
+        CredentialStore.challenge)."""
         realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
         return f'WWW-Authenticate: Basic realm="{realm}"\r\n'.encode("latin-1", "replace")
 
@@ -63,10 +65,8 @@ def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
         return None
     full, kind = found
     why = None
-    if kind == "digest":
-        why = "digest authentication is not supported"
-    elif kind != "basic":
-        why = f"{kind!r} is not an authentication type (basic)"
+    if kind not in ("basic", "digest"):
+        why = f"{kind!r} is not an authentication type (basic, digest)"
     secret = ann.string("auth-secret")
     ref = ("", "")
     if why is None:
@@ -86,8 +86,8 @@ def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
         return BasicAuth(broken=why, describe={"denied": why})
     found_realm = ann.string("auth-realm")
     realm = found_realm[1] if found_realm else ""
-    return BasicAuth(ref, secret_type, realm, describe={
-        "type": "basic", "secret": "/".join(ref), "secretType": secret_type, "realm": realm})
+    return BasicAuth(ref, kind, secret_type, realm, describe={
+        "type": kind, "secret": "/".join(ref), "secretType": secret_type, "realm": realm})
 
 
 def client_cert_denial(ann: Annotations) -> BasicAuth | None:
