@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent
 #: The data path and what it calls per request. Everything else stays interpreted.
 COMPILED = [
     "gateway/types.py",
-    "gateway/hashkey.py",
+    "gateway/variables.py",
     "gateway/routing/matching.py",
     "gateway/routing/table.py",
     "gateway/proxy/config.py",

@@ -21,8 +21,9 @@ import warnings
 from dataclasses import dataclass, field
 
 from gateway.digest import DigestNonces
-from gateway.routing.basicauth import BasicAuth, basic_token
+from gateway.routing.basicauth import BasicAuth
 from gateway.tls import SecretLookup
+from gateway.variables import basic_token
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -219,15 +219,16 @@ class RequestView:
     A plain class (not a dataclass): one is built per request, and its `__init__` then
     compiles with the data path."""
 
-    __slots__ = ("method", "path", "host", "headers", "client_ip")
+    __slots__ = ("method", "path", "host", "headers", "client_ip", "scheme")
 
     def __init__(self, method: str, path: str, host: str, headers: Mapping[str, str],
-                 client_ip: str = "") -> None:
+                 client_ip: str = "", scheme: str = "http") -> None:
         self.method = method
         self.path = path  # as received: path plus "?query"
         self.host = host  # lower-cased, ":port" stripped
         self.headers = headers  # lower-cased names; repeated headers joined with ", "
         self.client_ip = client_ip
+        self.scheme = scheme  # the listener's: "http" or "https"
 
     def __repr__(self) -> str:
         return f"RequestView({self.method} {self.host}{self.path} from {self.client_ip or '-'})"

@@ -5,7 +5,6 @@ real HTTP clients."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -16,10 +15,8 @@ from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for
 
 from gateway.routing.extauth import (
-    RequestVars,
     cache_ttl,
     cache_validity,
-    expand,
     parse_external_auth,
     signin_url,
 )
@@ -45,27 +42,6 @@ def parsed(ann: dict):
 ])
 def test_signin_url_adds_the_redirect_parameter_as_ingress_nginx(signin, param, want):
     assert signin_url(signin, param) == want
-
-
-@pytest.mark.parametrize("template, want", [
-    ("https://$host/oauth2/auth", "https://api.example.com/oauth2/auth"),
-    ("$scheme://$http_host$request_uri", "https://API.example.com:8443/a b?x=1&y=2"),
-    ("$pass_access_scheme://$best_http_host$escaped_request_uri",
-     "https://API.example.com:8443%2Fa%20b%3Fx%3D1%26y%3D2"),
-    ("http://auth.local/check", "http://auth.local/check"),
-])
-def test_variables(template, want):
-    v = RequestVars("https", "API.example.com:8443", "api.example.com", "/a b?x=1&y=2")
-    assert expand(template, v) == want
-
-
-def test_variables_from_headers_cookies_and_the_client():
-    headers = {"x-token": "t1", "cookie": "a=1; session=abc; b=2",
-               "authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
-    v = RequestVars("http", "h", "h", "/", headers, "10.0.0.7")
-    assert expand("$http_x_token|$cookie_session|$remote_user|$remote_addr|$cookie_none|$http_none", v) \
-        == "t1|abc|alice|10.0.0.7||"
-    assert expand("$remote_user", RequestVars("http", "h", "h", "/", {"authorization": "Bearer x"})) == ""
 
 
 @pytest.mark.parametrize("text, want", [
@@ -101,8 +77,8 @@ def test_cache_settings():
     ({NGX + "auth-url": "http://auth.local/", NGX + "auth-method": "FETCH"}, "not an HTTP method"),
     ({NGX + "auth-url": "http://auth.local/", NGX + "auth-response-headers": "X-User, Bad Name"},
      "invalid header name(s) Bad Name"),
-    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-signin": "https://l/?u=$args"},
-     "$args not supported"),
+    ({NGX + "auth-url": "http://auth.local/", NGX + "auth-signin": "https://l/?u=$request_id"},
+     "$request_id not supported"),
     ({NGX + "auth-url": "http://auth.local/", NGX + "auth-cache-key": "$request_time"},
      "$request_time not supported"),
 ])

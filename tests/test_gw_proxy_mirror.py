@@ -73,7 +73,7 @@ async def test_bodiless_copy_has_the_primarys_header_lines_and_its_own_request_l
 async def test_mirror_url_target_with_request_uri_and_host_override(env: Env) -> None:
     await env.upstream("primary")
     shadow = await env.upstream("shadow", "c2", ref=SHADOW)
-    url = f"http://127.0.0.1:{shadow.port}/copy$request_uri"
+    url = f"http://127.0.0.1:{shadow.port}/copy$request_uri&m=${{request_method}}&a=$arg_q"
     await env.start(("*", "/", decision(mirrors=(MirrorPolicy(url=url, host="mirror.example"),))))
     chunks = [b"a" * 3000, b"b" * 3000]
 
@@ -84,7 +84,7 @@ async def test_mirror_url_target_with_request_uri_and_host_override(env: Env) ->
     assert (await fetch(env, "/orig?q=1", "PUT", data=gen()))[0] == 200
     await eventually(lambda: len(shadow.requests) == 1)
     req = shadow.requests[0]
-    assert req.path == "/copy/orig?q=1" and req.header("host") == "mirror.example"
+    assert req.path == "/copy/orig?q=1&m=PUT&a=1" and req.header("host") == "mirror.example"
     assert req.header("content-length") == "6000" and req.body == b"".join(chunks)
 
 

@@ -51,6 +51,7 @@ def test_nginx_mirror_target():
 @pytest.mark.parametrize(("ann", "annotation"), [
     ({NGX + "mirror-target": "ftp://x$request_uri"}, "mirror-target"),
     ({NGX + "mirror-target": "$request_uri"}, "mirror-target"),
+    ({NGX + "mirror-target": "http://m.local$request_uri?t=$request_time"}, "mirror-target"),
 ])
 def test_bad_mirror_target(ann, annotation):
     table, problems, _ = one(ann)

@@ -55,7 +55,7 @@ class Exchange(ResponseSide):
         srv = self.server
         view = self.view = RequestView(
             _METHODS.get(h.method) or h.method.decode("latin-1"), h.path.decode("latin-1"),
-            h.host, LazyHeaders(h.lower), self.client.peer.ip)
+            h.host, LazyHeaders(h.lower), self.client.peer.ip, srv.scheme)
         try:
             d = srv.router.route(view)
         except Exception:
@@ -136,8 +136,7 @@ class Exchange(ResponseSide):
         try:
             view = self.view
             assert view is not None
-            verdict = await srv.auth.check(d.auth, self.head, srv.scheme, self.client.peer.ip,
-                                           d.timeouts, view.headers)
+            verdict = await srv.auth.check(d.auth, self.head, view, d.timeouts)
         except Exception:
             log.exception("external auth check failed on %s", self.view)
             verdict = Verdict(500, "auth check failed")

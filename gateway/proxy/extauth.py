@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from gateway.proxy.heads import RequestHead
-from gateway.routing.extauth import ExternalAuth, RequestVars, cache_ttl, expand
-from gateway.types import Timeouts
+from gateway.routing.extauth import ExternalAuth, cache_ttl
+from gateway.types import RequestView, Timeouts
+from gateway.variables import expand
 
 log = logging.getLogger("gateway.proxy")
 
@@ -88,10 +88,8 @@ class AuthChecker:
             await self._session.close()
             self._session = None
 
-    async def check(self, auth: ExternalAuth, h: RequestHead, scheme: str, client_ip: str,
-                    timeouts: Timeouts, headers: Mapping[str, str]) -> Verdict:
-        v = RequestVars(scheme, h.host_raw.decode("latin-1"), h.host, h.path.decode("latin-1"),
-                        headers, client_ip)
+    async def check(self, auth: ExternalAuth, h: RequestHead, v: RequestView,
+                    timeouts: Timeouts) -> Verdict:
         url = expand(auth.url, v)
         key = (url, expand(auth.cache_key, v)) if auth.cache_key is not None else None
         now = asyncio.get_running_loop().time()
@@ -108,15 +106,15 @@ class AuthChecker:
                 self._cache[key] = (now + ttl, answer)
         return _verdict(auth, answer, v, url)
 
-    async def _ask(self, auth: ExternalAuth, h: RequestHead, v: RequestVars, url: str,
+    async def _ask(self, auth: ExternalAuth, h: RequestHead, v: RequestView, url: str,
                    timeouts: Timeouts) -> Answer:
-        uri, scheme, client_ip = v.request_uri, v.scheme, v.client_ip
+        uri, scheme, client_ip = v.path, v.scheme, v.client_ip
         headers: list[tuple[str, str]] = [
             (n.decode("latin-1"), value.decode("latin-1")) for n, value in h.lower
             if n.decode("latin-1").lower() not in _NOT_FORWARDED]
         headers += [
             ("Host", urlsplit(url).hostname or ""),
-            ("X-Original-URL", f"{scheme}://{v.http_host}{uri}"),
+            ("X-Original-URL", f"{scheme}://{h.host_raw.decode('latin-1')}{uri}"),
             ("X-Original-Method", h.method.decode("latin-1")),
             ("X-Sent-From", "nginx-ingress-controller"),
             ("X-Real-IP", client_ip),
@@ -160,7 +158,7 @@ def _ttl(auth: ExternalAuth, answer: Answer) -> float:
     return cache_ttl(auth, answer.status)
 
 
-def _verdict(auth: ExternalAuth, answer: Answer, v: RequestVars, url: str) -> Verdict:
+def _verdict(auth: ExternalAuth, answer: Answer, v: RequestView, url: str) -> Verdict:
     """nginx auth_request: 2xx lets the request through; 401 and 403 are the answer (a 401 may
     become the sign-in redirect); anything else is a 500."""
     status = answer.status

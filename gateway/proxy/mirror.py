@@ -36,6 +36,7 @@ from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, _without
 from gateway.proxy.mirror_line import MirrorLine
 from gateway.proxy.pool import Owner
 from gateway.types import MirrorPolicy, RequestView
+from gateway.variables import expand
 
 if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamConnection
@@ -153,7 +154,7 @@ class MirrorSender:
                     continue
                 addr = (target[0], target[1])
                 if target[2]:
-                    path = _expand(target[2], head, view).encode("latin-1")
+                    path = expand(target[2], view).encode("latin-1")
             else:
                 continue
             if p.host:
@@ -355,17 +356,6 @@ class MirrorSender:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _expand(template: str, head: RequestHead, view: RequestView) -> str:
-    if "$" not in template:
-        return template
-    uri = view.path
-    path, _, args = uri.partition("?")
-    for var, val in (("$request_uri", uri), ("$uri", path), ("$args", args), ("$query_string", args),
-                     ("$host", view.host), ("$scheme", "http"), ("$remote_addr", view.client_ip)):
-        template = template.replace(var, val)
-    return template
 
 
 class _Sink(Owner):

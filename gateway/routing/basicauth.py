@@ -13,8 +13,6 @@ does: a route that asks for authentication is never served without it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass, field
 
@@ -45,17 +43,6 @@ class BasicAuth:
         CredentialStore.challenge)."""
         realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
         return f'WWW-Authenticate: Basic realm="{realm}"\r\n'.encode("latin-1", "replace")
-
-
-def basic_token(authorization: str) -> bytes | None:
-    """The decoded `user:password` of a `Basic` Authorization header; None: not one."""
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        return base64.b64decode(token.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:

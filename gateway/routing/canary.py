@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.types import BackendRef
+from gateway.variables import cookie_value
 
 from .policy import Context
 from .settings import first_port
-from .values import Annotations, cookie_value
+from .values import Annotations
 
 _NAME = re.compile(r"^[A-Za-z0-9_.~/-]+$")  # ingress-nginx BasicCharsRegex, roughly
 SUBSET_LABEL_PREFIX = "opensergo.io/canary-"

@@ -18,7 +18,7 @@ becomes a 302 to the sign-in page; any other answer, or no answer, is a 500.
 * `auth-request-redirect`: the `X-Auth-Request-Redirect` value (default: the request URI);
 * `auth-proxy-set-headers`: a ConfigMap (`name` in the Ingress's namespace, or
   `namespace/name`) whose entries are headers set on the check (nginx `proxy_set_header`:
-  the variables below allowed; an empty value removes the header). The ConfigMap is read when
+  nginx variables allowed; an empty value removes the header). The ConfigMap is read when
   the route table is built, and a change to it rebuilds the table.
 
 * `auth-cache-key`, `auth-cache-duration`: answers are kept per expanded key for the time
@@ -27,12 +27,11 @@ becomes a 302 to the sign-in page; any other answer, or no answer, is a 500.
 
 `Set-Cookie` lines of the service's answer reach the client on 2xx/3xx answers (the proxied
 answer, the sign-in redirect), as nginx's `add_header`; with `auth-always-set-cookie` on
-every answer. In `auth-url`, `auth-signin` and `auth-cache-key` these nginx variables are
-replaced per request: `$host`, `$http_host`, `$best_http_host`, `$scheme`,
-`$pass_access_scheme`, `$request_uri`, `$escaped_request_uri`, `$remote_addr`,
-`$remote_user`, `$http_<header>`, `$cookie_<name>`. An `auth-url` that cannot be used (or
-an unknown variable, a bad method, header name or cache duration) denies the route (503),
-as ingress-nginx does: an Ingress asking for a check never goes unchecked.
+every answer. In `auth-url`, `auth-signin`, `auth-cache-key` and the
+`auth-proxy-set-headers` values, nginx variables are replaced per request
+(gateway/variables.py). An `auth-url` that cannot be used (or an unknown variable, a bad
+method, header name or cache duration) denies the route (503), as ingress-nginx does: an
+Ingress asking for a check never goes unchecked.
 
 Gateway-wide (ingress-nginx ConfigMap keys, here `python -m gateway` flags of the same names):
 `global-auth-url` and its `global-auth-*` companions (the values of the annotations of the
@@ -48,10 +47,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from .basicauth import basic_token
-from .values import NGINX, Annotations, Problem, cookie_value, split_list
+from gateway.variables import unknown
+
+from .values import NGINX, Annotations, Problem, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
@@ -68,56 +68,6 @@ _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
 _HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_VARIABLE = re.compile(r"\$([a-z0-9_]+)")
-VARIABLES = frozenset({"host", "http_host", "best_http_host", "scheme", "pass_access_scheme",
-                       "request_uri", "escaped_request_uri", "remote_addr", "remote_user"})
-#: Variable families: `$http_<header>` (dashes as underscores), `$cookie_<name>`.
-_FAMILIES = ("http_", "cookie_")
-
-
-@dataclass(frozen=True)
-class RequestVars:
-    """What the variables stand for in one request."""
-
-    scheme: str
-    http_host: str  # the Host header as sent
-    host: str  # lower-cased, port stripped
-    request_uri: str  # path plus "?query", as received
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
-    client_ip: str = ""
-
-    def value(self, name: str) -> str:
-        if name in ("scheme", "pass_access_scheme"):
-            return self.scheme
-        if name in ("http_host", "best_http_host"):
-            return self.http_host
-        if name == "host":
-            return self.host
-        if name == "request_uri":
-            return self.request_uri
-        if name == "escaped_request_uri":
-            return quote(self.request_uri, safe="")  # set_escape_uri
-        if name == "remote_addr":
-            return self.client_ip
-        if name == "remote_user":
-            return basic_auth_user(self.headers.get("authorization", ""))
-        if name.startswith("cookie_"):
-            return cookie_value(self.headers.get("cookie", ""), name[7:]) or ""
-        return self.headers.get(name[5:].replace("_", "-"), "")  # http_<header>
-
-
-def basic_auth_user(authorization: str) -> str:
-    """nginx's $remote_user: the user of a `Basic` Authorization header ("" otherwise)."""
-    token = basic_token(authorization)
-    return "" if token is None else token.decode("latin-1").partition(":")[0]
-
-
-def expand(template: str, v: RequestVars) -> str:
-    if "$" not in template:
-        return template
-    return _VARIABLE.sub(lambda m: v.value(m.group(1)), template)
-
-
 @dataclass(frozen=True)
 class ExternalAuth:
     """One Ingress's check; `broken` names why its routes answer 503 instead."""
@@ -179,12 +129,6 @@ def cache_ttl(auth: ExternalAuth, status: int) -> float:
     return 0.0
 
 
-def _variables_known(text: str) -> str | None:
-    unknown = sorted(n for n in set(_VARIABLE.findall(text))
-                     if n not in VARIABLES and not (n.startswith(_FAMILIES) and n not in _FAMILIES))
-    return f"nginx variable(s) ${', $'.join(unknown)} not supported" if unknown else None
-
-
 class _Unusable(Exception):
     """A setting that denies the route: (full annotation key, why)."""
 
@@ -203,7 +147,7 @@ def _url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return f"{url!r} is not an http(s) URL"
-    return _variables_known(url)
+    return unknown(url)
 
 
 def _method_problem(method: str) -> str | None:
@@ -238,7 +182,7 @@ def _proxy_set_headers(ann: Annotations, namespace: str,
     if bad:
         raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: invalid header(s) {', '.join(bad)}")
     for value in data.values():
-        why = _variables_known(str(value))
+        why = unknown(str(value))
         if why is not None:
             raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: {why}")
     return tuple(sorted((str(k), str(v).strip()) for k, v in data.items()))
@@ -255,8 +199,8 @@ def parse_external_auth(ann: Annotations, namespace: str = "",
         set_headers = _proxy_set_headers(ann, namespace, configmap)
         method = _value(ann, "auth-method", _method_problem)
         names = split_list(_value(ann, "auth-response-headers", _headers_problem) or "", ",")
-        signin = _value(ann, "auth-signin", _variables_known)
-        cache_key = _value(ann, "auth-cache-key", _variables_known)
+        signin = _value(ann, "auth-signin", unknown)
+        cache_key = _value(ann, "auth-cache-key", unknown)
         durations = _value(ann, "auth-cache-duration", _durations_problem)  # ingress-nginx: always
     except _Unusable as exc:
         full, why = exc.args
@@ -307,9 +251,9 @@ def global_auth_scope(settings: Mapping[str, str | None],
     is unset). Raises ValueError naming the setting when one cannot be used: a gateway-wide
     check that is half set up must stop the start, not leave every route unchecked."""
     given = {k: v.strip() for k, v in settings.items() if v is not None and v.strip()}
-    unknown = sorted(set(given) - set(GLOBAL_AUTH_KEYS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: not a global auth setting")
+    not_ours = sorted(set(given) - set(GLOBAL_AUTH_KEYS))
+    if not_ours:
+        raise ValueError(f"{not_ours[0]}: not a global auth setting")
     if given and "global-auth-url" not in given:
         raise ValueError(f"{sorted(given)[0]}: set without global-auth-url")
     problems: list[Problem] = []

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import hashkey
+from gateway import variables
 from gateway.types import (
     BackendPolicy,
     BackendRef,
@@ -85,14 +85,11 @@ def parse_balancing(ann: Annotations, fields: dict[str, Any]) -> None:
 def hash_key_error(template: str) -> str | None:
     """Why an upstream-hash-by text is unusable: nginx variables ($host, ${arg_uid}, ...)
     and literals, at least one variable, every variable one we can compute."""
-    names = [m.group(1) or m.group(2) for m in hashkey.VARIABLE.finditer(template)]
-    if not names:
+    if not variables.names(template):
         return f"{template!r} names no variable (e.g. $request_uri, $http_<name>)"
-    for name in names:
-        if not hashkey.known(name):
-            return (f"unsupported variable ${name} (supported: "
-                    f"{', '.join(sorted(hashkey.SIMPLE_NAMES))}"
-                    ", $http_<header>, $arg_<param>, $cookie_<name>)")
+    for name in variables.names(template):
+        if not variables.known(name):
+            return f"unsupported variable ${name} (supported: {variables.SUPPORTED})"
     return None
 
 

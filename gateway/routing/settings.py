@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
+from gateway.variables import unknown
 
 from .allow import SourceRange, parse_source_range
 from .basicauth import BasicAuth, client_cert_denial, parse_basic_auth
@@ -179,7 +180,10 @@ def _mirrors(ann: Annotations, ctx: Context) -> tuple[MirrorPolicy, ...]:
     if found is not None:
         full, url = found
         parts = urlsplit(url.split("$", 1)[0])
-        if parts.scheme in ("http", "https") and parts.hostname:
+        why = unknown(url)
+        if why is not None:
+            ann.problem(full, f"{why}; ignored")
+        elif parts.scheme in ("http", "https") and parts.hostname:
             host = parts.netloc
             custom = ann.string("mirror-host")
             if custom is not None:

@@ -241,16 +241,6 @@ def parse_duration(text: str) -> float | None:
     return value / 1000.0 if unit == "ms" else value * 60.0 if unit == "m" else value
 
 
-def cookie_value(header: str, name: str) -> str | None:
-    """nginx $cookie_<name>: the first cookie with this name (case-insensitive) in a Cookie
-    header (repeated headers arrive joined with ", ")."""
-    for part in header.replace(",", ";").split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key.lower() == name:
-            return value
-    return None
-
-
 def split_list(text: str, separators: str = ",\n") -> list[str]:
     """Split on any of `separators`, strip, drop empties."""
     items = [text]

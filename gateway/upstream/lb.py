@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Final
 
-from gateway.hashkey import KeyFunc, compile_hash_key  # noqa: F401 - re-exported
 from gateway.types import Endpoint
+from gateway.variables import KeyFunc, compile_hash_key  # noqa: F401 - re-exported
 
 #: Points per endpoint on the hash ring (nginx's ketama-compatible `hash ... consistent` uses 160).
 VNODES: Final = 160
