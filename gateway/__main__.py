@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--https-redirect-port", type=int, default=None, metavar="PORT",
                    help="port named in ssl-redirect Locations (default: the --listen-tls port; "
                         "443 is left out)")
+    p.add_argument("--enable-ssl-passthrough", action="store_true",
+                   help="honour the ssl-passthrough annotation on the --listen-tls listener: "
+                   "TLS to such hosts is spliced to the backend unterminated (ingress-nginx's flag)")
     p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
                    metavar="CIDR", help="a proxy/LB whose X-Forwarded-* headers are kept "
                    "(repeatable)")
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--default-tls-cert and --default-tls-key go together")
     if args.default_tls_cert is not None and args.listen_tls is None:
         p.error("--default-tls-cert needs --listen-tls")
+    if args.enable_ssl_passthrough and args.listen_tls is None:
+        p.error("--enable-ssl-passthrough needs --listen-tls")
     if args.https_redirect_port is not None and not 0 < args.https_redirect_port < 65536:
         p.error("--https-redirect-port: out of range")
     if args.hsts_max_age < 0:
@@ -151,7 +156,7 @@ async def amain(args: argparse.Namespace) -> int:
                          default_backend=args.default_backend_service,
                          rate_limit_status=(args.limit_req_status_code,
                                             args.limit_conn_status_code),
-                         auth_scope=args.auth_scope)
+                         auth_scope=args.auth_scope, ssl_passthrough=args.enable_ssl_passthrough)
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

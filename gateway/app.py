@@ -29,6 +29,7 @@ from gateway.routing.extauth import AuthScope
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
+from gateway.types import BackendRef
 from gateway.upstream import UpstreamManager
 from mcs_controller.access.api import ClusterClient
 from mcs_controller.access.errors import ApiError
@@ -74,6 +75,7 @@ class GatewayApp:
         default_backend: str | None = None,
         rate_limit_status: tuple[int, int] = (503, 503),
         auth_scope: AuthScope | None = None,
+        ssl_passthrough: bool = False,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -85,7 +87,9 @@ class GatewayApp:
         "namespace/name" of the Service answering requests no rule matches, and the
         custom-http-errors pages of Ingresses without their own default-backend.
         `rate_limit_status`: the statuses refused by limit-rps/-rpm and by limit-connections.
-        `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py)."""
+        `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
+        `ssl_passthrough`: --enable-ssl-passthrough (with `listen_tls`; gateway/proxy/passthrough.py)."""
+        self.ssl_passthrough = ssl_passthrough and listen_tls is not None
         self.default_backend = default_backend
         self.auth_scope = auth_scope
         #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
@@ -149,7 +153,8 @@ class GatewayApp:
         await self.upstream.start(wait=False)
         await self.proxy.start(*self.listen)
         if self.proxy_tls is not None and self.listen_tls is not None and self.tls is not None:
-            await self.proxy_tls.start(*self.listen_tls, ssl=self.tls.context)
+            await self.proxy_tls.start(*self.listen_tls, ssl=self.tls.context,
+                                       passthrough=self._passthrough if self.ssl_passthrough else None)
         if self.admin is not None:
             await self.admin.start()
         asyncio.get_running_loop().create_task(self._first_build())
@@ -240,6 +245,10 @@ class GatewayApp:
     def _secret(self, namespace: str, name: str) -> dict | None:
         return self.secrets.get(namespace, name)
 
+    def _passthrough(self, server_name: str) -> BackendRef | None:
+        """The ssl-passthrough backend of a TLS server name (None: terminate here)."""
+        return self.table.passthrough.get(server_name)
+
     def _configmap_changed(self, _type: str, obj: dict, _old: dict | None) -> None:
         """A ConfigMap the last build read (or looked for) changed: rebuild."""
         meta = obj.get("metadata") or {}
@@ -272,7 +281,7 @@ class GatewayApp:
             default_backend=self.default_backend,
             trusted=self.proxy.is_trusted if self.proxy.trusted else None,
             rate_zones=self.rate_zones, auth_scope=self.auth_scope,
-            configmap=self._configmap_reader(read))
+            configmap=self._configmap_reader(read), ssl_passthrough=self.ssl_passthrough)
         table, problems = build_route_table(
             ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
             https_port=self._redirect_port(), **common)
@@ -345,6 +354,7 @@ class GatewayApp:
                 "endpoints": self.upstream.describe(ref),
             })
         body = {"routes": self.table.describe(), "wwwRedirects": self.table.describe_www(),
+                "sslPassthrough": self.table.describe_passthrough(),
                 "defaultBackend": self.table.describe_default(),
                 "backends": backends,
                 "tls": self.tls.describe() if self.tls is not None else None,

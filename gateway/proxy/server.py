@@ -22,8 +22,9 @@ from gateway.proxy.config import Limits
 from gateway.proxy.extauth import AuthChecker
 from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
+from gateway.proxy.passthrough import PassthroughListener, tls_handoff
 from gateway.proxy.pool import ConnectionPool
-from gateway.types import ClusterManager, RequestView, Router
+from gateway.types import BackendRef, ClusterManager, RequestView, Router
 
 log = logging.getLogger("gateway.proxy")
 
@@ -60,6 +61,8 @@ class ProxyServer:
         self.pool: ConnectionPool = None  # type: ignore[assignment]
         self.mirror: MirrorSender = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
+        #: The HTTPS listener with ssl-passthrough on (then there is no `_server`).
+        self.passthrough: PassthroughListener | None = None
         self._drained: asyncio.Event | None = None
         #: HTTPS listener: the Strict-Transport-Security line added to proxied responses for
         #: hosts `hsts_for` accepts (those with a certificate configured; set by the app).
@@ -77,17 +80,26 @@ class ProxyServer:
         self.dirty: list[ClientConnection] = []
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
-                    ssl: ssl.SSLContext | None = None) -> int:
+                    ssl: ssl.SSLContext | None = None,
+                    passthrough: Callable[[str], BackendRef | None] | None = None) -> int:
+        """`passthrough` (with `ssl`): the ssl-passthrough backend of a TLS server name, or
+        None to terminate TLS here (gateway/proxy/passthrough.py)."""
         self.loop = asyncio.get_running_loop()
         lim = self.limits
         self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
         self.mirror = MirrorSender(self)
-        self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
-            ssl=ssl, ssl_handshake_timeout=lim.header_timeout if ssl is not None else None)
-        # uvloop gives a list where typeshed says tuple (compiled code checks declared types)
-        sockets = cast(Any, self._server).sockets
-        self.port = sockets[0].getsockname()[1]
+        if passthrough is not None and ssl is not None:
+            handoff = tls_handoff(self.loop, lambda: ClientConnection(self), ssl, lim.header_timeout)
+            self.passthrough = PassthroughListener(passthrough, self._address, handoff,
+                                                   lim.header_timeout)
+            self.port = self.passthrough.listen(host, port)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
+                ssl=ssl, ssl_handshake_timeout=lim.header_timeout if ssl is not None else None)
+            # uvloop gives a list where typeshed says tuple (compiled code checks declared types)
+            sockets = cast(Any, self._server).sockets
+            self.port = sockets[0].getsockname()[1]
         self.pool.start()
         log.info("proxy listening on %s %s:%d", self.scheme, host, self.port)
         return self.port
@@ -95,10 +107,13 @@ class ProxyServer:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; idle connections close now, busy ones after their response
         (announced with `Connection: close`); whatever is left after `grace` is cut."""
-        if self._server is None:
+        if self._server is None and self.passthrough is None:
             return
         self.stopping = True
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
+        if self.passthrough is not None:
+            self.passthrough.close()
         for c in list(self.conns):
             if c.exchange is None and c.tunnel is None and not c.pipeline and c.state == IDLE:
                 c.close()
@@ -116,6 +131,13 @@ class ProxyServer:
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None
+        self.passthrough = None
+
+    def _address(self, ref: BackendRef, view: RequestView,
+                 exclude: frozenset[tuple[str, int]]) -> tuple[str, int] | None:
+        """An endpoint of `ref` for an ssl-passthrough connection (None: none usable)."""
+        ep = self.clusters.pick(ref, view, exclude=exclude)
+        return ep.address if ep is not None else None
 
     def hsts_line(self, view: RequestView | None) -> bytes:
         """The Strict-Transport-Security line for an answer to this request: on the HTTPS

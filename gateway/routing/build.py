@@ -29,6 +29,7 @@ from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
 from .extauth import AuthScope, ConfigMapLookup
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
+from .passthrough import collect_passthrough
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .ratelimit import RateLimit, RateZones
 from .rewrite import install_rewriters
@@ -95,6 +96,7 @@ def build_route_table(
     rate_zones: RateZones | None = None,
     auth_scope: AuthScope | None = None,
     configmap: ConfigMapLookup | None = None,
+    ssl_passthrough: bool = False,
 ) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
 
@@ -111,10 +113,12 @@ def build_route_table(
     build to the next (a fresh set when None). `auth_scope`: the gateway-wide auth check and
     the paths exempt from checks (default: no global check, ingress-nginx's no-auth-locations).
     `configmap`: finds the hub's ConfigMaps by (namespace, name) (auth-proxy-set-headers).
+    `ssl_passthrough`: the gateway's --enable-ssl-passthrough (else the annotation is reported).
     """
     default_ref, unusable = global_default_backend(default_backend, services)
     builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones,
                        auth_scope, configmap)
+    builder.allow_passthrough = ssl_passthrough
     ours, builder.problems = select_ingresses(
         ingresses, ingress_classes, class_name=class_name, controller=controller,
         accept_classless=accept_classless)
@@ -145,6 +149,8 @@ class _Builder:
         self.rate_zones = rate_zones if rate_zones is not None else RateZones()
         self.auth_scope = auth_scope or AuthScope()  # global-auth-*, no-auth-locations
         self.configmap = configmap
+        self.allow_passthrough = False  # --enable-ssl-passthrough
+        self.passthrough: dict[str, tuple[str, BackendRef]] = {}  # host -> (Ingress, backend)
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
         self.hosts: HostTable[Route] = HostTable()
@@ -219,6 +225,9 @@ class _Builder:
                 parsed.rules.append((host, path, path_type, narrow(ref)))
         if not parsed.rules and parsed.default_ref is None:
             self.problem(key, "no usable rule and no defaultBackend; nothing to serve")
+        if not is_canary:
+            collect_passthrough(ann, parsed.rules, self.allow_passthrough, self.passthrough, key,
+                                lambda full, message: self.problem(key, message, full))
         self.parsed.append(parsed)
 
     # -- main rules --------------------------------------------------------------------------
@@ -395,13 +404,17 @@ class _Builder:
                     for ref in refs:
                         if ref not in backends:
                             backends[ref] = self._policy(ref)
+        for _, ref in self.passthrough.values():
+            if ref not in backends:
+                backends[ref] = self._policy(ref)
         default = None
         if self.default_ref is not None:  # requests no rule matches (ingress-nginx's upstream-default-backend)
             default = RouteDecision(backend=self.default_ref, route_name="-|(default-backend)")
             if self.default_ref not in backends:
                 backends[self.default_ref] = self._policy(self.default_ref)
         return RouteTable(self.hosts, backends, self.clusters, rng, www=self._www_redirects(),
-                          default=default)
+                          default=default,
+                          passthrough={h: ref for h, (_, ref) in self.passthrough.items()})
 
     def _www_redirects(self) -> dict:
         """from-to-www-redirect (gateway/routing/www.py)."""

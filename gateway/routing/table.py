@@ -182,13 +182,16 @@ class RouteTable(Router):
 
     def __init__(self, hosts: HostTable[Route], backends: dict[BackendRef, BackendPolicy],
                  clusters: frozenset[str], rng: random.Random | None = None,
-                 www: dict[str, WwwRedirect] | None = None, default: RouteDecision | None = None):
+                 www: dict[str, WwwRedirect] | None = None, default: RouteDecision | None = None,
+                 passthrough: dict[str, BackendRef] | None = None):
         self._hosts = hosts
         self._exact = hosts.exact
         #: from-to-www-redirect hosts (gateway/routing/www.py): after exact hosts, before wildcards.
         self._www: dict[str, WwwRedirect] = www or {}
         #: --default-backend-service: for requests no host or path rule matches (None: 404).
         self._default = default
+        #: ssl-passthrough hosts (TLS server name -> backend; gateway/routing/passthrough.py).
+        self.passthrough: dict[str, BackendRef] = passthrough or {}
         self._backends = backends
         self._clusters = clusters
         self._rng = rng or random.Random()
@@ -235,6 +238,10 @@ class RouteTable(Router):
         """The global default backend, for /routes."""
         d = self._default
         return None if d is None else {"route": d.route_name, **ref_json(d.backend)}
+
+    def describe_passthrough(self) -> list[dict]:
+        """The ssl-passthrough hosts, for /routes."""
+        return [{"host": h, **ref_json(self.passthrough[h])} for h in sorted(self.passthrough)]
 
     def describe_www(self) -> list[dict]:
         """The from-to-www redirects, for /routes."""

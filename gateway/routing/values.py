@@ -46,6 +46,7 @@ COMPATIBLE_KEYS = frozenset({
     "session-cookie-max-age", "session-cookie-expires", "session-cookie-samesite",
     "session-cookie-secure", "session-cookie-change-on-failure",
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
+    "ssl-passthrough",  # passthrough.KEY
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({

@@ -1,0 +1,256 @@
+"""ssl-passthrough (ingress-nginx's `--enable-ssl-passthrough` and `ssl-passthrough`
+annotation): the HTTPS listener reads each new connection's TLS ClientHello without taking
+it off the socket (MSG_PEEK). A server name that an Ingress marks `ssl-passthrough` is
+spliced, still encrypted, to an endpoint of that rule's backend (any cluster, the
+backend's balancing); every other connection goes to the TLS-terminating proxy, exactly as
+if it had accepted it.
+
+Off the compiled data path: a passthrough connection costs one peek and a connect, then
+raw chunks both ways; the terminated ones pay one peek more than without the flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+from gateway.types import BackendRef, RequestView
+
+log = logging.getLogger("gateway.proxy")
+
+#: client_hello_sni: the ClientHello is not complete yet.
+NEED_MORE = "\0more"
+#: Peeked bytes at most: a ClientHello record is at most 16 KiB plus its header.
+_PEEK = 16384 + 5
+#: Connect attempts to different endpoints before a passthrough connection is dropped.
+ATTEMPTS = 3
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The server name of the TLS ClientHello at the start of `data` (lower-cased; None: the
+    client sent none), NEED_MORE when the record is not all there; ValueError: not a
+    ClientHello."""
+    if len(data) < 5:
+        return NEED_MORE
+    if data[0] != 0x16 or data[1] != 0x03:
+        raise ValueError("not a TLS handshake")
+    end = 5 + int.from_bytes(data[3:5], "big")
+    if len(data) < end:
+        return NEED_MORE
+    body = data[5:end]
+    if len(body) < 4 or body[0] != 0x01:
+        raise ValueError("not a ClientHello")
+    hello = body[4:4 + int.from_bytes(body[1:4], "big")]
+    try:
+        pos = 2 + 32  # version, random
+        pos += 1 + hello[pos]  # session id
+        pos += 2 + int.from_bytes(hello[pos:pos + 2], "big")  # cipher suites
+        pos += 1 + hello[pos]  # compression methods
+        if pos >= len(hello):
+            return None  # no extensions
+        ext_end = pos + 2 + int.from_bytes(hello[pos:pos + 2], "big")
+        pos += 2
+        while pos + 4 <= ext_end:
+            kind = int.from_bytes(hello[pos:pos + 2], "big")
+            size = int.from_bytes(hello[pos + 2:pos + 4], "big")
+            pos += 4
+            if kind == 0:  # server_name: list length, then (type, length, name) entries
+                entry = pos + 2
+                while entry + 3 <= pos + size:
+                    length = int.from_bytes(hello[entry + 1:entry + 3], "big")
+                    if hello[entry] == 0:
+                        return hello[entry + 3:entry + 3 + length].decode("ascii").lower()
+                    entry += 3 + length
+                return None
+            pos += size
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ValueError("malformed ClientHello") from exc
+    return None
+
+
+def _settle(future: asyncio.Future) -> None:
+    """A reader callback may run again before the waiting coroutine resumes."""
+    if not future.done():
+        future.set_result(None)
+
+
+class _Splice(asyncio.Protocol):
+    """One side of a spliced pair: what it reads goes to the other side; write pressure on
+    one side pauses reading on the other; a FIN is passed on, the second one closes both."""
+
+    def __init__(self, live: set[_Splice] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Splice | None = None
+        self.pending: list[bytes] = []
+        self.eofs = 0
+        self.live = live  # the listener's open pairs (closed when it stops)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def join(self, peer: _Splice) -> None:
+        self.peer, peer.peer = peer, self
+        for side in (self, peer):
+            if side.pending and side.peer is not None and side.peer.transport is not None:
+                side.peer.transport.writelines(side.pending)
+            side.pending = []
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None or self.peer.transport is None:
+            self.pending.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        other = self.peer.transport if self.peer is not None else None
+        if other is None or other.is_closing() or not other.can_write_eof():
+            return False
+        other.write_eof()
+        self.eofs += 1
+        return self.eofs + (self.peer.eofs if self.peer else 0) < 2
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.live is not None:
+            self.live.discard(self)
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+class PassthroughListener:
+    """The HTTPS listener with ssl-passthrough on. `target(server_name)`: the backend of a
+    passthrough host, or None; `pick(ref, view)`: an endpoint address of it (None: none
+    usable); `terminate(sock)`: hand a connection to the TLS-terminating proxy."""
+
+    def __init__(self, target: Callable[[str], BackendRef | None],
+                 pick: Callable[[BackendRef, RequestView, frozenset], tuple[str, int] | None],
+                 terminate: Callable[[socket.socket], None], hello_timeout: float) -> None:
+        self.target, self.pick, self.terminate = target, pick, terminate
+        self.hello_timeout = hello_timeout
+        self.loop = asyncio.get_running_loop()
+        self.sock: socket.socket | None = None
+        self.spliced = 0  # connections passed through
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.live: set[_Splice] = set()  # client sides of open spliced pairs
+
+    def listen(self, host: str, port: int, backlog: int = 1024) -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+        return sock.getsockname()[1]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for task in list(self.tasks):
+            task.cancel()
+        for side in list(self.live):
+            if side.transport is not None:
+                side.transport.close()
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors and the like: try again later
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._route(conn))
+
+    def _spawn(self, coro: object) -> None:
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _hello(self, conn: socket.socket) -> str | None:
+        """Wait for the whole ClientHello (peeked: it stays on the socket)."""
+        deadline = self.loop.time() + self.hello_timeout
+        while True:
+            readable = self.loop.create_future()
+            self.loop.add_reader(conn.fileno(), _settle, readable)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await readable
+            finally:
+                self.loop.remove_reader(conn.fileno())
+            data = conn.recv(_PEEK, socket.MSG_PEEK)
+            if not data:
+                raise ConnectionResetError("closed before its ClientHello")
+            name = client_hello_sni(data)
+            if name != NEED_MORE:
+                return name
+            await asyncio.sleep(0.002)  # level-triggered: let more of the record arrive
+
+    async def _route(self, conn: socket.socket) -> None:
+        try:
+            name = await self._hello(conn)
+        except (TimeoutError, ValueError, OSError):
+            name = None  # not TLS, or too slow: the TLS proxy answers (and times out) as usual
+        ref = self.target(name) if name else None
+        if ref is None:
+            self.terminate(conn)
+            return
+        try:
+            await self._splice(conn, ref, name or "")
+        except Exception:
+            log.exception("ssl-passthrough of %s failed", name)
+            conn.close()
+
+    async def _splice(self, conn: socket.socket, ref: BackendRef, name: str) -> None:
+        peer = conn.getpeername()
+        view = RequestView("", "/", name, {}, str(peer[0]), "https")
+        tried: frozenset = frozenset()
+        for _ in range(ATTEMPTS):
+            addr = self.pick(ref, view, tried)
+            if addr is None:
+                break
+            try:
+                _, upstream = await self.loop.create_connection(_Splice, addr[0], addr[1])
+            except OSError as exc:
+                log.warning("ssl-passthrough %s: connect to %s:%d failed: %s", name, addr[0], addr[1], exc)
+                tried = tried | {addr}
+                continue
+            _, client = await self.loop.connect_accepted_socket(lambda: _Splice(self.live), conn)
+            self.live.add(client)
+            client.join(upstream)
+            self.spliced += 1
+            return
+        log.warning("ssl-passthrough %s: no endpoint of %s could be reached", name, ref)
+        conn.close()
+
+
+def tls_handoff(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
+                context: ssl.SSLContext, handshake_timeout: float) -> Callable[[socket.socket], None]:
+    """A `terminate` for PassthroughListener: the connection goes through the TLS handshake
+    and to a protocol of `factory`, as the plain HTTPS listener would do it."""
+    tasks: set[asyncio.Task] = set()
+
+    def terminate(sock: socket.socket) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(
+            factory, sock, ssl=context, ssl_handshake_timeout=handshake_timeout))
+        tasks.add(task)
+        task.add_done_callback(lambda t: (tasks.discard(t), t.cancelled() or t.exception()))
+
+    return terminate

@@ -1,0 +1,153 @@
+"""ssl-passthrough (`--enable-ssl-passthrough`, gateway/proxy/passthrough.py and
+gateway/routing/passthrough.py): the ClientHello reader against real ClientHellos, the
+route building (table-driven), and real TLS clients through the gateway to a TLS backend
+that terminates the connection itself."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import tempfile
+
+import pytest
+from fleetkit import endpoint, source_slice
+from test_gw_routing_kit import NGX, build, ingress, path, problems_for, rule, simple
+from test_gw_tls import CA, cn, https_get, served, started, stopped
+from test_gw_tls import ingress as tls_ingress
+from test_gw_tls import secret as tls_secret
+
+from gateway.__main__ import parse_args
+from gateway.proxy.passthrough import NEED_MORE, client_hello_sni
+from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICES
+
+PT = {NGX + "ssl-passthrough": "true"}
+BACKEND_IP = "127.0.81.1"
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """The first flight of a real TLS client (OpenSSL through Python's ssl)."""
+    ctx = ssl.create_default_context()
+    if server_name is None:
+        ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_client_hello_server_name():
+    hello = client_hello("PT.example.com")
+    assert client_hello_sni(hello) == "pt.example.com"
+    assert client_hello_sni(hello + b"more records") == "pt.example.com"
+    assert client_hello_sni(client_hello(None)) is None
+    for cut in (0, 3, 5, 100, len(hello) - 1):
+        assert client_hello_sni(hello[:cut]) == NEED_MORE
+    for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x04\x02\x00\x00\x00"):
+        with pytest.raises(ValueError):
+            client_hello_sni(junk)
+
+
+def test_passthrough_hosts_are_the_rules_root_paths():
+    main = ingress("pt", rule("pt.example.com", path("/", "main"), path("/api", "main")),
+                   rule("*.wild.example.com", path("/", "main")), ann=PT)
+    later = simple("later", host="pt.example.com", svc="other", ann=PT)
+    table, problems = build(main, later, ssl_passthrough=True)
+    assert table.passthrough.keys() == {"pt.example.com"}
+    assert table.passthrough["pt.example.com"].service == "main"
+    assert table.passthrough["pt.example.com"] in table.backends()  # its endpoints are tracked
+    msgs = problems_for(problems, "default/pt", "ssl-passthrough")
+    assert any("pt.example.com/api: only a host's '/' path" in m for m in msgs)
+    assert any("*.wild.example.com: a passthrough host must be a full name" in m for m in msgs)
+    assert any("already passed through by default/pt" in m
+               for m in problems_for(problems, "default/later", "ssl-passthrough"))
+    assert [d["host"] for d in table.describe_passthrough()] == ["pt.example.com"]
+    table, problems = build(simple("pt", host="pt.example.com", ann=PT))
+    assert table.passthrough == {}
+    assert problems_for(problems, "default/pt", "ssl-passthrough") == [
+        "needs the gateway's --enable-ssl-passthrough; ignored"]
+
+
+def test_the_flag_needs_the_https_listener(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "f.yaml", "--enable-ssl-passthrough"])
+    assert "--enable-ssl-passthrough needs --listen-tls" in capsys.readouterr().err
+    assert parse_args(["--config", "f.yaml", "--listen-tls", "127.0.0.1:0",
+                       "--enable-ssl-passthrough"]).enable_ssl_passthrough
+
+
+async def echo_tls_backend(ca: CA, name: str) -> asyncio.Server:
+    """A pod that terminates TLS itself (its own certificate for `name`) and echoes."""
+    crt, key = ca.issue(name)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        f.write(crt + key)
+        f.flush()
+        ctx.load_cert_chain(f.name)
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(b"backend:" + data)
+            await w.drain()
+        w.close()
+
+    return await asyncio.start_server(echo, BACKEND_IP, 0, ssl=ctx)
+
+
+async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
+    ca = CA()
+    backend = await echo_tls_backend(ca, "pt.example.com")
+    port = backend.sockets[0].getsockname()[1]
+    a = ca.issue("a.example.com")
+    pt = tls_ingress("pt", ["pt.example.com"], annotations=PT)
+    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    app, hub, up = await started(
+        [pt, tls_ingress("a", ["a.example.com"], [{"hosts": ["a.example.com"], "secretName": "a-tls"}])],
+        [tls_secret("a-tls", *a)], ssl_passthrough=True)
+    try:
+        east = app.upstream.catalog.members["east"].services.client
+        await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
+                                     "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
+        await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(BACKEND_IP)],
+                                                        ports=[{"name": "https", "port": port}]))
+        tls_port = app.proxy_tls.port
+        for _ in range(100):  # the endpoints reach the gateway
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", tls_port, ssl=ca.client_context(), server_hostname="pt.example.com")
+                break
+            except (ssl.SSLError, ConnectionError):
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("never passed through")
+        # the backend's own certificate (verified against the CA for pt.example.com): unterminated
+        der = writer.get_extra_info("ssl_object").getpeercert()
+        assert dict(x[0] for x in der["subject"])["commonName"] == "pt.example.com"
+        writer.write(b"hello")
+        await writer.drain()
+        assert await reader.readexactly(13) == b"backend:hello"
+        writer.close()
+        assert app.proxy_tls.passthrough.spliced >= 1
+        # other names are terminated here, as without the flag
+        assert cn(await served(tls_port, "a.example.com")) == "a.example.com"
+        status, echo = await https_get(tls_port, "a.example.com", "/x", ca)
+        assert status == 200 and echo["path"] == "/x"
+        # not TLS at all: handed to the TLS proxy, which gives up on it; the listener goes on
+        r, w = await asyncio.open_connection("127.0.0.1", tls_port)
+        w.write(b"GET / HTTP/1.1\r\nHost: pt.example.com\r\n\r\n")
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        assert (await https_get(tls_port, "a.example.com", "/y", ca))[0] == 200
+        # stopping the gateway closes the spliced connections still open
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", tls_port, ssl=ca.client_context(), server_hostname="pt.example.com")
+        writer.write(b"x")
+        assert await reader.readexactly(9) == b"backend:x"
+        await stopped(app, up)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        if app.proxy_tls.passthrough is not None:  # (failed before the stop above)
+            await stopped(app, up)
+        backend.close()
+        await backend.wait_closed()
