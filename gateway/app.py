@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
+from gateway.proxy.passthrough import PassthroughCollector
 from gateway.routing import build_route_table, select_ingresses
 from gateway.routing.extauth import AuthScope
 from gateway.routing.ratelimit import RateZones
@@ -155,6 +156,9 @@ class GatewayApp:
         if self.proxy_tls is not None and self.listen_tls is not None and self.tls is not None:
             await self.proxy_tls.start(*self.listen_tls, ssl=self.tls.context,
                                        passthrough=self._passthrough if self.ssl_passthrough else None)
+            if self.ssl_passthrough:
+                tls_proxy = self.proxy_tls
+                self.registry.register(PassthroughCollector(lambda: tls_proxy.passthrough))
         if self.admin is not None:
             await self.admin.start()
         asyncio.get_running_loop().create_task(self._first_build())

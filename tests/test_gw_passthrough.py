@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 from fleetkit import endpoint, source_slice
+from prometheus_client import generate_latest
 from test_gw_routing_kit import NGX, build, ingress, path, problems_for, rule, simple
 from test_gw_tls import CA, cn, https_get, served, started, stopped
 from test_gw_tls import ingress as tls_ingress
@@ -127,7 +128,7 @@ async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
         await writer.drain()
         assert await reader.readexactly(13) == b"backend:hello"
         writer.close()
-        assert app.proxy_tls.passthrough.spliced >= 1
+        assert app.proxy_tls.passthrough.outcomes["spliced"] == 1
         # other names are terminated here, as without the flag
         assert cn(await served(tls_port, "a.example.com")) == "a.example.com"
         status, echo = await https_get(tls_port, "a.example.com", "/x", ca)
@@ -138,6 +139,9 @@ async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
         assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
         assert (await https_get(tls_port, "a.example.com", "/y", ca))[0] == 200
+        scrape = generate_latest(app.registry).decode()
+        assert 'gateway_ssl_passthrough_connections_total{outcome="spliced"} 1.0' in scrape
+        assert 'gateway_ssl_passthrough_connections_total{outcome="terminated"} 4.0' in scrape
         # stopping the gateway closes the spliced connections still open
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", tls_port, ssl=ca.client_context(), server_hostname="pt.example.com")

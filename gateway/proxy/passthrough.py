@@ -17,6 +17,9 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from gateway.types import BackendRef, RequestView
 
 log = logging.getLogger("gateway.proxy")
@@ -139,7 +142,8 @@ class PassthroughListener:
         self.hello_timeout = hello_timeout
         self.loop = asyncio.get_running_loop()
         self.sock: socket.socket | None = None
-        self.spliced = 0  # connections passed through
+        #: Connections by outcome: spliced, terminated (handed to TLS), unreachable.
+        self.outcomes = {"spliced": 0, "terminated": 0, "unreachable": 0}
         self.tasks: set[asyncio.Task[None]] = set()
         self.live: set[_Splice] = set()  # client sides of open spliced pairs
 
@@ -210,6 +214,7 @@ class PassthroughListener:
             name = None  # not TLS, or too slow: the TLS proxy answers (and times out) as usual
         ref = self.target(name) if name else None
         if ref is None:
+            self.outcomes["terminated"] += 1
             self.terminate(conn)
             return
         try:
@@ -235,9 +240,10 @@ class PassthroughListener:
             _, client = await self.loop.connect_accepted_socket(lambda: _Splice(self.live), conn)
             self.live.add(client)
             client.join(upstream)
-            self.spliced += 1
+            self.outcomes["spliced"] += 1
             return
         log.warning("ssl-passthrough %s: no endpoint of %s could be reached", name, ref)
+        self.outcomes["unreachable"] += 1
         conn.close()
 
 
@@ -254,3 +260,19 @@ def tls_handoff(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.P
         task.add_done_callback(lambda t: (tasks.discard(t), t.cancelled() or t.exception()))
 
     return terminate
+
+
+class PassthroughCollector(Collector):
+    """`gateway_ssl_passthrough_connections_total{outcome}`, read from the listener at scrape."""
+
+    def __init__(self, listener: Callable[[], PassthroughListener | None]) -> None:
+        self.listener = listener
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = CounterMetricFamily("gateway_ssl_passthrough_connections",
+                                     "HTTPS listener connections by ssl-passthrough outcome",
+                                     labels=["outcome"])
+        found = self.listener()
+        for outcome, n in sorted((found.outcomes if found is not None else {}).items()):
+            family.add_metric([outcome], n)
+        yield family
