@@ -209,6 +209,9 @@ class RouteDecision:
     send_rate_after: int = 0
     #: auth-url: a gateway.routing.extauth.ExternalAuth, asked before proxying; None: no check.
     auth: Any = None
+    #: backend-protocol HTTPS: TLS to the pods (ingress-nginx's defaults: no certificate
+    #: check, no SNI); the pool keeps these connections apart (Endpoint.tls_key).
+    upstream_tls: bool = False
     #: auth-type basic: a gateway.routing.basicauth.BasicAuth, checked before `auth`; None: no check.
     basic_auth: Any = None
 
@@ -263,9 +266,12 @@ class Endpoint:
     #: `address`, boxed once: compiled code boxes a tuple[str, int] for every dict lookup
     #: (the pool's idle connections are found by this key on every request).
     key: Any = field(default=None, init=False, repr=False)
+    #: The pool's key for TLS connections to it (backend-protocol HTTPS), boxed once too.
+    tls_key: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.key = (self.ip, self.port)
+        self.tls_key = (self.ip, self.port, "tls")
 
     @property
     def address(self) -> tuple[str, int]:

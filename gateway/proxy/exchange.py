@@ -242,15 +242,18 @@ class Exchange(ResponseSide):
         if self.head.expect and not self.sent_continue and not self.req_done and not self.pending:
             self.sent_continue = True
             self.client.write(_CONTINUE)
-        conn = self.server.pool.acquire(ep.key)
+        d = self.decision
+        assert d is not None
+        key = ep.tls_key if d.upstream_tls else ep.key  # (backend-protocol HTTPS)
+        conn = self.server.pool.acquire(key)
         if conn is not None:
             self._send(conn, now)
             return
         self.phase = CONNECTING
-        self._set_deadline(self.client.loop.time() + self.decision.timeouts.connect)  # type: ignore[union-attr]
-        self.connect_task = self.client.loop.create_task(self._connect(ep.address, self.attempts))
+        self._set_deadline(self.client.loop.time() + d.timeouts.connect)
+        self.connect_task = self.client.loop.create_task(self._connect(key, self.attempts))
 
-    async def _connect(self, addr: tuple[str, int], n: int) -> None:
+    async def _connect(self, addr: Any, n: int) -> None:
         try:
             conn = await self.server.pool.connect(addr)
         except OSError as exc:

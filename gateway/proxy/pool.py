@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Final
+import ssl
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -90,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         "tunnel", "got_bytes", "idle_list", "out",
     )
 
-    def __init__(self, pool: ConnectionPool, addr: Address) -> None:
+    def __init__(self, pool: ConnectionPool, addr: Any) -> None:
         self.pool = pool
         self.addr = addr
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -256,6 +257,7 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: dict[object, list[UpstreamConnection]] = {}  # by address (Endpoint.key)
+        self.tls: ssl.SSLContext | None = None  # for backend-protocol HTTPS, made on first use
         self.opened = 0
         self.closed = 0
         self.closing = False
@@ -298,10 +300,21 @@ class ConnectionPool:
                 return conn
         return None
 
-    async def connect(self, addr: Address) -> UpstreamConnection:
+    async def connect(self, addr: Any) -> UpstreamConnection:
+        """`addr`: (ip, port), or (ip, port, "tls") for TLS (Endpoint.tls_key): then no
+        certificate check and no SNI, ingress-nginx's proxy_ssl_verify/server_name defaults."""
+        tls = self._tls_context() if len(addr) == 3 else None
         _, conn = await self.loop.create_connection(
-            lambda: UpstreamConnection(self, addr), addr[0], addr[1])
+            lambda: UpstreamConnection(self, addr), addr[0], addr[1], ssl=tls,
+            server_hostname="" if tls is not None else None)
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.tls is None:
+            self.tls = ssl.create_default_context()
+            self.tls.check_hostname = False
+            self.tls.verify_mode = ssl.CERT_NONE
+        return self.tls
 
     def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
         """A connection whose response completed and whose request was fully sent."""

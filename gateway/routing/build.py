@@ -318,7 +318,7 @@ class _Builder:
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
                 max_body=settings.max_body, cors=settings.cors, rate_limit=parsed.rate_limit,
                 send_rate=settings.send_rate[0], send_rate_after=settings.send_rate[1],
-                auth=auth, basic_auth=basic_auth)
+                auth=auth, basic_auth=basic_auth, upstream_tls=settings.upstream_tls)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

@@ -62,6 +62,7 @@ class RouteSettings:
     rate_limit: RateLimitSettings | None = None  # limit-rps etc. (gateway/routing/ratelimit.py)
     send_rate: tuple[int, int] = (0, 0)  # limit-rate, limit-rate-after: bytes/s, bytes
     auth: ExternalAuth | None = None  # auth-url etc. (gateway/routing/extauth.py)
+    upstream_tls: bool = False  # backend-protocol HTTPS
     basic_auth: BasicAuth | None = None  # auth-type basic (gateway/routing/basicauth.py)
 
 
@@ -109,8 +110,24 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         rate_limit=parse_rate_limit(ann),
         send_rate=parse_send_rate(ann),
         auth=_external_auth(ann, ctx),
+        upstream_tls=_backend_protocol(ann),
         basic_auth=client_cert_denial(ann) or parse_basic_auth(ann, ctx.namespace),
     )
+
+
+def _backend_protocol(ann: Annotations) -> bool:
+    """backend-protocol: True for HTTPS (TLS to the pods). GRPC, GRPCS, FCGI and AJP need
+    more than HTTP/1.1: reported, and the rule is proxied as HTTP."""
+    found = ann.string("backend-protocol")
+    if found is None:
+        return False
+    value = found[1].upper()
+    if value in ("GRPC", "GRPCS", "FCGI", "AJP"):
+        ann.problem(found[0], f"{found[1]} backends are not supported (HTTP/1.1 and HTTPS "
+                    "only); proxied as HTTP")
+    elif value not in ("HTTP", "HTTPS", "AUTO_HTTP"):
+        ann.problem(found[0], f"{found[1]!r} is not a backend protocol (HTTP, HTTPS); ignored")
+    return value == "HTTPS"
 
 
 def _external_auth(ann: Annotations, ctx: Context) -> ExternalAuth | None:

@@ -295,6 +295,7 @@ class RouteTable(Router):
             "errors": describe_errors(main),
             "externalAuth": main.auth.describe if main.auth is not None else None,
             "basicAuth": main.basic_auth.describe if main.basic_auth is not None else None,
+            "backendProtocol": "HTTPS" if main.upstream_tls else "HTTP",
         }
 
 

@@ -47,6 +47,7 @@ COMPATIBLE_KEYS = frozenset({
     "session-cookie-secure", "session-cookie-change-on-failure",
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
     "ssl-passthrough",  # passthrough.KEY
+    "backend-protocol",
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
@@ -71,7 +72,8 @@ OUR_KEYS = frozenset({
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
-    "session-cookie-hash", "backend-protocol",
+    "session-cookie-hash", "proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-verify-depth",
+    "proxy-ssl-name", "proxy-ssl-server-name", "proxy-ssl-ciphers", "proxy-ssl-protocols",
     "configuration-snippet", "server-snippet", "auth-snippet",
 })
 

@@ -1,0 +1,97 @@
+"""backend-protocol (HTTPS to the pods): parsing (table-driven), and real requests through
+the gateway to an aiohttp server that only speaks TLS, with pooled TLS connections."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import tempfile
+
+import aiohttp
+import pytest
+from aiohttp import web
+from fleetkit import endpoint, source_slice
+from test_gw_app import gateway_over
+from test_gw_app import ingress as app_ingress
+from test_gw_routing_kit import MSE, NGX, decide, one, problems_for
+from test_gw_tls import CA
+
+from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICES
+
+HOST = "secure.example.com"
+POD_IP = "127.0.82.1"
+
+
+@pytest.mark.parametrize("value, tls, problem", [
+    ("HTTPS", True, None),
+    ("https", True, None),
+    ("HTTP", False, None),
+    ("AUTO_HTTP", False, None),
+    ("GRPC", False, "GRPC backends are not supported (HTTP/1.1 and HTTPS only); proxied as HTTP"),
+    ("SPDY", False, "'SPDY' is not a backend protocol (HTTP, HTTPS); ignored"),
+])
+def test_backend_protocol(value, tls, problem):
+    table, _, msgs = one({NGX + "backend-protocol": value})
+    assert decide(table).upstream_tls is tls
+    assert msgs == ([problem] if problem else [])
+    assert table.describe()[0]["backendProtocol"] == ("HTTPS" if tls else "HTTP")
+
+
+def test_mse_prefix_and_unsupported_proxy_ssl_settings():
+    table, problems, _ = one({MSE + "backend-protocol": "HTTPS", NGX + "proxy-ssl-verify": "on"})
+    assert decide(table).upstream_tls
+    assert problems_for(problems, "default/ing", "proxy-ssl-verify") == ["not supported by this gateway; ignored"]
+
+
+async def tls_pod(ca: CA) -> tuple[web.AppRunner, int, list[tuple[bool, tuple]]]:
+    """An aiohttp pod serving only TLS; it records (secure, client address) per request."""
+    seen: list[tuple[bool, tuple]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.secure, request.transport.get_extra_info("peername")))
+        return web.Response(text=f"tls pod {request.path_qs}")
+
+    crt, key = ca.issue("pod.local")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        f.write(crt + key)
+        f.flush()
+        ctx.load_cert_chain(f.name)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, POD_IP, 0, ssl_context=ctx)
+    await site.start()
+    return runner, runner.addresses[0][1], seen
+
+
+async def test_https_backends_are_reached_over_pooled_tls():
+    runner, port, seen = await tls_pod(CA())
+    ings = [app_ingress("secure", HOST, "tlsweb", {NGX + "backend-protocol": "HTTPS"}),
+            app_ingress("plain", "plain.example.com", "tlsweb")]
+    try:
+        async with gateway_over(ings, "127.0.82.9") as (app, _), aiohttp.ClientSession() as s:
+            east = app.upstream.catalog.members["east"].services.client
+            await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
+                                         "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
+            await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(POD_IP)],
+                                                            ports=[{"name": "https", "port": port}]))
+            url = f"http://127.0.0.1:{app.proxy.port}"
+            for _ in range(100):
+                async with s.get(f"{url}/a?x=1", headers={"Host": HOST}) as r:
+                    if r.status == 200:
+                        assert await r.text() == "tls pod /a?x=1"
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the TLS pod was never reached")
+            for i in range(3):
+                async with s.get(f"{url}/b{i}", headers={"Host": HOST}) as r:
+                    assert r.status == 200
+            assert all(secure for secure, _ in seen)
+            assert len({peer for _, peer in seen[-4:]}) == 1  # one pooled TLS connection
+            async with s.get(f"{url}/c", headers={"Host": "plain.example.com"}) as r:
+                assert r.status == 502  # plain HTTP to a TLS port: the pod hangs up
+    finally:
+        await runner.cleanup()
