@@ -57,6 +57,7 @@ class HealthCheckPolicy:
     unhealthy_threshold: int = 3
     expected_statuses: tuple[int, ...] = (200,)
     host: str | None = None  # Host header; default: the Service's name
+    tls: bool = False  # over TLS, unverified (the Ingress says backend-protocol: HTTPS)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ the gateway to an aiohttp server that only speaks TLS, with pooled TLS connectio
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import tempfile
 
@@ -13,9 +14,10 @@ from aiohttp import web
 from fleetkit import endpoint, source_slice
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_routing_kit import MSE, NGX, decide, one, problems_for
+from test_gw_routing_kit import MAIN, MSE, NGX, OURS, decide, one, problems_for
 from test_gw_tls import CA
 
+from gateway.upstream.health import http_probe
 from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICES
 
 HOST = "secure.example.com"
@@ -44,11 +46,13 @@ def test_mse_prefix_and_unsupported_proxy_ssl_settings():
 
 
 async def tls_pod(ca: CA) -> tuple[web.AppRunner, int, list[tuple[bool, tuple]]]:
-    """An aiohttp pod serving only TLS; it records (secure, client address) per request."""
+    """An aiohttp pod serving only TLS; it records (secure, client address) per request
+    (health probes apart)."""
     seen: list[tuple[bool, tuple]] = []
 
     async def handle(request: web.Request) -> web.Response:
-        seen.append((request.secure, request.transport.get_extra_info("peername")))
+        if request.path != "/healthz" or request.headers.get("User-Agent") != "amcs-gateway-health-check":
+            seen.append((request.secure, request.transport.get_extra_info("peername")))
         return web.Response(text=f"tls pod {request.path_qs}")
 
     crt, key = ca.issue("pod.local")
@@ -66,9 +70,32 @@ async def tls_pod(ca: CA) -> tuple[web.AppRunner, int, list[tuple[bool, tuple]]]
     return runner, runner.addresses[0][1], seen
 
 
+async def test_health_probes_speak_tls_when_the_ingress_says_https():
+    runner, port, seen = await tls_pod(CA())
+    try:
+        assert await http_probe(POD_IP, port, "/healthz", "svc", 2.0, tls=True) == 200
+        assert await http_probe(POD_IP, port, "/healthz", "svc", 2.0) is None  # plain: no answer
+    finally:
+        await runner.cleanup()
+    hc = {NGX + "backend-protocol": "HTTPS", OURS + "health-check-path": "/healthz"}
+    table, _, msgs = one(hc)
+    assert msgs == [] and table.backends()[MAIN].health_check.tls is True
+    table, _, _ = one({OURS + "health-check-path": "/healthz"})
+    assert table.backends()[MAIN].health_check.tls is False
+    table, _, _ = one({NGX + "backend-protocol": "HTTPS"})
+    assert table.backends()[MAIN].health_check is None  # no probe unless asked for
+
+
+async def routes(app) -> list[dict]:
+    """The /routes page's backends, as the admin listener serves them."""
+    return json.loads((await app._routes(None)).text)["backends"]
+
+
 async def test_https_backends_are_reached_over_pooled_tls():
     runner, port, seen = await tls_pod(CA())
-    ings = [app_ingress("secure", HOST, "tlsweb", {NGX + "backend-protocol": "HTTPS"}),
+    ings = [app_ingress("secure", HOST, "tlsweb", {NGX + "backend-protocol": "HTTPS",
+                                                   OURS + "health-check-path": "/healthz",
+                                                   OURS + "health-check-interval": "0.2"}),
             app_ingress("plain", "plain.example.com", "tlsweb")]
     try:
         async with gateway_over(ings, "127.0.82.9") as (app, _), aiohttp.ClientSession() as s:
@@ -90,6 +117,8 @@ async def test_https_backends_are_reached_over_pooled_tls():
                 async with s.get(f"{url}/b{i}", headers={"Host": HOST}) as r:
                     assert r.status == 200
             assert all(secure for secure, _ in seen)
+            backend = next(b for b in (await routes(app)) if b["backend"].startswith("demo/tlsweb"))
+            assert backend["endpoints"][0]["healthy"] is True  # probed over TLS
             assert len({peer for _, peer in seen[-4:]}) == 1  # one pooled TLS connection
             async with s.get(f"{url}/c", headers={"Host": "plain.example.com"}) as r:
                 assert r.status == 502  # plain HTTP to a TLS port: the pod hangs up

@@ -190,6 +190,10 @@ def _health_check(ann: Annotations, fields: dict[str, Any]) -> None:
                         "'200,204' or '200-299'; ignored")
         else:
             fields[HC_PREFIX + "expected_statuses"] = statuses
+    protocol = ann.string("backend-protocol")
+    if protocol is not None and protocol[1].upper() == "HTTPS" and \
+            any(k.startswith(HC_PREFIX) for k in fields):
+        fields[HC_PREFIX + "tls"] = True  # the pods speak TLS only: so does the probe
 
 
 def _outlier(ann: Annotations, fields: dict[str, Any]) -> None:
@@ -255,7 +259,7 @@ def policy_json(policy: BackendPolicy) -> dict[str, Any]:
             "path": hc.path, "interval": hc.interval, "timeout": hc.timeout,
             "healthyThreshold": hc.healthy_threshold,
             "unhealthyThreshold": hc.unhealthy_threshold, "host": hc.host,
-            "expectedStatuses": _ranges(hc.expected_statuses)},
+            "expectedStatuses": _ranges(hc.expected_statuses), "tls": hc.tls},
         "outlier": {
             "consecutive5xx": policy.outlier.consecutive_5xx,
             "consecutiveGatewayFailure": policy.outlier.consecutive_gateway_failure,

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +35,16 @@ ResultFn = Callable[[Endpoint, bool, bool], None]
 _MAX_HEAD = 16384
 
 
-async def http_probe(ip: str, port: int, path: str, host: str, within: float) -> int | None:
-    """GET path; the response status, or None on connect failure, timeout or garbage."""
+async def http_probe(ip: str, port: int, path: str, host: str, within: float,
+                     tls: bool = False) -> int | None:
+    """GET path (over unverified TLS with `tls`); the response status, or None on connect
+    failure, timeout or garbage."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_connection(ip, port, limit=_MAX_HEAD)
+            reader, writer = await asyncio.open_connection(
+                ip, port, limit=_MAX_HEAD, ssl=_unverified() if tls else None,
+                server_hostname="" if tls else None)
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: amcs-gateway-health-check\r\n"
                 "Accept: */*\r\nConnection: close\r\n\r\n".encode("latin-1")
@@ -58,6 +63,19 @@ async def http_probe(ip: str, port: int, path: str, host: str, within: float) ->
     finally:
         if writer is not None:
             writer.close()
+
+
+_TLS: list[ssl.SSLContext] = []
+
+
+def _unverified() -> ssl.SSLContext:
+    """As the proxy's TLS to the pods: no certificate check, no SNI (made once)."""
+    if not _TLS:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _TLS.append(ctx)
+    return _TLS[0]
 
 
 @dataclass(eq=False)
@@ -131,7 +149,7 @@ class HealthChecker:
         await asyncio.sleep(random.random() * p.interval * 0.1)
         while True:
             async with self._sem:
-                status = await http_probe(chk.ep.ip, chk.ep.port, p.path, chk.host, p.timeout)
+                status = await http_probe(chk.ep.ip, chk.ep.port, p.path, chk.host, p.timeout, p.tls)
             if self._checks.get(chk.ep) is not chk:
                 return  # removed or replaced while probing
             self.record(chk.ep, status is not None and status in p.expected_statuses, status)
