@@ -26,7 +26,7 @@ from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.proxy.passthrough import PassthroughCollector
 from gateway.routing import build_route_table, select_ingresses
-from gateway.routing.extauth import AuthScope
+from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
@@ -371,8 +371,16 @@ def _dumps(obj: object) -> str:
 
 
 def trim_configmap(obj: dict) -> dict:
-    """Informer transform: a ConfigMap's metadata (less managedFields and annotations) and
-    `data`; `binaryData` is never read."""
+    """Informer transform: a ConfigMap's metadata (less managedFields and annotations) and,
+    only when it could be an auth-proxy-set-headers map (every key a header name, 64 KiB at
+    most), its `data`; others keep why not (`unusable`), so the cluster's dashboards and
+    scripts are never held. `binaryData` is never read."""
     meta = obj.get("metadata") or {}
-    return {"metadata": {k: v for k, v in meta.items() if k not in ("managedFields", "annotations")},
-            "data": obj.get("data") or {}}
+    out: dict = {"metadata": {k: v for k, v in meta.items() if k not in ("managedFields", "annotations")}}
+    data = obj.get("data") or {}
+    why = header_map_problem(data)
+    if why is None:
+        out["data"] = data
+    else:
+        out["unusable"] = why
+    return out

@@ -14,7 +14,9 @@ from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for
 
+from gateway.app import trim_configmap
 from gateway.routing.extauth import (
+    MAX_HEADER_MAP,
     cache_ttl,
     cache_validity,
     parse_external_auth,
@@ -355,3 +357,17 @@ async def eventually_checked(s: aiohttp.ClientSession, url: str, headers: dict, 
                 return svc.seen[-1][2]
         await asyncio.sleep(0.05)
     raise AssertionError("still denied")
+
+
+def test_only_configmaps_that_can_be_header_maps_keep_their_data():
+    meta = {"name": "x", "namespace": "demo", "managedFields": [{"big": 1}], "annotations": {"a": "b"}}
+    kept = trim_configmap({"metadata": meta, "data": {"X-Tenant": "acme"}, "binaryData": {"b": "AA=="}})
+    assert kept == {"metadata": {"name": "x", "namespace": "demo"}, "data": {"X-Tenant": "acme"}}
+    dashboard = trim_configmap({"metadata": meta, "data": {"dashboard.json": "{" * 10}})
+    assert dashboard == {"metadata": {"name": "x", "namespace": "demo"},
+                         "unusable": "invalid header(s) dashboard.json"}
+    big = trim_configmap({"metadata": meta, "data": {"X-Big": "v" * (MAX_HEADER_MAP + 1)}})
+    assert "data" not in big and big["unusable"] == "larger than 64 KiB"
+    assert_denied(*with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": "dash"},
+                                   {("demo", "dash"): dashboard}),
+                  "ConfigMap demo/dash: invalid header(s) dashboard.json")

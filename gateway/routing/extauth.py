@@ -177,15 +177,29 @@ def _proxy_set_headers(ann: Annotations, namespace: str,
     if obj is None:
         raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)} not found")
     data = obj.get("data") or {}
+    why = obj.get("unusable") or header_map_problem(data)
+    if why is not None:
+        raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: {why}")
+    return tuple(sorted((str(k), str(v).strip()) for k, v in data.items()))
+
+
+#: The largest auth-proxy-set-headers ConfigMap (the gateway holds no bigger ConfigMap's data).
+MAX_HEADER_MAP = 65536
+
+
+def header_map_problem(data: Mapping[str, Any]) -> str | None:
+    """Why a ConfigMap's data cannot be auth-proxy-set-headers (None: it can)."""
     bad = sorted(str(k) for k, v in data.items()
                  if not _HEADER.match(str(k)) or "\r" in str(v) or "\n" in str(v))
     if bad:
-        raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: invalid header(s) {', '.join(bad)}")
+        return f"invalid header(s) {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "")
+    if sum(len(str(k)) + len(str(v)) for k, v in data.items()) > MAX_HEADER_MAP:
+        return f"larger than {MAX_HEADER_MAP // 1024} KiB"
     for value in data.values():
         why = unknown(str(value))
         if why is not None:
-            raise _Unusable(found[0], f"ConfigMap {'/'.join(ref)}: {why}")
-    return tuple(sorted((str(k), str(v).strip()) for k, v in data.items()))
+            return why
+    return None
 
 
 def parse_external_auth(ann: Annotations, namespace: str = "",
