@@ -359,6 +359,7 @@ class GatewayApp:
             })
         body = {"routes": self.table.describe(), "wwwRedirects": self.table.describe_www(),
                 "sslPassthrough": self.table.describe_passthrough(),
+                "serverAliases": self.table.describe_aliases(),
                 "defaultBackend": self.table.describe_default(),
                 "backends": backends,
                 "tls": self.tls.describe() if self.tls is not None else None,

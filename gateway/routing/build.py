@@ -23,6 +23,7 @@ from .affinity import (
     canary_affinity,
     parse_affinity,
 )
+from .aliases import install_aliases, parse_aliases
 from .allow import AllowCheck
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
@@ -76,6 +77,7 @@ class Parsed:
     affinity: AffinitySettings = AffinitySettings()
     errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
     rate_limit: RateLimit | None = None  # limit-rps etc., one for all of its rules
+    aliases: tuple[str, ...] = ()  # server-alias (gateway/routing/aliases.py)
 
 
 def build_route_table(
@@ -130,6 +132,8 @@ def build_route_table(
         except Exception as exc:  # item 6: one bad object never takes the gateway down
             builder.problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
     builder.add_mains()
+    install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
+                    builder.problem)
     builder.add_canaries()
     if scheme == "http":
         install_https_redirects(builder.hosts, frozenset(tls_hosts), https_port, trusted)
@@ -226,6 +230,7 @@ class _Builder:
         if not parsed.rules and parsed.default_ref is None:
             self.problem(key, "no usable rule and no defaultBackend; nothing to serve")
         if not is_canary:
+            parsed.aliases = parse_aliases(ann)
             collect_passthrough(ann, parsed.rules, self.allow_passthrough, self.passthrough, key,
                                 lambda full, message: self.problem(key, message, full))
         self.parsed.append(parsed)

@@ -165,6 +165,8 @@ class HostTable(Generic[T]):
         self.exact: dict[str, VirtualHost[T]] = {}
         self.wildcard: dict[str, VirtualHost[T]] = {}  # "foo.com" for "*.foo.com"
         self.catch_all: VirtualHost[T] | None = None
+        #: server-alias names -> the host entry they share (gateway/routing/aliases.py).
+        self.aliases: dict[str, VirtualHost[T]] = {}
 
     def get_or_create(self, host: str) -> VirtualHost[T]:
         if not host:
@@ -179,6 +181,9 @@ class HostTable(Generic[T]):
         """The host entry a request with this (normalised) Host belongs to."""
         if host in self.exact:
             return self.exact[host]
+        alias = self.aliases.get(host)
+        if alias is not None:
+            return alias
         dot = host.find(".")
         if dot > 0:
             vhost = self.wildcard.get(host[dot + 1:])

@@ -239,6 +239,10 @@ class RouteTable(Router):
         d = self._default
         return None if d is None else {"route": d.route_name, **ref_json(d.backend)}
 
+    def describe_aliases(self) -> dict[str, str]:
+        """server-alias names and the host whose rules serve them, for /routes."""
+        return {a: v.name for a, v in sorted(self._hosts.aliases.items())}
+
     def describe_passthrough(self) -> list[dict]:
         """The ssl-passthrough hosts, for /routes."""
         return [{"host": h, **ref_json(self.passthrough[h])} for h in sorted(self.passthrough)]

@@ -47,7 +47,7 @@ COMPATIBLE_KEYS = frozenset({
     "session-cookie-secure", "session-cookie-change-on-failure",
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
     "ssl-passthrough",  # passthrough.KEY
-    "backend-protocol",
+    "backend-protocol", "server-alias",
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
