@@ -120,6 +120,9 @@ class GatewayApp:
         # auth-proxy-set-headers: ConfigMaps in the hub; those the last build read
         self.configmaps = Informer(hub, CONFIG_MAPS, transform=trim_configmap)
         self._configmaps_read: set[tuple[str, str]] = set()
+        #: How long the first build waits for them (an upgrade without the RBAC for them
+        #: must not keep the gateway from ever becoming ready).
+        self.configmap_wait = 5.0
         if listen_tls is not None:
             self.tls = CertificateStore(default_cert, default_key)
             table_tls, _ = build_route_table([], [], class_name=class_name, controller=controller,
@@ -167,7 +170,12 @@ class GatewayApp:
         await self.ingresses.synced.wait()
         await self.classes.synced.wait()
         await self.secrets.synced.wait()  # else a host's certificate would be missing at first
-        await self.configmaps.synced.wait()  # else a check's headers would be missing at first
+        try:  # only auth-proxy-set-headers needs them: never hold readiness on ConfigMaps
+            await asyncio.wait_for(self.configmaps.synced.wait(), self.configmap_wait)
+        except TimeoutError:
+            log.warning("hub ConfigMaps not listed after %.0f s (RBAC: get/list/watch configmaps?); "
+                        "routes with auth-proxy-set-headers answer 503 until they are",
+                        self.configmap_wait)
         await self.upstream.catalog.wait_synced(None)
         self.rebuild()
         # The synced caches and the table live as long as the process: keep the collector's

@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 from aiohttp import web
-from test_gw_app import gateway_over
+from gwkit import Upstream
+from kubeapi_fixture import write_kubeconfig
+from test_gw_app import gateway_over, world
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for
 
-from gateway.app import trim_configmap
+from gateway.app import GatewayApp, trim_configmap
 from gateway.routing.extauth import (
     MAX_HEADER_MAP,
     cache_ttl,
@@ -23,7 +25,10 @@ from gateway.routing.extauth import (
     signin_url,
 )
 from gateway.routing.values import Annotations
-from mcs_controller.access.resources import CONFIG_MAPS
+from mcs_controller.access.errors import Forbidden
+from mcs_controller.access.kube import KubeCluster, load_kubeconfig
+from mcs_controller.access.resources import CONFIG_MAPS, INGRESSES
+from mcs_controller.access.served import serve_cluster
 
 HOST = "api.example.com"
 
@@ -371,3 +376,46 @@ def test_only_configmaps_that_can_be_header_maps_keep_their_data():
     assert_denied(*with_configmaps({NGX + "auth-url": "http://a/", NGX + "auth-proxy-set-headers": "dash"},
                                    {("demo", "dash"): dashboard}),
                   "ConfigMap demo/dash: invalid header(s) dashboard.json")
+
+
+class ConfigMapsForbidden:
+    """The hub as a gateway without RBAC for ConfigMaps sees it: their list and watch are
+    refused (served over HTTP by KubeApiServer, so the client gets a real 403 Status)."""
+
+    def __init__(self, hub: object) -> None:
+        self._hub = hub
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._hub, name)
+
+    async def list(self, resource, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+        if resource.plural == "configmaps":
+            raise Forbidden('configmaps is forbidden: User "gateway" cannot list resource "configmaps"')
+        return await self._hub.list(resource, *args, **kw)
+
+
+async def test_without_rbac_for_configmaps_the_gateway_still_becomes_ready(tmp_path):
+    async with auth_service() as (svc, base):
+        up = await Upstream("east", host="127.0.77.7").start()
+        hub, members = await world({"east": up})
+        await hub.create(INGRESSES, app_ingress("api", HOST, "web", {NGX + "auth-url": f"{base}/verify"}))
+        await hub.create(INGRESSES, app_ingress("hdr", "hdr.example.com", "web", {
+            NGX + "auth-url": f"{base}/verify", NGX + "auth-proxy-set-headers": "check-headers"}))
+        server = await serve_cluster(ConfigMapsForbidden(hub), "127.0.0.1", 0)  # type: ignore[arg-type]
+        client = KubeCluster("hub", load_kubeconfig(str(write_kubeconfig(server, tmp_path / "kc"))))
+        app = GatewayApp(client, members, listen=("127.0.0.1", 0), admin=None)
+        app.configmap_wait = 0.5
+        await app.start()
+        try:
+            await app.wait_ready(10)  # not held back by the ConfigMaps it cannot read
+            async with aiohttp.ClientSession() as s:
+                url = f"http://127.0.0.1:{app.proxy.port}/a"
+                async with s.get(url, headers={"Host": HOST, "Authorization": "Bearer good"}) as r:
+                    assert r.status == 200
+                async with s.get(url, headers={"Host": "hdr.example.com", "Authorization": "Bearer good"}) as r:
+                    assert r.status == 503  # its ConfigMap cannot be read: denied, never unchecked
+        finally:
+            await app.stop(0.5)
+            await client.close()
+            await server.stop()
+            await up.stop()
