@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from gwkit import Upstream
-from kubeapi_fixture import write_kubeconfig
 from test_gw_app import gateway_over, world
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for
@@ -402,7 +402,8 @@ async def test_without_rbac_for_configmaps_the_gateway_still_becomes_ready(tmp_p
         await hub.create(INGRESSES, app_ingress("hdr", "hdr.example.com", "web", {
             NGX + "auth-url": f"{base}/verify", NGX + "auth-proxy-set-headers": "check-headers"}))
         server = await serve_cluster(ConfigMapsForbidden(hub), "127.0.0.1", 0)  # type: ignore[arg-type]
-        client = KubeCluster("hub", load_kubeconfig(str(write_kubeconfig(server, tmp_path / "kc"))))
+        (tmp_path / "kc").write_text(yaml.safe_dump(server.kubeconfig()))
+        client = KubeCluster("hub", load_kubeconfig(str(tmp_path / "kc")))
         app = GatewayApp(client, members, listen=("127.0.0.1", 0), admin=None)
         app.configmap_wait = 0.5
         await app.start()
