@@ -130,6 +130,7 @@ class MirrorPolicy:
     host: str | None = None  # Host for the mirror; default: original host + "-shadow"
     shadow_suffix: bool = True
     request_body: bool = True
+    tls: bool = False  # a backend copy over TLS (the route's backend-protocol HTTPS)
 
 
 @dataclass(frozen=True)

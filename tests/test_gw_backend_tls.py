@@ -86,6 +86,30 @@ async def test_health_probes_speak_tls_when_the_ingress_says_https():
     assert table.backends()[MAIN].health_check is None  # no probe unless asked for
 
 
+def test_a_same_service_mirror_follows_the_routes_protocol():
+    table, _, msgs = one({NGX + "backend-protocol": "HTTPS", OURS + "mirror-cluster": "cluster2-beijing"})
+    assert msgs == [] and [m.tls for m in decide(table).mirrors] == [True]
+    table, _, _ = one({OURS + "mirror-cluster": "cluster2-beijing"})
+    assert [m.tls for m in decide(table).mirrors] == [False]
+
+
+async def test_an_https_mirror_target_gets_its_copies_over_tls():
+    runner, port, seen = await tls_pod(CA())
+    ing = app_ingress("m", HOST, "web", {NGX + "mirror-target": f"https://{POD_IP}:{port}/copy$request_uri"})
+    try:
+        async with gateway_over([ing], "127.0.82.10") as (app, up), aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{app.proxy.port}/orig?q=1", headers={"Host": HOST}) as r:
+                assert r.status == 200  # the primary, plain HTTP
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen and seen[0][0] is True  # the copy arrived over TLS
+            assert up.requests[-1].path == "/orig?q=1"
+    finally:
+        await runner.cleanup()
+
+
 async def routes(app) -> list[dict]:
     """The /routes page's backends, as the admin listener serves them."""
     return json.loads((await app._routes(None)).text)["backends"]

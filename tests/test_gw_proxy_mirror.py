@@ -298,9 +298,11 @@ async def test_pipelined_copies_counted_whatever_the_shadow_answers(env: Env) ->
 
 
 def test_target_and_shadow_host_parsing() -> None:
-    assert parse_target("http://10.0.0.1:9000$request_uri") == ("10.0.0.1", 9000, "$request_uri")
-    assert parse_target("http://mirror.example/x?y=1") == ("mirror.example", 80, "/x?y=1")
-    assert parse_target("http://[::1]:81") == ("::1", 81, "")
-    assert parse_target("https://secure.example$request_uri") is None
+    assert parse_target("http://10.0.0.1:9000$request_uri") == (("10.0.0.1", 9000), "$request_uri")
+    assert parse_target("http://mirror.example/x?y=1") == (("mirror.example", 80), "/x?y=1")
+    assert parse_target("http://[::1]:81") == (("::1", 81), "")
+    assert parse_target("https://secure.example$request_uri") == (("secure.example", 443, "tls"), "$request_uri")
+    assert parse_target("HTTPS://s.example:8443/m") == (("s.example", 8443, "tls"), "/m")
+    assert parse_target("ftp://x/") is None
     assert shadow_host(b"cluster1") == b"cluster1-shadow"
     assert shadow_host(b"a.example:8080") == b"a.example-shadow:8080"

@@ -78,11 +78,15 @@ def shadow_host(host: bytes) -> bytes:
     return host[:i] + b"-shadow" + host[i:]
 
 
-def parse_target(url: str) -> tuple[str, int, str] | None:
-    """`http://host[:port][template]` -> (host, port, template); None when unusable."""
-    if not url.lower().startswith("http://"):
+def parse_target(url: str) -> tuple[Any, str] | None:
+    """`http(s)://host[:port][template]` -> (address, template); the address is (host, port),
+    or (host, port, "tls") for https (the pool's key for TLS, as Endpoint.tls_key); None
+    when unusable."""
+    lower = url.lower()
+    tls = lower.startswith("https://")
+    if not (tls or lower.startswith("http://")):
         return None
-    rest = url[7:]
+    rest = url[8:] if tls else url[7:]
     cut = len(rest)
     for ch in "/?$":
         i = rest.find(ch)
@@ -91,7 +95,7 @@ def parse_target(url: str) -> tuple[str, int, str] | None:
     authority, template = rest[:cut], rest[cut:]
     if "@" in authority or not authority:
         return None
-    host, port = authority, 80
+    host, port = authority, 443 if tls else 80
     if authority.startswith("["):
         end = authority.find("]")
         host = authority[1:end]
@@ -100,7 +104,7 @@ def parse_target(url: str) -> tuple[str, int, str] | None:
     elif ":" in authority:
         host, p = authority.rsplit(":", 1)
         port = int(p)
-    return host, port, template
+    return ((host, port, "tls") if tls else (host, port)), template
 
 
 class MirrorSender:
@@ -111,10 +115,10 @@ class MirrorSender:
         self.tasks: set[asyncio.Task[None]] = set()  # connects only
         self.watch: deque[_Sink] = deque()  # in-flight HEAD copies, by deadline
         self._timer: asyncio.TimerHandle | None = None
-        self._targets: dict[str, tuple[str, int, str] | None] = {}
+        self._targets: dict[str, tuple[Any, str] | None] = {}
         self.lines: dict[Any, list[MirrorLine]] = {}  # by (host, port)
         #: Shadows that close after a response: their copies go one per pooled connection.
-        self.no_pipelining: set[tuple[str, int]] = set()
+        self.no_pipelining: set[Any] = set()
         self._line_timer: asyncio.TimerHandle | None = None
         self._shadow_lines: dict[bytes, bytes] = {}
         #: The last address copies went to, and its lines. Addresses stay boxed objects here:
@@ -146,15 +150,15 @@ class MirrorSender:
                 if ep is None:
                     self._count("failed")
                     continue
-                addr = ep.key  # (its address, boxed once)
+                addr = ep.tls_key if p.tls else ep.key  # (its address, boxed once)
             elif p.url:
                 target = self._target(p.url)
                 if target is None:
                     self._count("failed")
                     continue
-                addr = (target[0], target[1])
-                if target[2]:
-                    path = expand(target[2], view).encode("latin-1")
+                addr = target[0]
+                if target[1]:
+                    path = expand(target[1], view).encode("latin-1")
             else:
                 continue
             if p.host:
@@ -286,7 +290,7 @@ class MirrorSender:
             self._count("dropped")
         jobs.clear()
 
-    async def _connect(self, addr: tuple[str, int], head: bytes, body: list[bytes] | None,
+    async def _connect(self, addr: Any, head: bytes, body: list[bytes] | None,
                        sink: _Sink) -> None:
         try:
             conn = await self.server.pool.connect(addr)
@@ -326,7 +330,7 @@ class MirrorSender:
             self.failed += copies
         self.server.hooks.mirror(outcome, copies)  # type: ignore[arg-type]
 
-    def _target(self, url: str) -> tuple[str, int, str] | None:
+    def _target(self, url: str) -> tuple[Any, str] | None:
         if url not in self._targets:
             t = None
             try:
@@ -334,7 +338,7 @@ class MirrorSender:
             except ValueError:
                 pass
             if t is None:
-                log.warning("mirror target %r is not usable (only http://host[:port][path])", url)
+                log.warning("mirror target %r is not usable (only http(s)://host[:port][path])", url)
             self._targets[url] = t
         return self._targets[url]
 

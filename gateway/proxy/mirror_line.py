@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -56,7 +56,7 @@ class MirrorLine(asyncio.Protocol):
     it is back at a message boundary.
     """
 
-    def __init__(self, sender: MirrorSender, addr: tuple[str, int]) -> None:
+    def __init__(self, sender: MirrorSender, addr: Any) -> None:
         self.sender = sender
         self.addr = addr
         self.transport: asyncio.Transport | None = None
@@ -80,9 +80,13 @@ class MirrorLine(asyncio.Protocol):
         self.mid = False  # llhttp is inside a message
 
     async def connect(self) -> None:
-        host, port = self.addr
+        """`addr` (host, port), or (host, port, "tls"): TLS without verification or SNI, as
+        the proxy's own to HTTPS backends (pool.ConnectionPool.tls_context)."""
+        addr = self.addr
+        tls = self.sender.server.pool.tls_context() if len(addr) == 3 else None
         try:
-            await self.sender.server.loop.create_connection(lambda: self, host, port)
+            await self.sender.server.loop.create_connection(
+                lambda: self, addr[0], addr[1], ssl=tls, server_hostname="" if tls is not None else None)
         except OSError:
             self.abort()
 

@@ -303,13 +303,14 @@ class ConnectionPool:
     async def connect(self, addr: Any) -> UpstreamConnection:
         """`addr`: (ip, port), or (ip, port, "tls") for TLS (Endpoint.tls_key): then no
         certificate check and no SNI, ingress-nginx's proxy_ssl_verify/server_name defaults."""
-        tls = self._tls_context() if len(addr) == 3 else None
+        tls = self.tls_context() if len(addr) == 3 else None
         _, conn = await self.loop.create_connection(
             lambda: UpstreamConnection(self, addr), addr[0], addr[1], ssl=tls,
             server_hostname="" if tls is not None else None)
         return conn
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def tls_context(self) -> ssl.SSLContext:
+        """For TLS to the pods: no certificate check (ingress-nginx's proxy_ssl_verify off)."""
         if self.tls is None:
             self.tls = ssl.create_default_context()
             self.tls.check_hostname = False

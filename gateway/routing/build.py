@@ -304,7 +304,7 @@ class _Builder:
         elif settings.mirror_cluster is not None:
             cluster, percentage = settings.mirror_cluster
             mirrors += (MirrorPolicy(backend=replace(weighted[0][1], cluster=cluster),
-                                     percentage=percentage),)
+                                     percentage=percentage, tls=settings.upstream_tls),)
         refs = [r for _, r in weighted]
         auth, basic_auth = settings.auth, settings.basic_auth
         if self.auth_scope.exempts(path or "/"):  # no-auth-locations; a denial stays
