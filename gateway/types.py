@@ -11,6 +11,7 @@ Only plain data and two small base classes live here, so each part is testable a
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -278,6 +279,22 @@ class Endpoint:
     @property
     def address(self) -> tuple[str, int]:
         return (self.ip, self.port)
+
+
+_POD_TLS: list[ssl.SSLContext] = []
+
+
+def pod_tls_context() -> ssl.SSLContext:
+    """The one client context for TLS to the pods (backend-protocol HTTPS): the proxy, its
+    mirror copies and the health checks. No certificate check and (callers pass
+    server_hostname="") no SNI: ingress-nginx's proxy_ssl_verify/proxy_ssl_server_name
+    defaults. Made on first use."""
+    if not _POD_TLS:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _POD_TLS.append(ctx)
+    return _POD_TLS[0]
 
 
 Outcome = Literal["success", "http_5xx", "gateway_error", "connect_failure", "reset", "timeout"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 
 from gateway.proxy.pool import set_nodelay
+from gateway.types import pod_tls_context
 
 if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorSender
@@ -81,9 +82,9 @@ class MirrorLine(asyncio.Protocol):
 
     async def connect(self) -> None:
         """`addr` (host, port), or (host, port, "tls"): TLS without verification or SNI, as
-        the proxy's own to HTTPS backends (pool.ConnectionPool.tls_context)."""
+        the proxy's own to HTTPS backends (gateway.types.pod_tls_context)."""
         addr = self.addr
-        tls = self.sender.server.pool.tls_context() if len(addr) == 3 else None
+        tls = pod_tls_context() if len(addr) == 3 else None
         try:
             await self.sender.server.loop.create_connection(
                 lambda: self, addr[0], addr[1], ssl=tls, server_hostname="" if tls is not None else None)

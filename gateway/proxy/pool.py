@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -20,6 +19,7 @@ from mypy_extensions import mypyc_attr
 
 from gateway.proxy.heads import ResponseInfo
 from gateway.proxy.tunnel import half_close
+from gateway.types import pod_tls_context
 
 if TYPE_CHECKING:
     from gateway.proxy.client import ClientConnection
@@ -257,7 +257,6 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: dict[object, list[UpstreamConnection]] = {}  # by address (Endpoint.key)
-        self.tls: ssl.SSLContext | None = None  # for backend-protocol HTTPS, made on first use
         self.opened = 0
         self.closed = 0
         self.closing = False
@@ -303,19 +302,11 @@ class ConnectionPool:
     async def connect(self, addr: Any) -> UpstreamConnection:
         """`addr`: (ip, port), or (ip, port, "tls") for TLS (Endpoint.tls_key): then no
         certificate check and no SNI, ingress-nginx's proxy_ssl_verify/server_name defaults."""
-        tls = self.tls_context() if len(addr) == 3 else None
+        tls = pod_tls_context() if len(addr) == 3 else None
         _, conn = await self.loop.create_connection(
             lambda: UpstreamConnection(self, addr), addr[0], addr[1], ssl=tls,
             server_hostname="" if tls is not None else None)
         return conn
-
-    def tls_context(self) -> ssl.SSLContext:
-        """For TLS to the pods: no certificate check (ingress-nginx's proxy_ssl_verify off)."""
-        if self.tls is None:
-            self.tls = ssl.create_default_context()
-            self.tls.check_hostname = False
-            self.tls.verify_mode = ssl.CERT_NONE
-        return self.tls
 
     def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
         """A connection whose response completed and whose request was fully sent."""

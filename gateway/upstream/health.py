@@ -20,12 +20,11 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.types import Endpoint, HealthCheckPolicy
+from gateway.types import Endpoint, HealthCheckPolicy, pod_tls_context
 
 log = logging.getLogger("gateway.upstream.health")
 
@@ -43,7 +42,7 @@ async def http_probe(ip: str, port: int, path: str, host: str, within: float,
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(
-                ip, port, limit=_MAX_HEAD, ssl=_unverified() if tls else None,
+                ip, port, limit=_MAX_HEAD, ssl=pod_tls_context() if tls else None,
                 server_hostname="" if tls else None)
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: amcs-gateway-health-check\r\n"
@@ -63,19 +62,6 @@ async def http_probe(ip: str, port: int, path: str, host: str, within: float,
     finally:
         if writer is not None:
             writer.close()
-
-
-_TLS: list[ssl.SSLContext] = []
-
-
-def _unverified() -> ssl.SSLContext:
-    """As the proxy's TLS to the pods: no certificate check, no SNI (made once)."""
-    if not _TLS:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        _TLS.append(ctx)
-    return _TLS[0]
 
 
 @dataclass(eq=False)
