@@ -85,16 +85,19 @@ class DigestNonces:
         if params is None or "nonce" not in params:
             return False
         issued = self._issued(params["nonce"])
-        if issued is None:
-            return False
-        counters = self._counters.get(params["nonce"])
-        return (time.time() - issued > NONCE_TIMEOUT or (counters is not None and counters[1] >= NONCE_USES)
-                or (counters is None and issued <= self._forgotten_before))
+        return issued is not None and self._stale(params["nonce"], issued, time.time())
+
+    def _stale(self, nonce: str, issued: float, now: float) -> bool:
+        """Too old, used up, or (untracked and issued before a forgotten one) maybe replayed."""
+        counters = self._counters.get(nonce)
+        if now - issued > NONCE_TIMEOUT:
+            return True
+        return counters[1] >= NONCE_USES if counters is not None else issued <= self._forgotten_before
 
     def _issued(self, nonce: str) -> float | None:
         stamp, mac = nonce[:-32], nonce[-32:]
         good = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-        if not stamp or not hmac.compare_digest(mac, good):
+        if not stamp or not hmac.compare_digest(mac.encode("utf-8", "replace"), good.encode()):
             return None
         try:
             return int(stamp, 16) / 1000
@@ -118,9 +121,9 @@ class DigestNonces:
         ha1 = table.get(f"{params['username']}:{params['realm']}")
         if params["realm"] != realm or ha1 is None:
             return 401
-        if not hmac.compare_digest(expected_response(ha1.lower(), method, params),
-                                   params["response"].lower()):
-            return 401
+        if not hmac.compare_digest(expected_response(ha1.lower(), method, params).encode(),
+                                   params["response"].lower().encode("utf-8", "replace")):
+            return 401  # (bytes: compare_digest refuses non-ASCII text)
         now = time.time() if now is None else now
         nonce = params["nonce"]
         issued = self._issued(nonce)
@@ -130,12 +133,9 @@ class DigestNonces:
             nc = int(params["nc"], 16)
         except ValueError:
             return 400
-        counters = self._counters.get(nonce)
-        if counters is None and issued <= self._forgotten_before:
-            return 401  # its counter may have been forgotten
-        last, uses = counters or (0, 0)
-        if now - issued > NONCE_TIMEOUT or uses >= NONCE_USES:
-            return 401
+        if self._stale(nonce, issued, now):
+            return 401  # (the challenge says stale="true": check_stale)
+        last, uses = self._counters.get(nonce) or (0, 0)
         if nc <= last:
             return 401  # a replay
         self._counters[nonce] = (nc, uses + 1)

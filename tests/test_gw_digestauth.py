@@ -132,3 +132,13 @@ async def test_real_digest_clients_through_the_gateway():
                 "-H", f"Host: {HOST}", url, stdout=asyncio.subprocess.PIPE)
             out, _ = await proc.communicate()
             assert out == b"200"
+
+
+def test_a_non_ascii_response_is_refused_not_an_error():
+    nonces = DigestNonces()
+    table = {f"alice:{REALM}": ha1("alice", REALM, "secret")}
+    header = authorization(nonces.issue()).replace('response="', 'response="é')
+    assert nonces.check(table, REALM, "GET", "/x", header) == 401
+    forged = authorization("5f3aé" + "0" * 31)  # a right response to a nonce that is not ours
+    assert nonces.check(table, REALM, "GET", "/x", forged) == 401
+    assert b"stale" not in nonces.challenge(REALM, forged)

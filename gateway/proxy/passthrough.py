@@ -210,6 +210,9 @@ class PassthroughListener:
     async def _route(self, conn: socket.socket) -> None:
         try:
             name = await self._hello(conn)
+        except ConnectionError:
+            conn.close()  # gone before saying anything
+            return
         except (TimeoutError, ValueError, OSError):
             name = None  # not TLS, or too slow: the TLS proxy answers (and times out) as usual
         ref = self.target(name) if name else None
@@ -237,7 +240,12 @@ class PassthroughListener:
                 log.warning("ssl-passthrough %s: connect to %s:%d failed: %s", name, addr[0], addr[1], exc)
                 tried = tried | {addr}
                 continue
-            _, client = await self.loop.connect_accepted_socket(lambda: _Splice(self.live), conn)
+            try:
+                _, client = await self.loop.connect_accepted_socket(lambda: _Splice(self.live), conn)
+            except BaseException:
+                if upstream.transport is not None:
+                    upstream.transport.close()
+                raise
             self.live.add(client)
             client.join(upstream)
             self.outcomes["spliced"] += 1
