@@ -150,8 +150,17 @@ class CredentialStore:
     def check(self, auth: BasicAuth, authorization: str | None, method: bytes = b"GET",
               uri: bytes = b"/") -> int | SlowCheck:
         """0: let through; 401: ask again (with `challenge`); 503: the Secret cannot be used;
-        400: a digest header made for another URI; a SlowCheck: the password's hash is slow
-        to compute, `await verify_slow(it)`."""
+        400: a digest header made for another URI; 500: the check itself failed (logged; the
+        request is refused, never let through); a SlowCheck: the password's hash is slow to
+        compute, `await verify_slow(it)`."""
+        try:
+            return self._check(auth, authorization, method, uri)
+        except Exception:
+            log.exception("%s auth check failed on %r", auth.kind, uri)
+            return 500
+
+    def _check(self, auth: BasicAuth, authorization: str | None, method: bytes,
+               uri: bytes) -> int | SlowCheck:
         users = self._table(auth)
         if isinstance(users, str):
             if (auth.secret, users) not in self._reported:

@@ -16,8 +16,8 @@ from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import NGX, assert_denied, decide, one, problems_for
 
-from gateway.credentials import _crypt, parse_users, verify
-from gateway.routing.basicauth import client_cert_denial, parse_basic_auth
+from gateway.credentials import CredentialStore, _crypt, parse_users, verify
+from gateway.routing.basicauth import BasicAuth, client_cert_denial, parse_basic_auth
 from gateway.routing.values import Annotations
 from mcs_controller.access.resources import SECRETS
 
@@ -151,3 +151,12 @@ async def test_through_the_gateway():
             await asyncio.sleep(0.02)
         assert (await get(HOST, basic("alice", "newpass")))[0] == 200
         assert (await get(HOST, basic("alice", "hunter2")))[0] == 401
+
+
+def test_a_check_that_fails_refuses_the_request():
+    def broken_lookup(namespace: str, name: str) -> dict:
+        raise RuntimeError("secret store exploded")
+
+    store = CredentialStore(broken_lookup)
+    auth = BasicAuth(("demo", "users"), "basic")
+    assert store.check(auth, "Basic " + b64("alice:secret")) == 500  # never let through

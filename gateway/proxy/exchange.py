@@ -42,6 +42,8 @@ log = logging.getLogger("gateway.proxy")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AUTHORIZATION: Final = frozenset({"authorization"})
 _DENIED: Final = "denied: this route's authentication settings cannot be applied"
+#: The body of a basic/digest refusal, by status (else: the check itself failed, a 500).
+_AUTH_TEXT: Final = {401: "authorization required", 503: _DENIED, 400: "bad authorization header"}
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -102,8 +104,7 @@ class Exchange(ResponseSide):
             if not isinstance(status, int):
                 slow, status = status, 0
             if status:
-                self.respond(status, "authorization required" if status == 401 else
-                             _DENIED if status == 503 else "bad authorization header",
+                self.respond(status, _AUTH_TEXT.get(status, "authorization check failed"),
                              extra=srv.credentials.challenge(basic, authorization) if status == 401 else b"")
                 return
             parts = with_set_headers(parts, (), drop=_AUTHORIZATION)  # not passed upstream
