@@ -19,6 +19,8 @@ import re
 import time
 from collections import OrderedDict
 
+from gateway.routing.basicauth import quote_realm
+
 #: Seconds a nonce is accepted after it was issued (nginx-http-auth-digest's auth_digest_timeout).
 NONCE_TIMEOUT = 60.0
 #: Requests one nonce may authenticate (its auth_digest_replays).
@@ -75,8 +77,7 @@ class DigestNonces:
         """The WWW-Authenticate line of a 401, with a fresh nonce; `stale=true` when the
         refused header was right but for its nonce being too old or used up."""
         stale = authorization is not None and self.check_stale(authorization)
-        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
-        line = (f'WWW-Authenticate: Digest algorithm="MD5", qop="auth", realm="{quoted}", '
+        line = (f'WWW-Authenticate: Digest algorithm="MD5", qop="auth", realm="{quote_realm(realm)}", '
                 f'nonce="{self.issue()}"' + (', stale="true"' if stale else "") + "\r\n")
         return line.encode("latin-1", "replace")
 

@@ -13,17 +13,15 @@ does: a route that asks for authentication is never served without it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from .values import Annotations
+from .values import Annotations, object_ref
 
 BASIC_AUTH_KEYS = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
 #: ingress-nginx client-certificate authentication: not supported (see `client_cert_denial`).
 CLIENT_CERT_KEYS = ("auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",
                     "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream",
                     "auth-tls-match-cn")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -41,8 +39,12 @@ class BasicAuth:
     def challenge(self) -> bytes:
         """The WWW-Authenticate line of a basic 401 (a digest one carries a fresh nonce:
         CredentialStore.challenge)."""
-        realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
-        return f'WWW-Authenticate: Basic realm="{realm}"\r\n'.encode("latin-1", "replace")
+        return f'WWW-Authenticate: Basic realm="{quote_realm(self.realm)}"\r\n'.encode("latin-1", "replace")
+
+
+def quote_realm(realm: str) -> str:
+    """The realm as the inside of an HTTP quoted-string (backslash and quote escaped)."""
+    return realm.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
@@ -60,10 +62,11 @@ def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
         if secret is None:
             why = "auth-secret is missing"
         else:
-            ns, _, name = secret[1].rpartition("/")
-            ref = (ns or namespace, name)
-            if not (_NAME.match(ref[0]) and _NAME.match(ref[1])):
+            named = object_ref(secret[1], namespace)
+            if named is None:
                 full, why = secret[0], f"{secret[1]!r} is not a Secret name (name or namespace/name)"
+            else:
+                ref = named
     found_type = ann.string("auth-secret-type")
     secret_type = found_type[1] if found_type else "auth-file"
     if why is None and secret_type not in ("auth-file", "auth-map"):

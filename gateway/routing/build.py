@@ -232,7 +232,7 @@ class _Builder:
         if not is_canary:
             parsed.aliases = parse_aliases(ann)
             collect_passthrough(ann, parsed.rules, self.allow_passthrough, self.passthrough, key,
-                                lambda full, message: self.problem(key, message, full))
+                                self.problem)
         self.parsed.append(parsed)
 
     # -- main rules --------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from gateway.variables import unknown
 
-from .values import NGINX, Annotations, Problem, split_list
+from .values import NGINX, Annotations, Problem, object_ref, split_list
 
 EXT_AUTH_KEYS = ("auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
                  "auth-response-headers", "auth-request-redirect", "auth-cache-key",
@@ -67,7 +67,8 @@ _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M
             "y": 31536000}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
 _HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
-_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 @dataclass(frozen=True)
 class ExternalAuth:
     """One Ingress's check; `broken` names why its routes answer 503 instead."""
@@ -169,9 +170,8 @@ def _proxy_set_headers(ann: Annotations, namespace: str,
     found = ann.string(PROXY_SET_HEADERS_KEY)
     if found is None:
         return ()
-    ns, _, name = found[1].rpartition("/")
-    ref = (ns or namespace, name)
-    if not (_RESOURCE_NAME.match(ref[0]) and _RESOURCE_NAME.match(ref[1])):
+    ref = object_ref(found[1], namespace)
+    if ref is None:
         raise _Unusable(found[0], f"{found[1]!r} is not a ConfigMap name (name or namespace/name)")
     obj = configmap(*ref) if configmap is not None else None
     if obj is None:
@@ -233,9 +233,10 @@ def parse_external_auth(ann: Annotations, namespace: str = "",
     return ExternalAuth(url=url, method=method, signin=signin, response_headers=tuple(names),
                         request_redirect=redirect, cache_key=cache_key, cache_valid=cache_valid,
                         always_set_cookie=always, proxy_set_headers=set_headers,
-                        describe={"proxySetHeaders": dict(set_headers), "url": url, "method": method or "GET", "signin": signin,
+                        describe={"url": url, "method": method or "GET", "signin": signin,
                                   "responseHeaders": names, "requestRedirect": redirect,
                                   "cacheKey": cache_key, "alwaysSetCookie": always,
+                                  "proxySetHeaders": dict(set_headers),
                                   "cacheValid": [{"statuses": sorted(c) if c is not None else "any",
                                                   "seconds": t} for c, t in cache_valid]})
 

@@ -18,24 +18,24 @@ KEY = "ssl-passthrough"
 
 def collect_passthrough(ann: Annotations, rules: list[tuple[str, str, str, BackendRef]],
                         enabled: bool, into: dict[str, tuple[str, BackendRef]], ingress: str,
-                        problem: Callable[[str, str], None]) -> None:
+                        problem: Callable[[str, str, str], None]) -> None:
     """Add this Ingress's passthrough hosts to `into` (host -> (Ingress, backend); the oldest
-    Ingress keeps a host); `problem(full key, message)` reports what is not taken."""
+    Ingress keeps a host); `problem(Ingress, message, annotation)` reports what is not taken."""
     if not ann.boolean(KEY):
         return
     full = (ann.lookup(KEY) or (KEY, ""))[0]
     if not enabled:
-        problem(full, "needs the gateway's --enable-ssl-passthrough; ignored")
+        problem(ingress, "needs the gateway's --enable-ssl-passthrough; ignored", full)
         return
     for host, path, _, ref in rules:
         if not host or host.startswith("*."):
-            problem(full, f"{host or '*'}: a passthrough host must be a full name (TLS SNI); "
-                    "served as usual")
+            problem(ingress, f"{host or '*'}: a passthrough host must be a full name (TLS SNI); "
+                    "served as usual", full)
         elif path != "/":
-            problem(full, f"{host}{path}: only a host's '/' path is passed through (TCP); "
-                    "served as usual on plain HTTP")
+            problem(ingress, f"{host}{path}: only a host's '/' path is passed through (TCP); "
+                    "served as usual on plain HTTP", full)
         elif host in into and into[host][0] != ingress:
-            problem(full, f"{host} is already passed through by {into[host][0]} (the oldest "
-                    "Ingress wins)")
+            problem(ingress, f"{host} is already passed through by {into[host][0]} (the oldest "
+                    "Ingress wins)", full)
         else:
             into.setdefault(host, (ingress, ref))

@@ -23,7 +23,7 @@ from gateway.types import (
 from .extauth import AuthScope, ConfigMapLookup
 from .values import Annotations, is_dns_label, split_list
 
-#: nginx variables usable in upstream-hash-by (kept in step with gateway/upstream/lb.py).
+#: load-balance values we balance with (ewma is mapped to round_robin and reported).
 _ALGORITHMS = {"round_robin": "round_robin", "least_conn": "least_conn", "random": "random"}
 
 #: Keys of the explicit-field dict for HealthCheckPolicy / OutlierPolicy sub-fields.
@@ -190,10 +190,15 @@ def _health_check(ann: Annotations, fields: dict[str, Any]) -> None:
                         "'200,204' or '200-299'; ignored")
         else:
             fields[HC_PREFIX + "expected_statuses"] = statuses
-    protocol = ann.string("backend-protocol")
-    if protocol is not None and protocol[1].upper() == "HTTPS" and \
-            any(k.startswith(HC_PREFIX) for k in fields):
+    if https_backend(ann) and any(k.startswith(HC_PREFIX) for k in fields):
         fields[HC_PREFIX + "tls"] = True  # the pods speak TLS only: so does the probe
+
+
+def https_backend(ann: Annotations) -> bool:
+    """`backend-protocol: HTTPS` (any case): the pods speak TLS. Silent; settings.py reports
+    the values it does not take."""
+    found = ann.lookup("backend-protocol")
+    return found is not None and found[1].strip().upper() == "HTTPS"
 
 
 def _outlier(ann: Annotations, fields: dict[str, Any]) -> None:

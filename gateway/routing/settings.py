@@ -16,7 +16,7 @@ from .allow import SourceRange, parse_source_range
 from .basicauth import BasicAuth, client_cert_denial, parse_basic_auth
 from .cors import CorsPolicy, parse_cors
 from .extauth import ExternalAuth, parse_external_auth
-from .policy import Context, check_cluster
+from .policy import Context, check_cluster, https_backend
 from .ratelimit import RateLimitSettings, parse_rate_limit, parse_send_rate
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
@@ -127,7 +127,7 @@ def _backend_protocol(ann: Annotations) -> bool:
                     "only); proxied as HTTP")
     elif value not in ("HTTP", "HTTPS", "AUTO_HTTP"):
         ann.problem(found[0], f"{found[1]!r} is not a backend protocol (HTTP, HTTPS); ignored")
-    return value == "HTTPS"
+    return https_backend(ann)
 
 
 def _external_auth(ann: Annotations, ctx: Context) -> ExternalAuth | None:

@@ -253,6 +253,15 @@ def split_list(text: str, separators: str = ",\n") -> list[str]:
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def object_ref(text: str, namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of an object an annotation names as `name` (in `namespace`) or
+    `namespace/name` (a Secret, a ConfigMap); None when a part is not an object name."""
+    ns, _, name = text.rpartition("/")
+    ref = (ns or namespace, name)
+    return ref if _OBJECT_NAME.match(ref[0]) and _OBJECT_NAME.match(ref[1]) else None
 
 
 def is_dns_label(text: str) -> bool:
