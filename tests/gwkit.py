@@ -125,6 +125,9 @@ class Upstream:
     hook: Callable[[Req], None] | None = None
     delay: float = 0.0  # before every answer
     keepalive: bool = True  # False: JSON echoes say `Connection: close` and the connection closes
+    #: Requests a connection serves, the last one's JSON echo saying `Connection: close` (nginx's
+    #: keepalive_requests); 0: no limit.
+    max_requests: int = 0
     conns_total: int = 0
     sent_bytes: int = 0  # body bytes written by /bytes
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -158,6 +161,7 @@ class Upstream:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        served = 0
         try:
             while True:
                 req = await read_request(reader)
@@ -166,7 +170,8 @@ class Upstream:
                 self.requests.append(req)
                 if self.hook is not None:
                     self.hook(req)
-                if not await self._answer(req, reader, writer):
+                served += 1
+                if not await self._answer(req, reader, writer, last=served == self.max_requests):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
@@ -177,7 +182,8 @@ class Upstream:
             self.writers.discard(writer)
             writer.close()
 
-    async def _answer(self, req: Req, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    async def _answer(self, req: Req, reader: asyncio.StreamReader, w: asyncio.StreamWriter,
+                      last: bool = False) -> bool:
         p = req.path.split("?")[0]
         parts = p.strip("/").split("/")
         if self.delay:
@@ -251,11 +257,12 @@ class Upstream:
                 "body_sha": hashlib.sha256(req.body).hexdigest(),
             }).encode()
             head = response(200, body, ctype="application/json")
-            if not self.keepalive:
+            keep = self.keepalive and not last
+            if not keep:
                 head = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
             w.write(head)
             await w.drain()
-            return self.keepalive and (req.header("connection") or "").lower() != "close"
+            return keep and (req.header("connection") or "").lower() != "close"
         await w.drain()
         return (req.header("connection") or "").lower() != "close"
 

@@ -190,6 +190,38 @@ async def test_shadow_closing_after_each_response_gets_one_copy_per_connection(e
     assert env.proxy is not None and env.proxy.mirror.in_flight == 0
 
 
+async def test_shadow_with_a_request_limit_per_connection_keeps_pipelined_lines(env: Env) -> None:
+    """A shadow that closes a connection after N requests (nginx's keepalive_requests, 1000 by
+    default) is not one that closes after each: its lines learn N and are replaced before
+    reaching it, so copies stay pipelined and none is lost past the limit."""
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    shadow.max_requests = 10
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    for i in range(12):  # the 10th answer says close
+        assert (await fetch(env))[0] == 200
+        await eventually(lambda n=i + 1: len(env.hooks.mirrors) == n)  # (one copy at a time)
+    assert env.hooks.mirrors == ["sent"] * 12
+    before = shadow.conns_total
+    assert before == 2
+    conn = aiohttp.TCPConnector(limit=20)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async def one() -> int:
+            async with s.get(env.url("/echo")) as r:
+                await r.read()
+                return r.status
+        assert await asyncio.gather(*(one() for _ in range(20))) == [200] * 20
+    await eventually(lambda: env.hooks.mirrors.count("sent") == 32, within=3)
+    assert env.hooks.mirrors == ["sent"] * 32  # none failed past the limit
+    assert shadow.conns_total - before <= 3  # pipelined: 10 copies a line, not one each
+    assert env.proxy is not None and env.proxy.mirror.in_flight == 0
+    shadow.max_requests = 0  # (reconfigured: it keeps connections open now)
+    for i in range(50):  # retired lines close themselves once answered, never piling up
+        assert (await fetch(env))[0] == 200
+        await eventually(lambda n=33 + i: len(env.hooks.mirrors) == n)
+    assert env.hooks.mirrors == ["sent"] * 82
+    assert len(env.proxy.mirror.lines[("127.0.0.1", shadow.port)]) == 1
+
 
 class ChunkShadow(asyncio.Protocol):
     """A shadow that records what each read brought (when, how many request heads) and

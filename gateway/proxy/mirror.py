@@ -12,9 +12,10 @@ in order, are only counted
 (their parser reports message ends, not headers). A copy costs a few appends, not a whole
 upstream exchange. A line whose oldest copy is past its deadline, or that the shadow stopped
 reading, is closed and its copies fail; a full line (depth) opens another, up to a cap, then
-copies are dropped. HEAD copies (a response parser cannot tell their bodies are absent), and
-every copy to a shadow that answered `Connection: close`, go one per connection over the
-shared pool instead.
+copies are dropped. A line the shadow closed after many copies teaches the sender how many
+it serves a connection, and later lines are replaced before that. HEAD copies (a response
+parser cannot tell their bodies are absent), and every copy to a shadow that closes after
+(nearly) every response, go one per connection over the shared pool instead.
 
 Targets: a BackendRef (an endpoint picked by the cluster manager) or a URL `http://host[:port]
 [path]` where `$request_uri`, `$uri`, `$args`, `$host`, `$scheme`, `$remote_addr` are
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.proxy.mirror")
 
 LINE_DEPTH: Final = 128  # copies waiting on one line (sent or queued) before another opens
-LINES_PER_ADDRESS: Final = 4
+LINES_PER_ADDRESS: Final = 4  # taking copies; as many more may be retired and draining
+#: A shadow closing connections after fewer requests gets its copies one per connection.
+MIN_LINE_BUDGET: Final = 8
 
 
 class MirrorJob:
@@ -119,6 +122,8 @@ class MirrorSender:
         self.lines: dict[Any, list[MirrorLine]] = {}  # by (host, port)
         #: Shadows that close after a response: their copies go one per pooled connection.
         self.no_pipelining: set[Any] = set()
+        #: Requests a shadow serves on a connection before closing it, where it was seen to.
+        self.budgets: dict[Any, int] = {}
         self._line_timer: asyncio.TimerHandle | None = None
         self._shadow_lines: dict[bytes, bytes] = {}
         #: The last address copies went to, and its lines. Addresses stay boxed objects here:
@@ -249,9 +254,11 @@ class MirrorSender:
             lines = self._last_lines = found
             self._last_addr = addr
         for line in lines:
-            if not line.paused and line.depth < LINE_DEPTH:
+            if not line.paused and line.depth < LINE_DEPTH and not line.retired:
                 return line
-        if len(lines) >= LINES_PER_ADDRESS:
+        if len(lines) >= LINES_PER_ADDRESS and (
+                len(lines) >= 2 * LINES_PER_ADDRESS
+                or sum(not line.retired for line in lines) >= LINES_PER_ADDRESS):
             return None
         line = MirrorLine(self, addr)
         lines.append(line)
@@ -259,6 +266,23 @@ class MirrorSender:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return line
+
+    def shadow_closed(self, line: MirrorLine) -> None:
+        """The shadow answered `Connection: close` on `line` after `line.answers` copies: a
+        shadow that does so (nearly) at once gets one copy per connection, one that served
+        many a budget for its lines."""
+        served = line.answers
+        if served < MIN_LINE_BUDGET:
+            self.no_pipelining.add(line.addr)
+            return
+        known = self.budgets.get(line.addr)
+        if known is not None and known <= served:
+            return
+        self.budgets[line.addr] = served
+        for other in self.lines.get(line.addr, ()):
+            other.budget = served
+            if other.carried >= served:
+                other.retired = True
 
     def line_closed(self, line: MirrorLine) -> None:
         lines = self.lines.get(line.addr)

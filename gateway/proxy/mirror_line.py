@@ -55,6 +55,11 @@ class MirrorLine(asyncio.Protocol):
     (`plain_length`) is skipped by its known length, which costs one byte comparison; llhttp
     (reporting only message ends) takes over from the first answer that is not plain, until
     it is back at a message boundary.
+
+    A shadow may close a connection after so many requests (nginx's `keepalive_requests`):
+    the sender learns that number (`MirrorSender.budgets`) from the first line it closes,
+    and later lines retire once they carried that many copies: they take no more, collect
+    their answers and are closed by the shadow, while a new line takes the next copies.
     """
 
     def __init__(self, sender: MirrorSender, addr: Any) -> None:
@@ -69,6 +74,10 @@ class MirrorLine(asyncio.Protocol):
         self.deadlines: deque[float] = deque()  # per batch written and not wholly answered
         self.counts: deque[int] = deque()  # its copies still unanswered (same order)
         self.depth = 0  # copies queued or unanswered
+        self.carried = 0  # copies ever queued on this line
+        self.answers = 0  # copies ever answered
+        self.budget = sender.budgets.get(addr, 0)  # copies the shadow serves a connection; 0: any
+        self.retired = False  # carried its budget: takes no more copies
         self.flushing = False
         self.paused = False  # the shadow stopped reading: take no more copies
         self.closed = False
@@ -97,6 +106,9 @@ class MirrorLine(asyncio.Protocol):
             self.out += body
         self.queued += 1
         self.depth += 1
+        self.carried += 1
+        if self.carried == self.budget:
+            self.retired = True
         if not self.flushing and self.transport is not None:
             self.flushing = True
             loop = self.sender.server.loop
@@ -170,10 +182,10 @@ class MirrorLine(asyncio.Protocol):
             n = min(answered, self.depth - self.queued)  # never more than were written
             if n > 0:
                 self._settle(n)
-        if self.closing:  # the shadow closes after each response:
-            self.sender.no_pipelining.add(self.addr)  # later copies go one per connection
-        if broken or self.closing:
-            self.abort()  # and the ones still on this line fail
+        if self.closing:
+            self.sender.shadow_closed(self)
+        if broken or self.closing or (self.retired and not self.depth):
+            self.abort()  # and the ones still on this line fail (a drained retired line: none)
 
     def _count_plain(self, data: bytes) -> tuple[int, int]:
         """Answers wholly in `data`, and where one that is not plain starts (-1: none; an
@@ -211,6 +223,7 @@ class MirrorLine(asyncio.Protocol):
     def _settle(self, n: int) -> None:
         """`n` copies were answered: the oldest ones, batch by batch."""
         self.depth -= n
+        self.answers += n
         sender = self.sender
         sender.in_flight -= n
         sender._count("sent", n)
