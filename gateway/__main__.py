@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enable-ssl-passthrough", action="store_true",
                    help="honour the ssl-passthrough annotation on the --listen-tls listener: "
                    "TLS to such hosts is spliced to the backend unterminated (ingress-nginx's flag)")
+    p.add_argument("--ssl-passthrough-idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="close a passthrough connection with no byte either way for this long "
+                   "(nginx stream proxy_timeout; default: %(default)s)")
     p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
                    metavar="CIDR", help="a proxy/LB whose X-Forwarded-* headers are kept "
                    "(repeatable)")
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--default-tls-cert needs --listen-tls")
     if args.enable_ssl_passthrough and args.listen_tls is None:
         p.error("--enable-ssl-passthrough needs --listen-tls")
+    if not args.ssl_passthrough_idle_timeout > 0:
+        p.error("--ssl-passthrough-idle-timeout: must be > 0 seconds")
     if args.https_redirect_port is not None and not 0 < args.https_redirect_port < 65536:
         p.error("--https-redirect-port: out of range")
     if args.hsts_max_age < 0:
@@ -152,7 +157,9 @@ async def amain(args: argparse.Namespace) -> int:
                          default_key=args.default_tls_key,
                          https_redirect_port=args.https_redirect_port,
                          xff_trusted=args.trusted_proxies,
-                         limits=Limits(busy_poll=args.busy_poll_us / 1e6), hsts=hsts_value(args),
+                         limits=Limits(busy_poll=args.busy_poll_us / 1e6,
+                                       passthrough_idle_timeout=args.ssl_passthrough_idle_timeout),
+                         hsts=hsts_value(args),
                          default_backend=args.default_backend_service,
                          rate_limit_status=(args.limit_req_status_code,
                                             args.limit_conn_status_code),

@@ -6,18 +6,20 @@ that terminates the connection itself."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import tempfile
 
 import pytest
 from fleetkit import endpoint, source_slice
 from prometheus_client import generate_latest
-from test_gw_routing_kit import NGX, build, ingress, path, problems_for, rule, simple
+from test_gw_routing_kit import NGX, OURS, build, ingress, path, problems_for, rule, simple
 from test_gw_tls import CA, cn, https_get, served, started, stopped
 from test_gw_tls import ingress as tls_ingress
 from test_gw_tls import secret as tls_secret
 
 from gateway.__main__ import parse_args
+from gateway.proxy import Limits
 from gateway.proxy.passthrough import NEED_MORE, client_hello_sni
 from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICES
 
@@ -75,6 +77,9 @@ def test_the_flag_needs_the_https_listener(capsys):
     assert "--enable-ssl-passthrough needs --listen-tls" in capsys.readouterr().err
     assert parse_args(["--config", "f.yaml", "--listen-tls", "127.0.0.1:0",
                        "--enable-ssl-passthrough"]).enable_ssl_passthrough
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "f.yaml", "--ssl-passthrough-idle-timeout", "0"])
+    assert "--ssl-passthrough-idle-timeout: must be > 0" in capsys.readouterr().err
 
 
 async def echo_tls_backend(ca: CA, name: str) -> asyncio.Server:
@@ -155,3 +160,68 @@ async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
             await stopped(app, up)
         backend.close()
         await backend.wait_closed()
+
+
+async def passed_through(port: int, ca: CA) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection through the gateway to pt.example.com's backend, once it is there."""
+    for _ in range(100):
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ca.client_context(), server_hostname="pt.example.com")
+            writer.write(b"?")
+            await writer.drain()
+            assert await reader.readexactly(9) == b"backend:?"
+            return reader, writer
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.sleep(0.05)
+    raise AssertionError("never passed through")
+
+
+async def test_passthrough_connects_feed_outlier_detection_and_idle_pairs_are_closed():
+    """A pod refusing connections is ejected by passthrough connects alone (5 consecutive
+    connect failures, as the proxy's own), each connection still reaching the live pod; a
+    pair with no byte either way for the idle timeout is closed, a talking one is not."""
+    ca = CA()
+    backend = await echo_tls_backend(ca, "pt.example.com")
+    port = backend.sockets[0].getsockname()[1]
+    dead_ip = "127.0.81.2"
+    held = socket.socket()  # bound, never listening: connects are refused
+    held.bind((dead_ip, port))
+    pt = tls_ingress("pt", ["pt.example.com"],
+                     annotations={**PT, OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
+    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    idle = 0.4
+    app, hub, up = await started([pt], [], ssl_passthrough=True,
+                                 limits=Limits(passthrough_idle_timeout=idle))
+    try:
+        east = app.upstream.catalog.members["east"].services.client
+        await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
+                                     "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
+        await east.create(ENDPOINT_SLICES, source_slice(
+            "tlsweb", "demo", [endpoint(BACKEND_IP), endpoint(dead_ip)], ports=[{"name": "https", "port": port}]))
+        tls_port = app.proxy_tls.port
+        ref = app.table.passthrough["pt.example.com"]
+        for _ in range(12):  # round robin: about every other one tries the dead pod first
+            _, writer = await passed_through(tls_port, ca)
+            writer.close()
+        state = {d["ip"]: d for d in app.upstream.describe(ref)}
+        assert state[dead_ip]["ejected"] is True and state[BACKEND_IP]["ejected"] is False
+        assert app.proxy_tls.passthrough.outcomes["unreachable"] == 0
+
+        quiet_r, quiet_w = await passed_through(tls_port, ca)
+        talk_r, talk_w = await passed_through(tls_port, ca)
+        for i in range(8):  # 0.8 s: twice the idle timeout
+            talk_w.write(b"%d" % i)
+            assert await talk_r.readexactly(9) == b"backend:%d" % i
+            await asyncio.sleep(idle / 4)
+        assert await asyncio.wait_for(quiet_r.read(), 1) == b""  # closed for being idle
+        assert app.proxy_tls.passthrough.outcomes["idle_closed"] == 1
+        talk_w.write(b"!")
+        assert await talk_r.readexactly(9) == b"backend:!"
+        quiet_w.close()
+        talk_w.close()
+    finally:
+        await stopped(app, up)
+        backend.close()
+        await backend.wait_closed()
+        held.close()

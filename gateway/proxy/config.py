@@ -34,3 +34,9 @@ class Limits:
     #: an idle vCPU halts and wakes slowly, which shows in tail latency at moderate load
     #: (HAProxy's `busy-polling`, bounded). Costs CPU while traffic flows; 0 = off.
     busy_poll: float = 0.0
+    #: ssl-passthrough: connecting to an endpoint (then the next one is tried, as
+    #: ingress-nginx's proxy-connect-timeout default) ...
+    passthrough_connect_timeout: float = 5.0
+    #: ... and a spliced pair with no byte either way for this long is closed (nginx stream
+    #: proxy_timeout's default; a client gone without a FIN would hold both sockets for good).
+    passthrough_idle_timeout: float = 600.0

@@ -5,6 +5,10 @@ spliced, still encrypted, to an endpoint of that rule's backend (any cluster, th
 backend's balancing); every other connection goes to the TLS-terminating proxy, exactly as
 if it had accepted it.
 
+Connects feed the endpoint's outlier detection as the proxy's own do (a refused or timed
+out connect is a `connect_failure`, so a dead pod is ejected for passthrough hosts too), and a
+pair idle for `Limits.passthrough_idle_timeout` is closed.
+
 Off the compiled data path: a passthrough connection costs one peek and a connect, then
 raw chunks both ways; the terminated ones pay one peek more than without the flag.
 """
@@ -20,7 +24,8 @@ from collections.abc import Callable
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.types import BackendRef, RequestView
+from gateway.proxy.config import Limits
+from gateway.types import BackendRef, Endpoint, Outcome, RequestView
 
 log = logging.getLogger("gateway.proxy")
 
@@ -90,6 +95,11 @@ class _Splice(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.eofs = 0
         self.live = live  # the listener's open pairs (closed when it stops)
+        self.seen = 0.0  # loop time of the last byte read
+
+    def idle_since(self) -> float:
+        """Loop time of the pair's last byte either way."""
+        return max(self.seen, self.peer.seen) if self.peer is not None else self.seen
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -102,6 +112,7 @@ class _Splice(asyncio.Protocol):
             side.pending = []
 
     def data_received(self, data: bytes) -> None:
+        self.seen = asyncio.get_running_loop().time()
         if self.peer is None or self.peer.transport is None:
             self.pending.append(data)
         else:
@@ -132,20 +143,26 @@ class _Splice(asyncio.Protocol):
 
 class PassthroughListener:
     """The HTTPS listener with ssl-passthrough on. `target(server_name)`: the backend of a
-    passthrough host, or None; `pick(ref, view)`: an endpoint address of it (None: none
-    usable); `terminate(sock)`: hand a connection to the TLS-terminating proxy."""
+    passthrough host, or None; `pick(ref, view, exclude)`: an endpoint of it (None: none
+    usable), `report(endpoint, outcome)` what connecting to it did; `terminate(sock)`: hand
+    a connection to the TLS-terminating proxy."""
 
     def __init__(self, target: Callable[[str], BackendRef | None],
-                 pick: Callable[[BackendRef, RequestView, frozenset], tuple[str, int] | None],
-                 terminate: Callable[[socket.socket], None], hello_timeout: float) -> None:
-        self.target, self.pick, self.terminate = target, pick, terminate
-        self.hello_timeout = hello_timeout
+                 pick: Callable[[BackendRef, RequestView, frozenset], Endpoint | None],
+                 report: Callable[[Endpoint, Outcome], None],
+                 terminate: Callable[[socket.socket], None], limits: Limits) -> None:
+        self.target, self.pick, self.report, self.terminate = target, pick, report, terminate
+        self.hello_timeout = limits.header_timeout
+        self.connect_timeout = limits.passthrough_connect_timeout
+        self.idle_timeout = limits.passthrough_idle_timeout
         self.loop = asyncio.get_running_loop()
         self.sock: socket.socket | None = None
-        #: Connections by outcome: spliced, terminated (handed to TLS), unreachable.
-        self.outcomes = {"spliced": 0, "terminated": 0, "unreachable": 0}
+        #: Connections by outcome: spliced, terminated (handed to TLS), unreachable, and
+        #: closed for being idle (counted again: they were spliced first).
+        self.outcomes = {"spliced": 0, "terminated": 0, "unreachable": 0, "idle_closed": 0}
         self.tasks: set[asyncio.Task[None]] = set()
         self.live: set[_Splice] = set()  # client sides of open spliced pairs
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def listen(self, host: str, port: int, backlog: int = 1024) -> int:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -168,6 +185,21 @@ class PassthroughListener:
         for side in list(self.live):
             if side.transport is not None:
                 side.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        """Close the pairs idle for `idle_timeout`; look again while any is open (a pair
+        is closed at most a quarter of the timeout late)."""
+        self._sweeper = None
+        now = self.loop.time()
+        for side in list(self.live):
+            if now - side.idle_since() >= self.idle_timeout and side.transport is not None:
+                self.outcomes["idle_closed"] += 1
+                side.transport.close()  # (its connection_lost closes the other side)
+        if self.live:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
 
     def _accept(self) -> None:
         assert self.sock is not None
@@ -231,24 +263,31 @@ class PassthroughListener:
         view = RequestView("", "/", name, {}, str(peer[0]), "https")
         tried: frozenset = frozenset()
         for _ in range(ATTEMPTS):
-            addr = self.pick(ref, view, tried)
-            if addr is None:
+            ep = self.pick(ref, view, tried)
+            if ep is None:
                 break
             try:
-                _, upstream = await self.loop.create_connection(_Splice, addr[0], addr[1])
-            except OSError as exc:
-                log.warning("ssl-passthrough %s: connect to %s:%d failed: %s", name, addr[0], addr[1], exc)
-                tried = tried | {addr}
+                async with asyncio.timeout(self.connect_timeout):
+                    _, upstream = await self.loop.create_connection(_Splice, ep.ip, ep.port)
+            except (OSError, TimeoutError) as exc:
+                log.warning("ssl-passthrough %s: connect to %s:%d failed: %s", name, ep.ip, ep.port,
+                            exc or "timed out")
+                self.report(ep, "connect_failure")
+                tried = tried | {ep.address}
                 continue
+            self.report(ep, "success")
             try:
                 _, client = await self.loop.connect_accepted_socket(lambda: _Splice(self.live), conn)
             except BaseException:
                 if upstream.transport is not None:
                     upstream.transport.close()
                 raise
+            client.seen = upstream.seen = self.loop.time()
             self.live.add(client)
             client.join(upstream)
             self.outcomes["spliced"] += 1
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
             return
         log.warning("ssl-passthrough %s: no endpoint of %s could be reached", name, ref)
         self.outcomes["unreachable"] += 1

@@ -24,7 +24,7 @@ from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.passthrough import PassthroughListener, tls_handoff
 from gateway.proxy.pool import ConnectionPool
-from gateway.types import BackendRef, ClusterManager, RequestView, Router
+from gateway.types import BackendRef, ClusterManager, Endpoint, RequestView, Router
 
 log = logging.getLogger("gateway.proxy")
 
@@ -90,8 +90,8 @@ class ProxyServer:
         self.mirror = MirrorSender(self)
         if passthrough is not None and ssl is not None:
             handoff = tls_handoff(self.loop, lambda: ClientConnection(self), ssl, lim.header_timeout)
-            self.passthrough = PassthroughListener(passthrough, self._address, handoff,
-                                                   lim.header_timeout)
+            self.passthrough = PassthroughListener(passthrough, self._passthrough_pick,
+                                                   self.clusters.report, handoff, lim)
             self.port = self.passthrough.listen(host, port)
         else:
             self._server = await self.loop.create_server(
@@ -133,11 +133,10 @@ class ProxyServer:
         self._server = None
         self.passthrough = None
 
-    def _address(self, ref: BackendRef, view: RequestView,
-                 exclude: frozenset[tuple[str, int]]) -> tuple[str, int] | None:
+    def _passthrough_pick(self, ref: BackendRef, view: RequestView,
+                          exclude: frozenset[tuple[str, int]]) -> Endpoint | None:
         """An endpoint of `ref` for an ssl-passthrough connection (None: none usable)."""
-        ep = self.clusters.pick(ref, view, exclude=exclude)
-        return ep.address if ep is not None else None
+        return self.clusters.pick(ref, view, exclude=exclude)
 
     def hsts_line(self, view: RequestView | None) -> bytes:
         """The Strict-Transport-Security line for an answer to this request: on the HTTPS
