@@ -16,8 +16,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import partial
-from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +25,7 @@ from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.proxy.passthrough import PassthroughCollector
-from gateway.routing import build_route_table, select_ingresses
+from gateway.routing import BuildOptions, build_route_table, select_ingresses
 from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
@@ -91,8 +91,6 @@ class GatewayApp:
         `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
         `ssl_passthrough`: --enable-ssl-passthrough (with `listen_tls`; gateway/proxy/passthrough.py)."""
         self.ssl_passthrough = ssl_passthrough and listen_tls is not None
-        self.default_backend = default_backend
-        self.auth_scope = auth_scope
         #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
         self.rate_zones = RateZones(*rate_limit_status)
         self.registry = registry if registry is not None else new_registry()
@@ -103,12 +101,18 @@ class GatewayApp:
         self._event_tasks: set[asyncio.Task] = set()
         self.ingresses = Informer(hub, INGRESSES)
         self.classes = Informer(hub, INGRESS_CLASSES)
-        self.class_name, self.controller_name = class_name, controller
-        self.accept_classless = accept_classless
-        self.clusters = list(members)
-        self.table, _ = build_route_table([], [], class_name=class_name, controller=controller)
+        #: What every build is given besides the Ingresses (the Services and the ConfigMap
+        #: reader are added per build, the scheme and redirect settings per listener).
+        self.build_options = BuildOptions(
+            class_name=class_name, controller=controller, accept_classless=accept_classless,
+            clusters=frozenset(members), default_backend=default_backend,
+            rate_zones=self.rate_zones, auth_scope=auth_scope or AuthScope(),
+            ssl_passthrough=self.ssl_passthrough)
+        self.table, _ = build_route_table([], [], self.build_options)
         self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
                                  xff_trusted=xff_trusted)
+        if self.proxy.trusted:
+            self.build_options = replace(self.build_options, trusted=self.proxy.is_trusted)
         self.listen = listen
         self.listen_tls = listen_tls
         self.https_redirect_port = https_redirect_port
@@ -125,8 +129,7 @@ class GatewayApp:
         self.configmap_wait = 5.0
         if listen_tls is not None:
             self.tls = CertificateStore(default_cert, default_key)
-            table_tls, _ = build_route_table([], [], class_name=class_name, controller=controller,
-                                             scheme="https")
+            table_tls, _ = build_route_table([], [], replace(self.build_options, scheme="https"))
             self.proxy_tls = ProxyServer(table_tls, self.upstream, metrics=self.metrics,
                                          limits=limits, xff_trusted=xff_trusted, scheme="https")
             if hsts:
@@ -279,27 +282,21 @@ class GatewayApp:
         tls_problems: list = []
         tls_hosts: frozenset[str] = frozenset()
         if self.tls is not None:
-            ours, _ = select_ingresses(ingresses, classes, class_name=self.class_name,
-                                       controller=self.controller_name,
-                                       accept_classless=self.accept_classless)
+            o = self.build_options
+            ours, _ = select_ingresses(ingresses, classes, class_name=o.class_name,
+                                       controller=o.controller, accept_classless=o.accept_classless)
             tls_problems = self.tls.update(ours, self._secret)
             tls_hosts = self.tls.hosts
             if self.proxy_tls is not None:
                 self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         read: set[tuple[str, str]] = set()
-        common: dict[str, Any] = dict(
-            class_name=self.class_name, controller=self.controller_name, clusters=self.clusters,
-            services=self._services(), accept_classless=self.accept_classless,
-            default_backend=self.default_backend,
-            trusted=self.proxy.is_trusted if self.proxy.trusted else None,
-            rate_zones=self.rate_zones, auth_scope=self.auth_scope,
-            configmap=self._configmap_reader(read), ssl_passthrough=self.ssl_passthrough)
-        table, problems = build_route_table(
-            ingresses, classes, scheme=self.proxy.scheme, tls_hosts=tls_hosts,
-            https_port=self._redirect_port(), **common)
+        common = replace(self.build_options, services=self._services(),
+                         configmap=self._configmap_reader(read))
+        table, problems = build_route_table(ingresses, classes, replace(
+            common, scheme=self.proxy.scheme, tls_hosts=tls_hosts, https_port=self._redirect_port()))
         if self.proxy_tls is not None:  # the same Ingresses: the same problems, not repeated
-            self.proxy_tls.router, _ = build_route_table(ingresses, classes, scheme="https",
-                                                         **common)
+            self.proxy_tls.router, _ = build_route_table(ingresses, classes,
+                                                         replace(common, scheme="https"))
         self.rate_zones.prune()  # zones of Ingresses gone
         self._configmaps_read = read
         problems = problems + tls_problems

@@ -22,7 +22,7 @@ from test_gw_routing_kit import (
     simple,
 )
 
-from gateway.routing import build_route_table
+from gateway.routing import BuildOptions, build_route_table
 from gateway.types import BackendRef
 
 
@@ -406,8 +406,10 @@ def test_rng_is_injectable_and_defaults_to_a_private_random():
     main = simple("main", svc="main", age=1)
     can = simple("can", svc="canary", age=2, ann={NGX + "canary": "true",
                                                   NGX + "canary-weight": "50"})
-    t1, _ = build_route_table([main, can], [], clusters=CLUSTERS, rng=random.Random(5))
-    t2, _ = build_route_table([main, can], [], clusters=CLUSTERS, rng=random.Random(5))
+    t1, _ = build_route_table([main, can], [], BuildOptions(clusters=frozenset(CLUSTERS)),
+                              rng=random.Random(5))
+    t2, _ = build_route_table([main, can], [], BuildOptions(clusters=frozenset(CLUSTERS)),
+                              rng=random.Random(5))
     assert [decide(t1).canary for _ in range(100)] == [decide(t2).canary for _ in range(100)]
     t3, _ = build_route_table([main, can], [])
     assert {decide(t3).canary for _ in range(200)} == {True, False}

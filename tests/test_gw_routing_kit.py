@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from itertools import count
 
-from gateway.routing import Problem, RouteTable, build_route_table
+from gateway.routing import BuildOptions, Problem, RouteTable, build_route_table
 from gateway.types import BackendRef, RequestView, RouteDecision
 
 CLUSTERS = ("cluster1-beijing", "cluster2-beijing", "cluster1-hangzhou")
@@ -68,8 +68,8 @@ def simple(name: str, host: str | None = "a.example.com", p: str = "/", svc: str
 
 def build(*ingresses: dict, classes: list[dict] | None = None, clusters=CLUSTERS,
           services: dict | None = None, seed: int = 7, **kw) -> tuple[RouteTable, list[Problem]]:
-    return build_route_table(list(ingresses), classes or [], clusters=clusters,
-                             services=services, rng=random.Random(seed), **kw)
+    options = BuildOptions(clusters=frozenset(clusters), services=services, **kw)
+    return build_route_table(list(ingresses), classes or [], options, rng=random.Random(seed))
 
 
 def req(host: str = "a.example.com", p: str = "/", headers: dict | None = None,

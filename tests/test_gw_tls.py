@@ -24,7 +24,7 @@ from gwkit import Upstream
 from test_gw_app import world
 
 from gateway.app import GatewayApp
-from gateway.routing import build_route_table
+from gateway.routing import BuildOptions, build_route_table
 from gateway.tls import DEFAULT_CN, CertificateStore, TLSProblem
 from gateway.types import RequestView
 from mcs_controller.access.resources import EVENTS, INGRESSES, SECRETS
@@ -526,7 +526,7 @@ def test_redirect_precedence_app_root_explicit_redirect_canary_and_catch_all():
     ]
     ing[3]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "web2"
     tls_hosts = {"root.example.com", "perm.example.com", "*.w.example.com"}
-    table, problems = build_route_table(ing, [], tls_hosts=tls_hosts, https_port=8443)
+    table, problems = build_route_table(ing, [], BuildOptions(tls_hosts=tls_hosts, https_port=8443))
     # app-root answers "/" first (server level), with the listener's scheme
     assert _route(table, "root.example.com", "/").redirect.location == "http://root.example.com/app"
     assert _route(table, "root.example.com", "/x").redirect.location == (
@@ -547,11 +547,12 @@ def test_redirect_precedence_app_root_explicit_redirect_canary_and_catch_all():
     acme["spec"]["rules"][0]["http"]["paths"] = [
         {"path": p, "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
         for p in ("/.well-known/acme-challenge/tok3n", "/other")]
-    acme_table, _ = build_route_table([acme], [], tls_hosts={"perm.example.com"}, https_port=8443)
+    acme_table, _ = build_route_table([acme], [], BuildOptions(tls_hosts={"perm.example.com"},
+                                                                     https_port=8443))
     assert _route(acme_table, "perm.example.com", "/.well-known/acme-challenge/tok3n").redirect is None
     assert _route(acme_table, "perm.example.com", "/other").redirect.status == 308
     # the https table has no HTTPS redirects, and app-root uses https there
-    tls_table, _ = build_route_table(ing, [], tls_hosts=tls_hosts, scheme="https")
+    tls_table, _ = build_route_table(ing, [], BuildOptions(tls_hosts=tls_hosts, scheme="https"))
     assert _route(tls_table, "root.example.com", "/x").redirect is None
     assert _route(tls_table, "root.example.com", "/").redirect.location == (
         "https://root.example.com/app")

@@ -10,7 +10,6 @@ Exact "/" route of its host that answers with the redirect (nginx: `if ($uri = /
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,8 +27,8 @@ from .allow import AllowCheck
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
 from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
-from .extauth import AuthScope, ConfigMapLookup
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
+from .options import BuildOptions
 from .passthrough import collect_passthrough
 from .policy import Context, build_policy, check_cluster, parse_policy_fields
 from .ratelimit import RateLimit, RateZones
@@ -80,50 +79,17 @@ class Parsed:
     aliases: tuple[str, ...] = ()  # server-alias (gateway/routing/aliases.py)
 
 
-def build_route_table(
-    ingresses: list[dict],
-    ingress_classes: list[dict],
-    *,
-    class_name: str = "amcs",
-    controller: str = "amcs.dev/gateway",
-    clusters: Iterable[str] = (),
-    services: Mapping[tuple[str, str], dict] | None = None,
-    rng: random.Random | None = None,
-    accept_classless: bool = False,
-    scheme: str = "http",
-    tls_hosts: Collection[str] = (),
-    https_port: int | None = None,
-    trusted: Callable[[str], bool] | None = None,
-    default_backend: str | None = None,
-    rate_zones: RateZones | None = None,
-    auth_scope: AuthScope | None = None,
-    configmap: ConfigMapLookup | None = None,
-    ssl_passthrough: bool = False,
-) -> tuple[RouteTable, list[Problem]]:
+def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
+                      options: BuildOptions | None = None,
+                      rng: random.Random | None = None) -> tuple[RouteTable, list[Problem]]:
     """Compile our Ingresses into a RouteTable; every ignored part comes back as a Problem.
-
-    `clusters`: member cluster names (validates our cluster annotations; header routing
-    only pins known clusters). `services`: Services by (namespace, name), to resolve
-    named and default ports. `accept_classless`: serve Ingresses with no class even
-    without a default IngressClass (ingress-nginx --watch-ingress-without-class).
-    `scheme`: the listener's scheme, for `app-root` redirects ($scheme in ingress-nginx).
-    On an "http" table, `tls_hosts` (hosts with a certificate, gateway/tls.py), `https_port`
-    (None: 443) and `trusted` (peers whose X-Forwarded-Proto counts) drive `ssl-redirect`.
-    `default_backend`: "namespace/name" of the global default backend (--default-backend-service):
-    it answers requests no rule matches and serves the custom-http-errors pages of Ingresses
-    without their own default-backend. `rate_zones`: the rate-limit counters, kept from one
-    build to the next (a fresh set when None). `auth_scope`: the gateway-wide auth check and
-    the paths exempt from checks (default: no global check, ingress-nginx's no-auth-locations).
-    `configmap`: finds the hub's ConfigMaps by (namespace, name) (auth-proxy-set-headers).
-    `ssl_passthrough`: the gateway's --enable-ssl-passthrough (else the annotation is reported).
-    """
-    default_ref, unusable = global_default_backend(default_backend, services)
-    builder = _Builder(frozenset(clusters), services, scheme, trusted, default_ref, rate_zones,
-                       auth_scope, configmap)
-    builder.allow_passthrough = ssl_passthrough
+    `rng`: the table's random source (seeded in tests)."""
+    o = options if options is not None else BuildOptions()
+    default_ref, unusable = global_default_backend(o.default_backend, o.services)
+    builder = _Builder(o, default_ref)
     ours, builder.problems = select_ingresses(
-        ingresses, ingress_classes, class_name=class_name, controller=controller,
-        accept_classless=accept_classless)
+        ingresses, ingress_classes, class_name=o.class_name, controller=o.controller,
+        accept_classless=o.accept_classless)
     if unusable:
         builder.problem("-", unusable)
     for key, ing in ours:
@@ -135,25 +101,22 @@ def build_route_table(
     install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
                     builder.problem)
     builder.add_canaries()
-    if scheme == "http":
-        install_https_redirects(builder.hosts, frozenset(tls_hosts), https_port, trusted)
+    if o.scheme == "http":
+        install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
     return builder.finish(rng), builder.problems
 
 
 class _Builder:
-    def __init__(self, clusters: frozenset[str], services: Mapping | None, scheme: str = "http",
-                 trusted: Callable[[str], bool] | None = None,
-                 default_ref: BackendRef | None = None, rate_zones: RateZones | None = None,
-                 auth_scope: AuthScope | None = None, configmap: ConfigMapLookup | None = None):
-        self.clusters = clusters
-        self.services = services
-        self.scheme = scheme
-        self.trusted = trusted  # --trusted-proxy (client addresses)
+    def __init__(self, options: BuildOptions, default_ref: BackendRef | None) -> None:
+        self.clusters = options.clusters
+        self.services = options.services
+        self.scheme = options.scheme
+        self.trusted = options.trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
-        self.rate_zones = rate_zones if rate_zones is not None else RateZones()
-        self.auth_scope = auth_scope or AuthScope()  # global-auth-*, no-auth-locations
-        self.configmap = configmap
-        self.allow_passthrough = False  # --enable-ssl-passthrough
+        self.rate_zones = options.rate_zones if options.rate_zones is not None else RateZones()
+        self.auth_scope = options.auth_scope  # global-auth-*, no-auth-locations
+        self.configmap = options.configmap
+        self.allow_passthrough = options.ssl_passthrough  # --enable-ssl-passthrough
         self.passthrough: dict[str, tuple[str, BackendRef]] = {}  # host -> (Ingress, backend)
         self.problems: list[Problem] = []
         self.parsed: list[Parsed] = []
