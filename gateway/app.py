@@ -32,6 +32,7 @@ from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.types import BackendRef
 from gateway.upstream import UpstreamManager
+from gateway.upstream_tls import UpstreamTLSStore
 from mcs_controller.access.api import ClusterClient
 from mcs_controller.access.errors import ApiError
 from mcs_controller.access.informer import Informer
@@ -121,6 +122,8 @@ class GatewayApp:
         # TLS certificates and basic-auth users (auth-secret) come from the hub's Secrets
         self.secrets = Informer(hub, SECRETS, transform=trim_secret)
         self.proxy.credentials = CredentialStore(self._secret)
+        self.proxy.upstream_tls = UpstreamTLSStore(self._secret)  # proxy-ssl-secret
+        self.upstream.health.tls_for = self.proxy.upstream_tls.context
         # auth-proxy-set-headers: ConfigMaps in the hub; those the last build read
         self.configmaps = Informer(hub, CONFIG_MAPS, transform=trim_configmap)
         self._configmaps_read: set[tuple[str, str]] = set()
@@ -135,6 +138,7 @@ class GatewayApp:
             if hsts:
                 self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
             self.proxy_tls.credentials = self.proxy.credentials
+            self.proxy_tls.upstream_tls = self.proxy.upstream_tls
         self.rebuild_delay = rebuild_delay
         self.admin = (
             AdminServer(admin[0], admin[1], self.registry, ready=self._ready,

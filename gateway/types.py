@@ -59,6 +59,7 @@ class HealthCheckPolicy:
     expected_statuses: tuple[int, ...] = (200,)
     host: str | None = None  # Host header; default: the Service's name
     tls: bool = False  # over TLS, unverified (the Ingress says backend-protocol: HTTPS)
+    tls_profile: Any = None  # over TLS as the Ingress's proxy-ssl-* say (an UpstreamTLS)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class MirrorPolicy:
     shadow_suffix: bool = True
     request_body: bool = True
     tls: bool = False  # a backend copy over TLS (the route's backend-protocol HTTPS)
+    tls_profile: Any = None  # and the route's proxy-ssl-* (an UpstreamTLS)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,26 @@ class SessionAffinity:
     #: cookie carries it, so a request can be sent back to the side (main line or canary,
     #: weighted destination) that pinned it before the canary rules run.
     backend_tag: str = ""
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """TLS to the pods set by ingress-nginx's proxy-ssl-* annotations (with backend-protocol
+    HTTPS): the trust anchors and client certificate come from a Secret in the hub, read
+    when connections are made (gateway/upstream_tls.py). The pool keeps connections of each
+    profile apart: (ip, port, profile) is their key."""
+
+    secret: tuple[str, str]  # namespace, name: ca.crt, and tls.crt + tls.key to present
+    verify: bool = False  # proxy-ssl-verify: check the pod's certificate against ca.crt
+    #: The name checked in the pod's certificate (proxy-ssl-name, else the Service's
+    #: `<service>.<namespace>.svc`), and sent as SNI when `sni` (proxy-ssl-server-name).
+    server_name: str = ""
+    sni: bool = False
+    min_version: str = "TLSv1"  # proxy-ssl-protocols, as a range (ssl.TLSVersion names)
+    max_version: str = "TLSv1_2"
+    ciphers: str = "DEFAULT"  # proxy-ssl-ciphers (OpenSSL's syntax)
+    #: Why the routes answer 503 instead (a Secret in another namespace, a bad reference).
+    broken: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +237,8 @@ class RouteDecision:
     #: backend-protocol HTTPS: TLS to the pods (ingress-nginx's defaults: no certificate
     #: check, no SNI); the pool keeps these connections apart (Endpoint.tls_key).
     upstream_tls: bool = False
+    #: proxy-ssl-*: an UpstreamTLS (with `upstream_tls`); None: ingress-nginx's defaults.
+    tls_profile: Any = None
     #: auth-type basic: a gateway.routing.basicauth.BasicAuth, checked before `auth`; None: no check.
     basic_auth: Any = None
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from fleetkit import endpoint, source_slice
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
-from test_gw_routing_kit import MAIN, MSE, NGX, OURS, decide, one, problems_for
+from test_gw_routing_kit import MAIN, MSE, NGX, OURS, decide, one
 from test_gw_tls import CA
 
 from gateway.upstream.health import http_probe
@@ -39,10 +39,9 @@ def test_backend_protocol(value, tls, problem):
     assert table.describe()[0]["backendProtocol"] == ("HTTPS" if tls else "HTTP")
 
 
-def test_mse_prefix_and_unsupported_proxy_ssl_settings():
-    table, problems, _ = one({MSE + "backend-protocol": "HTTPS", NGX + "proxy-ssl-verify": "on"})
-    assert decide(table).upstream_tls
-    assert problems_for(problems, "default/ing", "proxy-ssl-verify") == ["not supported by this gateway; ignored"]
+def test_mse_prefix():
+    table, problems, _ = one({MSE + "backend-protocol": "HTTPS"})
+    assert decide(table).upstream_tls and problems == []
 
 
 async def tls_pod(ca: CA) -> tuple[web.AppRunner, int, list[tuple[bool, tuple]]]:

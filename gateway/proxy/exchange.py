@@ -42,6 +42,7 @@ log = logging.getLogger("gateway.proxy")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AUTHORIZATION: Final = frozenset({"authorization"})
 _DENIED: Final = "denied: this route's authentication settings cannot be applied"
+_TLS_DENIED: Final = "denied: this route's proxy-ssl settings cannot be applied"
 #: The body of a basic/digest refusal, by status (else: the check itself failed, a 500).
 _AUTH_TEXT: Final = {401: "authorization required", 503: _DENIED, 400: "bad authorization header"}
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -110,6 +111,9 @@ class Exchange(ResponseSide):
             parts = with_set_headers(parts, (), drop=_AUTHORIZATION)  # not passed upstream
         if d.auth is not None and d.auth.broken:
             self.respond(503, _DENIED)
+            return
+        if d.tls_profile is not None and srv.upstream_tls.problem(d.tls_profile) is not None:
+            self.respond(503, _TLS_DENIED)  # (proxy-ssl-secret: nginx would not load it)
             return
         if slow is not None or d.auth is not None:
             self.connect_task = self.client.loop.create_task(self._authorize(d, parts, slow))
@@ -245,7 +249,10 @@ class Exchange(ResponseSide):
             self.client.write(_CONTINUE)
         d = self.decision
         assert d is not None
-        key = ep.tls_key if d.upstream_tls else ep.key  # (backend-protocol HTTPS)
+        if d.upstream_tls:  # backend-protocol HTTPS
+            key = ep.tls_key if d.tls_profile is None else (ep.ip, ep.port, d.tls_profile)
+        else:
+            key = ep.key
         conn = self.server.pool.acquire(key)
         if conn is not None:
             self._send(conn, now)

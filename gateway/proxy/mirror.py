@@ -155,7 +155,10 @@ class MirrorSender:
                 if ep is None:
                     self._count("failed")
                     continue
-                addr = ep.tls_key if p.tls else ep.key  # (its address, boxed once)
+                if not p.tls:
+                    addr = ep.key  # (its address, boxed once)
+                else:
+                    addr = ep.tls_key if p.tls_profile is None else (ep.ip, ep.port, p.tls_profile)
             elif p.url:
                 target = self._target(p.url)
                 if target is None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -90,13 +91,20 @@ class MirrorLine(asyncio.Protocol):
         self.mid = False  # llhttp is inside a message
 
     async def connect(self) -> None:
-        """`addr` (host, port), or (host, port, "tls"): TLS without verification or SNI, as
-        the proxy's own to HTTPS backends (gateway.types.pod_tls_context)."""
+        """`addr` (host, port); (host, port, "tls"): TLS without verification or SNI, as
+        the proxy's own to HTTPS backends (gateway.types.pod_tls_context); (host, port,
+        UpstreamTLS): TLS as the route's proxy-ssl-* say."""
         addr = self.addr
-        tls = pod_tls_context() if len(addr) == 3 else None
+        tls: ssl.SSLContext | None = None
+        name: str | None = None
         try:
+            if len(addr) == 3:
+                if addr[2] == "tls":
+                    tls, name = pod_tls_context(), ""
+                else:
+                    tls, name = self.sender.server.pool.tls_for(addr[2])
             await self.sender.server.loop.create_connection(
-                lambda: self, addr[0], addr[1], ssl=tls, server_hostname="" if tls is not None else None)
+                lambda: self, addr[0], addr[1], ssl=tls, server_hostname=name)
         except OSError:
             self.abort()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -263,6 +264,9 @@ class ConnectionPool:
         self.live: set[UpstreamConnection] = set()  # every open connection, idle or busy
         self._sweeper: asyncio.TimerHandle | None = None
         self.dirty: list[UpstreamConnection] = []  # with writes queued this loop turn
+        #: proxy-ssl-* profiles -> (client context, server_hostname): the proxy's
+        #: UpstreamTLSStore.context (gateway/upstream_tls.py); raises OSError when unusable.
+        self.tls_for: Any = None
 
     @property
     def open_connections(self) -> int:
@@ -300,12 +304,18 @@ class ConnectionPool:
         return None
 
     async def connect(self, addr: Any) -> UpstreamConnection:
-        """`addr`: (ip, port), or (ip, port, "tls") for TLS (Endpoint.tls_key): then no
-        certificate check and no SNI, ingress-nginx's proxy_ssl_verify/server_name defaults."""
-        tls = pod_tls_context() if len(addr) == 3 else None
+        """`addr`: (ip, port); (ip, port, "tls") for TLS (Endpoint.tls_key): then no
+        certificate check and no SNI, ingress-nginx's proxy_ssl_verify/server_name defaults;
+        (ip, port, UpstreamTLS) for TLS as a proxy-ssl-* profile says."""
+        tls: ssl.SSLContext | None = None
+        name: str | None = None
+        if len(addr) == 3:
+            if addr[2] == "tls":
+                tls, name = pod_tls_context(), ""
+            else:
+                tls, name = self.tls_for(addr[2])
         _, conn = await self.loop.create_connection(
-            lambda: UpstreamConnection(self, addr), addr[0], addr[1], ssl=tls,
-            server_hostname="" if tls is not None else None)
+            lambda: UpstreamConnection(self, addr), addr[0], addr[1], ssl=tls, server_hostname=name)
         return conn
 
     def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:

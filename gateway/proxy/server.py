@@ -24,7 +24,8 @@ from gateway.proxy.hooks import Hooks, ProxyHooks
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.passthrough import PassthroughListener, tls_handoff
 from gateway.proxy.pool import ConnectionPool
-from gateway.types import BackendRef, ClusterManager, Endpoint, RequestView, Router
+from gateway.types import BackendRef, ClusterManager, Endpoint, RequestView, Router, UpstreamTLS
+from gateway.upstream_tls import UpstreamTLSStore
 
 log = logging.getLogger("gateway.proxy")
 
@@ -76,6 +77,8 @@ class ProxyServer:
         self.auth = AuthChecker()  # auth-url checks (gateway/proxy/extauth.py)
         #: auth-type basic checks; the app gives it the hub's Secrets (none: such routes 503).
         self.credentials = CredentialStore()
+        #: proxy-ssl-* client contexts; the app gives it the hub's Secrets (none: such routes 503).
+        self.upstream_tls = UpstreamTLSStore()
         #: Client connections with writes held until the end of this loop turn (flush_later).
         self.dirty: list[ClientConnection] = []
 
@@ -87,6 +90,7 @@ class ProxyServer:
         self.loop = asyncio.get_running_loop()
         lim = self.limits
         self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
+        self.pool.tls_for = self._tls_for
         self.mirror = MirrorSender(self)
         if passthrough is not None and ssl is not None:
             handoff = tls_handoff(self.loop, lambda: ClientConnection(self), ssl, lim.header_timeout)
@@ -132,6 +136,9 @@ class ProxyServer:
         await asyncio.sleep(0)
         self._server = None
         self.passthrough = None
+
+    def _tls_for(self, profile: UpstreamTLS) -> tuple[ssl.SSLContext, str]:
+        return self.upstream_tls.context(profile)
 
     def _passthrough_pick(self, ref: BackendRef, view: RequestView,
                           exclude: frozenset[tuple[str, int]]) -> Endpoint | None:

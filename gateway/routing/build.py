@@ -30,7 +30,8 @@ from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backen
 from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
 from .options import BuildOptions
 from .passthrough import collect_passthrough
-from .policy import Context, build_policy, check_cluster, parse_policy_fields
+from .policy import HC_PREFIX, Context, build_policy, check_cluster, parse_policy_fields
+from .proxyssl import bind_server_name
 from .ratelimit import RateLimit, RateZones
 from .rewrite import install_rewriters
 from .settings import RouteSettings, backend_ref, parse_header_control, parse_settings
@@ -53,6 +54,7 @@ CANARY_ALLOWED = frozenset({
     "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
     *CANARY_AFFINITY_KEYS,
 })
+HC_TLS_PROFILE = HC_PREFIX + "tls_profile"
 #: Which annotation sets a policy field (to name it in conflict reports).
 _FIELD_ANNOTATION = {
     "algorithm": "load-balance", "hash_by": "upstream-hash-by",
@@ -151,6 +153,8 @@ class _Builder:
         else:
             settings = parse_settings(ann, ctx)
             destinations = parse_destination(ann, ctx)
+        if settings.tls_profile is not None and fields.get(HC_PREFIX + "tls"):
+            fields[HC_TLS_PROFILE] = settings.tls_profile  # probes connect as requests do
         affinity = parse_affinity(ann, canary=is_canary)
         errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
         ann.unknown_keys(is_canary, CANARY_ALLOWED)
@@ -266,8 +270,10 @@ class _Builder:
             mirrors = ()
         elif settings.mirror_cluster is not None:
             cluster, percentage = settings.mirror_cluster
-            mirrors += (MirrorPolicy(backend=replace(weighted[0][1], cluster=cluster),
-                                     percentage=percentage, tls=settings.upstream_tls),)
+            shadow = replace(weighted[0][1], cluster=cluster)
+            mirrors += (MirrorPolicy(backend=shadow, percentage=percentage, tls=settings.upstream_tls,
+                                     tls_profile=bind_server_name(settings.tls_profile, shadow)
+                                     if settings.upstream_tls else None),)
         refs = [r for _, r in weighted]
         auth, basic_auth = settings.auth, settings.basic_auth
         if self.auth_scope.exempts(path or "/"):  # no-auth-locations; a denial stays
@@ -286,7 +292,9 @@ class _Builder:
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
                 max_body=settings.max_body, cors=settings.cors, rate_limit=parsed.rate_limit,
                 send_rate=settings.send_rate[0], send_rate_after=settings.send_rate[1],
-                auth=auth, basic_auth=basic_auth, upstream_tls=settings.upstream_tls)
+                auth=auth, basic_auth=basic_auth, upstream_tls=settings.upstream_tls,
+                tls_profile=bind_server_name(settings.tls_profile, target) if settings.upstream_tls
+                else None)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,
@@ -297,6 +305,8 @@ class _Builder:
         """Service-scoped policy: the oldest Ingress's explicit value wins per field."""
         merged = self.fields.setdefault(ref, {})
         for name, value in parsed.fields.items():
+            if name == HC_TLS_PROFILE:  # the pod's name to check is the backend's own
+                value = bind_server_name(value, ref)
             owner = self.owners.get((ref, name))
             if owner is None:
                 merged[name] = value

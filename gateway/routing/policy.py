@@ -264,7 +264,8 @@ def policy_json(policy: BackendPolicy) -> dict[str, Any]:
             "path": hc.path, "interval": hc.interval, "timeout": hc.timeout,
             "healthyThreshold": hc.healthy_threshold,
             "unhealthyThreshold": hc.unhealthy_threshold, "host": hc.host,
-            "expectedStatuses": _ranges(hc.expected_statuses), "tls": hc.tls},
+            "expectedStatuses": _ranges(hc.expected_statuses), "tls": hc.tls,
+            "proxySslSecret": "/".join(hc.tls_profile.secret) if hc.tls_profile else None},
         "outlier": {
             "consecutive5xx": policy.outlier.consecutive_5xx,
             "consecutiveGatewayFailure": policy.outlier.consecutive_gateway_failure,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts
+from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts, UpstreamTLS
 from gateway.variables import unknown
 
 from .allow import SourceRange, parse_source_range
@@ -17,6 +17,7 @@ from .basicauth import BasicAuth, client_cert_denial, parse_basic_auth
 from .cors import CorsPolicy, parse_cors
 from .extauth import ExternalAuth, parse_external_auth
 from .policy import Context, check_cluster, https_backend
+from .proxyssl import parse_proxy_ssl
 from .ratelimit import RateLimitSettings, parse_rate_limit, parse_send_rate
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
@@ -63,6 +64,7 @@ class RouteSettings:
     send_rate: tuple[int, int] = (0, 0)  # limit-rate, limit-rate-after: bytes/s, bytes
     auth: ExternalAuth | None = None  # auth-url etc. (gateway/routing/extauth.py)
     upstream_tls: bool = False  # backend-protocol HTTPS
+    tls_profile: UpstreamTLS | None = None  # proxy-ssl-* (gateway/routing/proxyssl.py)
     basic_auth: BasicAuth | None = None  # auth-type basic (gateway/routing/basicauth.py)
 
 
@@ -111,6 +113,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         send_rate=parse_send_rate(ann),
         auth=_external_auth(ann, ctx),
         upstream_tls=_backend_protocol(ann),
+        tls_profile=parse_proxy_ssl(ann, ctx.namespace, https_backend(ann)),
         basic_auth=client_cert_denial(ann) or parse_basic_auth(ann, ctx.namespace),
     )
 

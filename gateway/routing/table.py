@@ -21,6 +21,7 @@ from gateway.types import (
     RouteDecision,
     Router,
     SessionAffinity,
+    UpstreamTLS,
 )
 
 from .affinity import regex_cookie_path, sticky_side
@@ -300,7 +301,16 @@ class RouteTable(Router):
             "externalAuth": main.auth.describe if main.auth is not None else None,
             "basicAuth": main.basic_auth.describe if main.basic_auth is not None else None,
             "backendProtocol": "HTTPS" if main.upstream_tls else "HTTP",
+            "proxySsl": _proxy_ssl_json(main.tls_profile),
         }
+
+
+def _proxy_ssl_json(p: UpstreamTLS | None) -> dict | None:
+    if p is None:
+        return None
+    return {"secret": "/".join(p.secret), "verify": p.verify, "serverName": p.server_name,
+            "sni": p.sni, "protocols": [p.min_version, p.max_version], "ciphers": p.ciphers,
+            "denied": p.broken}
 
 
 def _affinity_json(affinity: SessionAffinity | None) -> dict | None:

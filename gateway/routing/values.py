@@ -48,6 +48,8 @@ COMPATIBLE_KEYS = frozenset({
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
     "ssl-passthrough",  # passthrough.KEY
     "backend-protocol", "server-alias",
+    "proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-verify-depth",  # proxyssl.PROXY_SSL_KEYS
+    "proxy-ssl-name", "proxy-ssl-server-name", "proxy-ssl-ciphers", "proxy-ssl-protocols",
 })
 #: MSE-exclusive: only the mse. prefix (as MSE documents).
 MSE_ONLY_KEYS = frozenset({
@@ -72,9 +74,7 @@ OUR_KEYS = frozenset({
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).
 UNSUPPORTED_KEYS = frozenset({
     "session-cookie-conditional-samesite-none", "session-cookie-partitioned",
-    "session-cookie-hash", "proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-verify-depth",
-    "proxy-ssl-name", "proxy-ssl-server-name", "proxy-ssl-ciphers", "proxy-ssl-protocols",
-    "configuration-snippet", "server-snippet", "auth-snippet",
+    "session-cookie-hash", "configuration-snippet", "server-snippet", "auth-snippet",
 })
 
 
@@ -113,6 +113,10 @@ class Annotations:
             if prefix + key in self.raw:
                 return prefix + key, self.raw[prefix + key]
         return None
+
+    def full_key(self, key: str) -> str | None:
+        found = self.lookup(key)
+        return found[0] if found is not None else None
 
     def has(self, key: str) -> bool:
         return self.lookup(key) is not None

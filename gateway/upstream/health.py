@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.types import Endpoint, HealthCheckPolicy, pod_tls_context
 
@@ -35,15 +37,18 @@ _MAX_HEAD = 16384
 
 
 async def http_probe(ip: str, port: int, path: str, host: str, within: float,
-                     tls: bool = False) -> int | None:
-    """GET path (over unverified TLS with `tls`); the response status, or None on connect
-    failure, timeout or garbage."""
+                     tls: bool = False, context: tuple[ssl.SSLContext, str] | None = None) -> int | None:
+    """GET path (over unverified TLS with `tls`; `context`: a proxy-ssl-* profile's client
+    context and server_hostname instead); the response status, or None on connect failure,
+    timeout or garbage."""
     writer: asyncio.StreamWriter | None = None
+    if tls and context is None:
+        context = (pod_tls_context(), "")
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(
-                ip, port, limit=_MAX_HEAD, ssl=pod_tls_context() if tls else None,
-                server_hostname="" if tls else None)
+                ip, port, limit=_MAX_HEAD, ssl=context[0] if context else None,
+                server_hostname=context[1] if context else None)
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: amcs-gateway-health-check\r\n"
                 "Accept: */*\r\nConnection: close\r\n\r\n".encode("latin-1")
@@ -62,6 +67,10 @@ async def http_probe(ip: str, port: int, path: str, host: str, within: float,
     finally:
         if writer is not None:
             writer.close()
+
+
+def _no_profiles(profile: Any) -> tuple[ssl.SSLContext, str]:
+    raise OSError("no proxy-ssl Secrets known")
 
 
 @dataclass(eq=False)
@@ -87,6 +96,9 @@ class HealthChecker:
         #: (cluster, "healthy"|"unhealthy") -> transitions.
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._closed = False
+        #: proxy-ssl-* profile -> (client context, server_hostname); the app sets the
+        #: proxy's (gateway/upstream_tls.py). Raises OSError when its Secret is unusable.
+        self.tls_for: Callable[[Any], tuple[ssl.SSLContext, str]] = _no_profiles
 
     def __len__(self) -> int:
         return len(self._checks)
@@ -135,11 +147,21 @@ class HealthChecker:
         await asyncio.sleep(random.random() * p.interval * 0.1)
         while True:
             async with self._sem:
-                status = await http_probe(chk.ep.ip, chk.ep.port, p.path, chk.host, p.timeout, p.tls)
+                status = await self._probe(chk)
             if self._checks.get(chk.ep) is not chk:
                 return  # removed or replaced while probing
             self.record(chk.ep, status is not None and status in p.expected_statuses, status)
             await asyncio.sleep(p.interval * (0.9 + 0.2 * random.random()))
+
+    async def _probe(self, chk: _Check) -> int | None:
+        p = chk.policy
+        context = None
+        if p.tls and p.tls_profile is not None:
+            try:
+                context = self.tls_for(p.tls_profile)
+            except OSError:  # its Secret cannot be used: the routes answer 503 meanwhile
+                return None
+        return await http_probe(chk.ep.ip, chk.ep.port, p.path, chk.host, p.timeout, p.tls, context)
 
     def record(self, ep: Endpoint, ok: bool, status: int | None = None) -> None:
         """Apply one check result to `ep` (public so the state machine is testable alone)."""
