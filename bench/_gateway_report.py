@@ -62,6 +62,12 @@ def _median_rps_ratio(a: list[dict], b: list[dict]) -> float:
     return median(_rps_ratios(a, b))
 
 
+def _per_cost(without: float, run: dict) -> str:
+    """without / with, CPU per request: what mirroring costs the proxy's own core."""
+    cost = (run.get("user_us") or 0) + (run.get("sys_us") or 0)
+    return f"{without / cost:.2f}x" if cost and without else "-"
+
+
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
@@ -151,7 +157,10 @@ def report(res: dict) -> str:
             f"({100 * (m['ours']['mirrored'] or 0):.1f} % of requests reached {S.SHADOW.name}), "
             f"nginx {m['nginx']['rps'] / peak['nginx']['rps']:.2f}x "
             f"({100 * (m['nginx']['mirrored'] or 0):.1f} %); mirroring 10 %: ours "
-            f"{m10['rps'] / peak['ours']['rps']:.2f}x ({100 * (m10['mirrored'] or 0):.1f} %)")
+            f"{m10['rps'] / peak['ours']['rps']:.2f}x ({100 * (m10['mirrored'] or 0):.1f} %). "
+            f"By CPU per request ours with 100 % is {_per_cost(cost['ours'], m['ours'])} of "
+            f"without, its core {_opt(m['ours']['cpu_pct'], '.0f')} % busy (below ~98 %, wrk's "
+            "core, which also runs the mirror pod, held it back)")
     mt = res["metrics"]
     lines.append(
         f"our metrics after the runs: {mt.get('gateway_requests_total', 0):.0f} requests, "
