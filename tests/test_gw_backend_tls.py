@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import tempfile
 
 import aiohttp
 import pytest
@@ -54,19 +53,28 @@ async def tls_pod(ca: CA) -> tuple[web.AppRunner, int, list[tuple[bool, tuple]]]
             seen.append((request.secure, request.transport.get_extra_info("peername")))
         return web.Response(text=f"tls pod {request.path_qs}")
 
-    crt, key = ca.issue("pod.local")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
-        f.write(crt + key)
-        f.flush()
-        ctx.load_cert_chain(f.name)
+    runner, port = await serve_tls(handle, POD_IP, ca.server_context("pod.local"))
+    return runner, port, seen
+
+
+async def tls_service(app, port: int, *ips: str) -> None:
+    """The `tlsweb` Service in the member `east`, its pods at `ips` on `port` (HTTPS)."""
+    east = app.upstream.catalog.members["east"].services.client
+    await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
+                                 "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
+    await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(ip) for ip in ips],
+                                                    ports=[{"name": "https", "port": port}]))
+
+
+async def serve_tls(handle, ip: str, ctx: ssl.SSLContext) -> tuple[web.AppRunner, int]:
+    """An aiohttp app answering every path with `handle`, over TLS only; its runner and port."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, POD_IP, 0, ssl_context=ctx)
+    site = web.TCPSite(runner, ip, 0, ssl_context=ctx)
     await site.start()
-    return runner, runner.addresses[0][1], seen
+    return runner, runner.addresses[0][1]
 
 
 async def test_health_probes_speak_tls_when_the_ingress_says_https():
@@ -122,11 +130,7 @@ async def test_https_backends_are_reached_over_pooled_tls():
             app_ingress("plain", "plain.example.com", "tlsweb")]
     try:
         async with gateway_over(ings, "127.0.82.9") as (app, _), aiohttp.ClientSession() as s:
-            east = app.upstream.catalog.members["east"].services.client
-            await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
-                                         "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
-            await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(POD_IP)],
-                                                            ports=[{"name": "https", "port": port}]))
+            await tls_service(app, port, POD_IP)
             url = f"http://127.0.0.1:{app.proxy.port}"
             for _ in range(100):
                 async with s.get(f"{url}/a?x=1", headers={"Host": HOST}) as r:

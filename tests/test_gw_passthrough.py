@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import tempfile
 
 import pytest
-from fleetkit import endpoint, source_slice
 from prometheus_client import generate_latest
+from test_gw_backend_tls import tls_service
 from test_gw_routing_kit import NGX, OURS, build, ingress, path, problems_for, rule, simple
 from test_gw_tls import CA, cn, https_get, served, started, stopped
 from test_gw_tls import ingress as tls_ingress
@@ -21,7 +20,6 @@ from test_gw_tls import secret as tls_secret
 from gateway.__main__ import parse_args
 from gateway.proxy import Limits
 from gateway.proxy.passthrough import NEED_MORE, client_hello_sni
-from mcs_controller.access.resources import ENDPOINT_SLICES, SERVICES
 
 PT = {NGX + "ssl-passthrough": "true"}
 BACKEND_IP = "127.0.81.1"
@@ -84,12 +82,7 @@ def test_the_flag_needs_the_https_listener(capsys):
 
 async def echo_tls_backend(ca: CA, name: str) -> asyncio.Server:
     """A pod that terminates TLS itself (its own certificate for `name`) and echoes."""
-    crt, key = ca.issue(name)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
-        f.write(crt + key)
-        f.flush()
-        ctx.load_cert_chain(f.name)
+    ctx = ca.server_context(name)
 
     async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         while data := await r.read(65536):
@@ -111,11 +104,7 @@ async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
         [pt, tls_ingress("a", ["a.example.com"], [{"hosts": ["a.example.com"], "secretName": "a-tls"}])],
         [tls_secret("a-tls", *a)], ssl_passthrough=True)
     try:
-        east = app.upstream.catalog.members["east"].services.client
-        await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
-                                     "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
-        await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(BACKEND_IP)],
-                                                        ports=[{"name": "https", "port": port}]))
+        await tls_service(app, port, BACKEND_IP)
         tls_port = app.proxy_tls.port
         for _ in range(100):  # the endpoints reach the gateway
             try:
@@ -194,11 +183,7 @@ async def test_passthrough_connects_feed_outlier_detection_and_idle_pairs_are_cl
     app, hub, up = await started([pt], [], ssl_passthrough=True,
                                  limits=Limits(passthrough_idle_timeout=idle))
     try:
-        east = app.upstream.catalog.members["east"].services.client
-        await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
-                                     "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
-        await east.create(ENDPOINT_SLICES, source_slice(
-            "tlsweb", "demo", [endpoint(BACKEND_IP), endpoint(dead_ip)], ports=[{"name": "https", "port": port}]))
+        await tls_service(app, port, BACKEND_IP, dead_ip)
         tls_port = app.proxy_tls.port
         ref = app.table.passthrough["pt.example.com"]
         for _ in range(12):  # round robin: about every other one tries the dead pod first

@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-import tempfile
 
 import aiohttp
 import pytest
 from aiohttp import web
-from fleetkit import endpoint, source_slice
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
+from test_gw_backend_tls import serve_tls, tls_service
 from test_gw_routing_kit import NGX, OURS, decide, one
 from test_gw_tls import CA
 
-from mcs_controller.access.resources import ENDPOINT_SLICES, SECRETS, SERVICES
+from mcs_controller.access.resources import SECRETS
 
 HTTPS = {NGX + "backend-protocol": "HTTPS"}
 POD_IP = "127.0.83.1"
@@ -95,22 +94,12 @@ async def mtls_pod(pod_ca: CA, client_ca: CA, name: str):
         seen.append((sni, cn))
         return web.Response(text=f"mtls pod {request.path}")
 
-    crt, key = pod_ca.issue(name)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
-        f.write(crt + key)
-        f.flush()
-        ctx.load_cert_chain(f.name)
+    ctx = pod_ca.server_context(name)
     ctx.load_verify_locations(cadata=client_ca.pem.decode())
     ctx.verify_mode = ssl.CERT_OPTIONAL  # a connection without one is served, and recorded so
     ctx.sni_callback = lambda obj, server_name, _ctx: snis.__setitem__(id(obj), server_name)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, POD_IP, 0, ssl_context=ctx)
-    await site.start()
-    return runner, runner.addresses[0][1], seen, by_path
+    runner, port = await serve_tls(handle, POD_IP, ctx)
+    return runner, port, seen, by_path
 
 
 async def test_pods_are_verified_and_get_the_client_certificate_from_the_secret():
@@ -135,11 +124,7 @@ async def test_pods_are_verified_and_get_the_client_certificate_from_the_secret(
             await app.hub.create(SECRETS, opaque("pod-ca", ca_crt=pod_ca.pem, tls_crt=client_crt,
                                                  tls_key=client_key))
             await app.hub.create(SECRETS, opaque("stranger-ca", ca_crt=stranger.pem))
-            east = app.upstream.catalog.members["east"].services.client
-            await east.create(SERVICES, {"metadata": {"name": "tlsweb", "namespace": "demo"},
-                                         "spec": {"ports": [{"name": "https", "port": 80, "targetPort": port}]}})
-            await east.create(ENDPOINT_SLICES, source_slice("tlsweb", "demo", [endpoint(POD_IP)],
-                                                            ports=[{"name": "https", "port": port}]))
+            await tls_service(app, port, POD_IP)
             url = f"http://127.0.0.1:{app.proxy.port}/x"
 
             async def get(host: str, path: str = "/x") -> tuple[int, str]:

@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import sys
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -67,6 +68,16 @@ class CA:
         return (cert.public_bytes(serialization.Encoding.PEM),
                 key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
+
+    def server_context(self, name: str) -> ssl.SSLContext:
+        """A pod's own TLS: a certificate for `name` this CA issues (load_cert_chain reads files)."""
+        crt, key = self.issue(name)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+            f.write(crt + key)
+            f.flush()
+            ctx.load_cert_chain(f.name)
+        return ctx
 
     def client_context(self) -> ssl.SSLContext:
         """What a real client does: trust this CA, verify the chain and the host name."""
