@@ -140,8 +140,13 @@ async def test_pods_are_verified_and_get_the_client_certificate_from_the_secret(
             # verified as tlsweb.demo.svc (sent as SNI: Python checks the name it sends),
             # with the Secret's client certificate
             assert seen[-1] == ("tlsweb.demo.svc", "gateway-client")
-            assert (await get("wrong-name.example.com"))[0] == 502  # not the pod's name
+            status, body = await get("wrong-name.example.com")  # not the pod's name
+            assert status == 502 and body.startswith("upstream certificate not accepted")
             assert (await get("wrong-ca.example.com"))[0] == 502  # another CA signed it
+            for _ in range(6):  # a route's settings, not the pod's health: no outlier count
+                assert (await get("wrong-name.example.com"))[0] == 502
+            outlier = app.upstream.outlier
+            assert all(outlier.consecutive(ep) == (0, 0) for ep in outlier._states if ep.ip == POD_IP)
             # not verified, SNI as proxy-ssl-name; a Secret without tls.crt: no client cert
             assert await get("sni.example.com") == (200, "mtls pod /x")
             assert seen[-1] == ("asked.example.com", None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.affinity import request_cookie, set_cookie_header
@@ -264,6 +265,11 @@ class Exchange(ResponseSide):
     async def _connect(self, addr: Any, n: int) -> None:
         try:
             conn = await self.server.pool.connect(addr)
+        except ssl.SSLCertVerificationError as exc:  # (proxy-ssl-verify)
+            if not self.done and self.attempts == n and self.phase == CONNECTING:
+                self.connect_task = None
+                self._failed("certificate", exc.verify_message or "verification failed")
+            return
         except OSError as exc:
             if not self.done and self.attempts == n and self.phase == CONNECTING:
                 self.connect_task = None

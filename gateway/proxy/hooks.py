@@ -34,7 +34,8 @@ class ProxyHooks:
         """One more attempt of a request on another endpoint."""
 
     def upstream_error(self, route: str, cluster: str, cause: str) -> None:
-        """One failed attempt; cause: connect_failure, connect_timeout, reset, timeout,
+        """One failed attempt; cause: connect_failure, certificate (proxy-ssl-verify refused the
+        pod's), connect_timeout, reset, timeout,
         invalid_response, or status_<code> when a retriable status was discarded."""
 
     def mirror(self, outcome: MirrorOutcome, copies: int = 1) -> None:

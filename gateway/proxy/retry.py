@@ -32,9 +32,12 @@ from gateway.proxy.states import (
     STREAMING,
 )
 
-#: cause -> (status, short text, outcome reported to the cluster manager)
-CAUSES: Final = {
+#: cause -> (status, short text, outcome reported to the cluster manager). A certificate the
+#: route's proxy-ssl-* settings refuse says nothing of the pod's health: another route to the
+#: same Service may accept it, so it is not held against the pod.
+CAUSES: Final[dict[str, tuple[int, str, str | None]]] = {
     "connect_failure": (502, "upstream connect error", "connect_failure"),
+    "certificate": (502, "upstream certificate not accepted", None),
     "connect_timeout": (504, "upstream connect timeout", "timeout"),
     "reset": (502, "upstream connection reset before response", "reset"),
     "invalid_response": (502, "invalid response from upstream", "gateway_error"),
@@ -72,7 +75,7 @@ class RetrySide(ExchangeBase):
             return False
         if self.client.loop.time() >= self.total_deadline:
             return False
-        if cause == "connect_failure":  # the request never left
+        if cause == "connect_failure" or cause == "certificate":  # the request never left
             return r.on_error
         if cause == "connect_timeout":
             return r.on_timeout
