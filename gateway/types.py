@@ -179,6 +179,7 @@ class UpstreamTLS:
     #: The name checked in the pod's certificate (proxy-ssl-name, else the Service's
     #: `<service>.<namespace>.svc`), and sent as SNI when `sni` (proxy-ssl-server-name).
     server_name: str = ""
+    named: bool = False  # server_name is proxy-ssl-name's (else bound to each backend)
     sni: bool = False
     min_version: str = "TLSv1"  # proxy-ssl-protocols, as a range (ssl.TLSVersion names)
     max_version: str = "TLSv1_2"

@@ -15,7 +15,7 @@ from aiohttp import web
 from test_gw_app import gateway_over
 from test_gw_app import ingress as app_ingress
 from test_gw_backend_tls import serve_tls, tls_service
-from test_gw_routing_kit import NGX, OURS, decide, one
+from test_gw_routing_kit import NGX, OURS, build, decide, one, simple
 from test_gw_tls import CA
 
 from mcs_controller.access.resources import SECRETS
@@ -60,6 +60,19 @@ def test_proxy_ssl_annotations(ann, expect, messages):
     assert {k: getattr(profile, k) for k in expect} == expect
     assert msgs == messages
     assert table.describe()[0]["proxySsl"]["secret"] == "/".join(profile.secret)
+
+
+def test_a_canary_checks_its_own_services_name():
+    main = simple("main", svc="main", age=1, ann=ssl_ann(secret="ca", verify="on"))
+    can = simple("can", svc="canary", age=2, ann={NGX + "canary": "true", NGX + "canary-weight": "100"})
+    table, problems = build(main, can)
+    assert problems == []
+    assert decide(table).backend.service == "canary"
+    assert decide(table).tls_profile.server_name == "canary.default.svc"
+    named = simple("main", svc="main", age=1,
+                   ann=ssl_ann(secret="ca", verify="on", name="pods.internal"))
+    table, _ = build(named, can)
+    assert decide(table).tls_profile.server_name == "pods.internal"  # as the Ingress says
 
 
 def test_nothing_applies_without_the_secret_or_https():

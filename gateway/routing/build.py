@@ -358,6 +358,7 @@ class _Builder:
         decision = replace(main, backend=ref, fallbacks=fallbacks, canary=True,
                            route_name=f"{parsed.key}|{where or '(default)'}",
                            set_headers=parsed.settings.set_headers,
+                           tls_profile=bind_server_name(main.tls_profile, ref),
                            affinity=canary_affinity(main.affinity, parsed.affinity, ref, route.path))
         route.canary, route.canary_ingress = parsed.canary, parsed.key
         route.canary_choice = Choice(decision)

@@ -49,8 +49,8 @@ def parse_proxy_ssl(ann: Annotations, namespace: str, https: bool) -> UpstreamTL
         ann.problem(ann.full_key("proxy-ssl-verify-depth"), "the chain's depth is not limited "
                     "(Python's ssl cannot): a chain of any length to ca.crt is accepted")
     low, high = _protocols(ann)
-    return UpstreamTLS(secret=ref, verify=verify,
-                       server_name=_server_name(ann), sni=_on_off(ann, "proxy-ssl-server-name"),
+    name = _server_name(ann)
+    return UpstreamTLS(secret=ref, verify=verify, server_name=name, named=bool(name), sni=_on_off(ann, "proxy-ssl-server-name"),
                        min_version=low, max_version=high, ciphers=_ciphers(ann), broken=broken)
 
 
@@ -58,7 +58,7 @@ def bind_server_name(profile: UpstreamTLS | None, ref: BackendRef) -> UpstreamTL
     """The profile a route to `ref` uses: without proxy-ssl-name the pod's certificate is
     checked for the Service's name (nginx's default, the upstream block's name
     `upstream_balancer` in ingress-nginx, could never be in a real certificate)."""
-    if profile is None or profile.server_name:
+    if profile is None or profile.named:
         return profile
     return replace(profile, server_name=f"{ref.service}.{ref.namespace}.svc")
 
