@@ -13,6 +13,7 @@ import pytest
 from gwkit import REF, Env, FixedRouter, closed, decision, eventually, raw, read_response
 
 from gateway.proxy import Limits
+from gateway.proxy.heads import RequestIds
 from gateway.types import BackendRef, Endpoint, Redirect
 
 
@@ -99,6 +100,13 @@ async def test_forwarded_headers_and_request_id(env: Env) -> None:
     assert h["X-Forwarded-Port"] == str(env.port)
     assert re.fullmatch(r"[0-9a-f]{32}", h["X-Request-ID"])
     assert h2["X-Request-ID"] == "abc-123" and h2["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_request_ids_are_32_hex_digits_and_do_not_repeat() -> None:
+    ids = RequestIds()
+    made = [ids.next() for _ in range(1000)]  # (several blocks of 256)
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in made)
+    assert len(set(made)) == 1000
 
 
 async def test_trusted_peer_keeps_its_forwarded_headers(env: Env) -> None:
