@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from gwkit import Upstream
+from gwkit import Upstream, silent_listener
 from test_gw_app import gateway_over, world
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for
@@ -210,6 +210,18 @@ async def test_signin_redirect_method_and_an_unreachable_service():
             async with s.get(f"{url}/a", headers={"Host": "bad.example.com"}) as r:
                 assert r.status == 503  # denied, never proxied unchecked
             assert len(up.requests) == 1
+
+
+async def test_an_auth_service_that_never_answers_is_a_500_with_a_reason_in_the_log(caplog):
+    with silent_listener() as port:  # connects to it hang
+        hung = {NGX + "auth-url": f"http://127.0.0.1:{port}/verify", MSE + "timeout": "1"}  # the whole check
+        async with gateway_over([app_ingress("hung", HOST, "web", hung)], "127.0.77.31") as (app, up), \
+                aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{app.proxy.port}/a", headers={"Host": HOST}) as r:
+                assert r.status == 500 and "auth service unavailable" in await r.text()
+            assert up.requests == []
+    line = next(m for m in caplog.messages if m.startswith("auth service "))
+    assert line.split(" failed: ", 1)[1].strip(), line  # a reason, not an empty one
 
 
 async def test_a_client_leaving_during_the_check_abandons_it():

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 
 import pytest
+from gwkit import silent_listener
 from prometheus_client import generate_latest
 from test_gw_backend_tls import tls_service
 from test_gw_routing_kit import NGX, OURS, build, ingress, path, problems_for, rule, simple
@@ -210,3 +212,39 @@ async def test_passthrough_connects_feed_outlier_detection_and_idle_pairs_are_cl
         backend.close()
         await backend.wait_closed()
         held.close()
+
+
+async def test_a_passthrough_connect_that_hangs_times_out_and_the_other_pod_gets_it(caplog):
+    """A pod whose connects hang (its accept queue is full) costs a connection sent to it one
+    `passthrough_connect_timeout`, then the live pod takes the connection. The timeouts count
+    as connect failures, so outlier detection ejects that pod after five and later
+    connections do not wait."""
+    ca = CA()
+    backend = await echo_tls_backend(ca, "pt.example.com")
+    port = backend.sockets[0].getsockname()[1]
+    hung_ip, timeout = "127.0.81.3", 0.2
+    pt = tls_ingress("pt", ["pt.example.com"],
+                     annotations={**PT, OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
+    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    with silent_listener(hung_ip, port):
+        app, hub, up = await started([pt], [], ssl_passthrough=True,
+                                     limits=Limits(passthrough_connect_timeout=timeout))
+        try:
+            await tls_service(app, port, BACKEND_IP, hung_ip)
+            took = []
+            for _ in range(12):
+                t0 = time.monotonic()
+                _, writer = await passed_through(app.proxy_tls.port, ca)
+                took.append(time.monotonic() - t0)
+                writer.close()
+            slow = [t for t in took if t >= timeout]
+            assert len(slow) == 5 and max(slow) < timeout + 1.0, took  # one timeout each
+            assert all(t < timeout for t in took[-3:]), took
+            state = {d["ip"]: d for d in app.upstream.describe(app.table.passthrough["pt.example.com"])}
+            assert state[hung_ip]["ejected"] is True and state[BACKEND_IP]["ejected"] is False
+            assert app.proxy_tls.passthrough.outcomes["unreachable"] == 0
+            assert f"connect to {hung_ip}:{port} failed: timed out" in caplog.text
+        finally:
+            await stopped(app, up)
+            backend.close()
+            await backend.wait_closed()

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import time
 
 import aiohttp
 import pytest
-from gwkit import REF, Env, dead_endpoint, decision, eventually, open_fds, raw, read_response
+from gwkit import (
+    REF,
+    Env,
+    dead_endpoint,
+    decision,
+    eventually,
+    open_fds,
+    raw,
+    read_response,
+    silent_listener,
+)
 
 from gateway.proxy import Limits
 from gateway.types import BackendRef, Endpoint, RetryPolicy, Timeouts
@@ -79,29 +88,11 @@ async def test_total_timeout_bounds_retries(env: Env) -> None:
 
 
 async def test_connect_timeout_is_504(env: Env) -> None:
-    # 10.255.255.1 is not on this host: the SYN goes nowhere -> connect timeout. Only loopback
-    # is allowed here, so use a listening socket with a full backlog instead.
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    fillers = []
-    for _ in range(8):  # fill the accept queue so further SYNs are dropped
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(lsock.getsockname())
-        except BlockingIOError:
-            pass
-        fillers.append(c)
-    try:
-        env.backends[REF] = [Endpoint("c1", "127.0.0.1", lsock.getsockname()[1])]
+    with silent_listener() as port:
+        env.backends[REF] = [Endpoint("c1", "127.0.0.1", port)]
         await env.start(("*", "/", decision(retry=no_retry(), timeouts=Timeouts(connect=0.2))))
         status, text = await get(env, "/")
         assert status == 504 and "connect timeout" in text
-    finally:
-        for c in fillers:
-            c.close()
-        lsock.close()
 
 
 # -- retries ----------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class AuthChecker:
                 await resp.content.read(_MAX_BODY)
                 return Answer(resp.status, tuple((n.lower(), val) for n, val in resp.headers.items()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            log.warning("auth service %s failed: %s", url, exc or type(exc).__name__)
+            log.warning("auth service %s failed: %s", url, str(exc) or type(exc).__name__)
             return UNAVAILABLE
 
 

@@ -271,7 +271,7 @@ class PassthroughListener:
                     _, upstream = await self.loop.create_connection(_Splice, ep.ip, ep.port)
             except (OSError, TimeoutError) as exc:
                 log.warning("ssl-passthrough %s: connect to %s:%d failed: %s", name, ep.ip, ep.port,
-                            exc or "timed out")
+                            str(exc) or "timed out")
                 self.report(ep, "connect_failure")
                 tried = tried | {ep.address}
                 continue
