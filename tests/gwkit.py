@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.proxy import Limits, ProxyHooks, ProxyServer
@@ -441,7 +441,7 @@ def dead_endpoint(cluster: str = "c1", host: str = "127.0.0.1") -> Endpoint:
 
 
 @contextlib.contextmanager
-def silent_listener(host: str = "127.0.0.1", port: int = 0):
+def silent_listener(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
     """A pod that never answers a connect, on loopback (a SYN to an address that is not on
     this host would go nowhere, but only loopback is allowed here): a listening socket whose
     accept queue is full, so the kernel drops further SYNs and a connect hangs until the
