@@ -25,6 +25,7 @@ COMPILED = [
     "gateway/proxy/states.py",
     "gateway/proxy/heads.py",
     "gateway/proxy/tunnel.py",
+    "gateway/proxy/known_answer.py",
     "gateway/proxy/pool.py",
     "gateway/proxy/exchange_base.py",
     "gateway/proxy/retry.py",

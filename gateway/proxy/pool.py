@@ -19,6 +19,7 @@ import httptools
 from mypy_extensions import mypyc_attr
 
 from gateway.proxy.heads import ResponseInfo
+from gateway.proxy.known_answer import BARREN_LIMIT, KnownAnswer, learn
 from gateway.proxy.tunnel import half_close
 from gateway.types import pod_tls_context
 
@@ -89,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "addr", "transport", "parser", "owner", "info", "trailers",
         "head_done", "interim", "keep_alive", "closed", "reused", "idle_since", "read_paused",
-        "tunnel", "got_bytes", "idle_list", "out",
+        "tunnel", "got_bytes", "idle_list", "out", "known", "fresh", "capture", "barren",
     )
 
     def __init__(self, pool: ConnectionPool, addr: Any) -> None:
@@ -111,6 +112,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False  # any byte of the current response arrived
         self.idle_list: list[UpstreamConnection] | None = None  # the pool's list for addr
         self.out: list[bytes] = []  # written at the end of this loop turn (ConnectionPool.flush_later)
+        self.known: KnownAnswer | None = None  # the last plain answer head (known_answer.py)
+        self.fresh = True  # llhttp is between messages: a read starts an answer
+        self.capture: bytes | None = None  # the read whose answer head is being parsed from its start
+        self.barren = 0  # learned heads replaced unused
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -137,6 +142,18 @@ class UpstreamConnection(asyncio.Protocol):
             if client.wbuf is None:
                 client.wbuf = []
                 client.server.flush_later(client)
+        if self.fresh:
+            known = self.known
+            if known is not None:
+                hl = len(known.raw)
+                if len(data) == hl + known.length and data[:hl] == known.raw:
+                    self._replay(owner, known, data, hl)
+                    if client is not None and len(data) >= WRITE_NOW and not client.closing:
+                        client.flush()
+                    return
+            self.fresh = False
+            if self.barren < BARREN_LIMIT:
+                self.capture = data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -145,10 +162,13 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
                 log.error("proxy bug while handling an upstream response", exc_info=exc.__context__)
+            self.fresh = False  # for good: llhttp stops at an error
             if self.owner is owner:
                 self.owner = None
                 self.transport.close()
                 owner.on_upstream_failure(self, "invalid_response", exc)
+            elif self.owner is None:  # bytes past a complete answer: not reusable
+                self.transport.close()
         if client is not None and len(data) >= WRITE_NOW and not client.closing:
             client.flush()  # a big read goes now, so the client's flow control sees it at once
 
@@ -195,15 +215,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        captured = self.capture
+        self.capture = None
         if status < 200 and status != 101:
             self.interim = True  # 100/102/103: not relayed (we answered 100 ourselves)
             self.info = ResponseInfo()
             return
         self.head_done = True
         self.keep_alive = ka = self.parser.should_keep_alive()
-        info = self.info
+        info = self.info.finish()
         self.info = ResponseInfo()  # for the next response
-        self.owner.on_response_head(self, status, b"", info.finish(), ka)  # type: ignore[union-attr]
+        if captured is not None:  # before the owner uses info.parts
+            self._learn(captured, status, info, ka)
+        self.owner.on_response_head(self, status, b"", info, ka)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
         self.owner.on_response_body(body)  # type: ignore[union-attr]
@@ -213,11 +237,44 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
+        self.fresh = True
         owner = self.owner
         if owner is not None:
             owner.on_response_complete(self, self.keep_alive)
         if self.trailers is not None:
             self.trailers = None
+
+    # -- known answers (gateway/proxy/known_answer.py) ----------------------------------------
+
+    def _replay(self, owner: Owner, known: KnownAnswer, data: bytes, hl: int) -> None:
+        """A whole answer with the known head: the owner's calls as llhttp would make them."""
+        known.hits += 1
+        self.pool.replayed += 1
+        self.keep_alive = ka = known.keep_alive
+        try:
+            owner.on_response_head(self, known.status, b"", known.info(), ka)
+            if len(data) > hl:
+                o = self.owner
+                if o is not None:
+                    o.on_response_body(data[hl:])
+            o = self.owner
+            if o is not None:
+                o.on_response_complete(self, ka)
+        except Exception as exc:  # as llhttp's path does with a callback that raised
+            log.error("proxy bug while handling an upstream response", exc_info=exc)
+            self.fresh = False
+            if self.owner is owner:
+                self.owner = None
+                self.transport.close()
+                owner.on_upstream_failure(self, "invalid_response", exc)
+
+    def _learn(self, data: bytes, status: int, info: ResponseInfo, keep_alive: bool) -> None:
+        found = learn(data, status, info, keep_alive)
+        if found is not None:
+            old = self.known
+            if old is not None and not old.hits:
+                self.barren += 1
+            self.known = found
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -260,6 +317,7 @@ class ConnectionPool:
         self.idle: dict[object, list[UpstreamConnection]] = {}  # by address (Endpoint.key)
         self.opened = 0
         self.closed = 0
+        self.replayed = 0  # answers handed over from a known head (UpstreamConnection._replay)
         self.closing = False
         self.live: set[UpstreamConnection] = set()  # every open connection, idle or busy
         self._sweeper: asyncio.TimerHandle | None = None
