@@ -76,7 +76,8 @@ async def ask(rd: asyncio.StreamReader, w: asyncio.StreamWriter, method: bytes =
     head = await rd.readuntil(b"\r\n\r\n")
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")), 0)
-    body = b"" if method == b"HEAD" else await rd.readexactly(length)
+    bodiless = method == b"HEAD" or head.startswith((b"HTTP/1.1 204", b"HTTP/1.1 304"))
+    body = b"" if bodiless else await rd.readexactly(length)
     return head, body
 
 
@@ -146,6 +147,21 @@ async def test_head_requests_and_interim_answers_around_a_known_head(env: Env) -
             assert await ask(rd, w, b"POST", b"Content-Length: 0\r\n") == first
             assert await ask(rd, w) == first
         assert env.proxy.pool.replayed == 2  # the 2nd and the last (HEAD closed the first connection)
+
+
+async def test_bytes_after_a_bodiless_answer_never_reach_the_client(env: Env) -> None:
+    """A 304 may carry Content-Length but has no body: such heads are not learned, so bytes a
+    pod wrongly sends after one are llhttp's to reject (the connection closes), never relayed
+    as a body the client does not expect."""
+    not_modified = answer(status=b"304 Not Modified")[: -len(b"hello")]  # Content-Length: 5
+    async with scripted(env, [not_modified, not_modified + b"hello", A]):
+        await env.start()
+        async with raw(env.port) as (rd, w):
+            for _ in range(2):
+                head, body = await ask(rd, w)
+                assert head.startswith(b"HTTP/1.1 304") and body == b""
+            head, body = await ask(rd, w)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"hello"
 
 
 async def test_a_known_error_answer_is_still_retried(env: Env) -> None:

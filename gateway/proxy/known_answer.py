@@ -46,6 +46,8 @@ def learn(data: bytes, status: int, info: ResponseInfo, keep_alive: bool) -> Kno
     length_b = info.length
     if length_b is None or info.chunked or info.upgrade is not None or status < 200 or not keep_alive:
         return None
+    if status == 204 or status == 304:  # no body whatever Content-Length says: llhttp's framing
+        return None
     end = data.find(b"\r\n\r\n")
     if end < 0:  # (bare-LF line ends: not learned)
         return None
