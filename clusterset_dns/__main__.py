@@ -101,6 +101,10 @@ async def amain(args: argparse.Namespace) -> int:
     host, port = app.address
     shown = f"[{host}]" if ":" in host else host
     print(f"clusterset_dns listening on udp+tcp {shown}:{port}", flush=True)
+    if app.admin_port is not None:  # (a port given as 0 is shown as bound)
+        admin_host = args.admin[0]
+        print(f"clusterset_dns admin on http://{f'[{admin_host}]' if ':' in admin_host else admin_host}:"
+              f"{app.admin_port}", flush=True)
     try:
         await stop.wait()
     finally:

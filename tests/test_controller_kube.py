@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import yaml
 from fleetkit import endpoint, eventually, source_slice
+from netkit import free_port
 
 from mcs_controller.access.embedded import EmbeddedCluster
 from mcs_controller.access.resources import (
@@ -23,12 +23,6 @@ from mcs_controller.access.resources import (
 )
 from mcs_controller.access.served import serve_cluster
 from mcs_controller.model import labels as L
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def merged_kubeconfig(servers: dict[str, object]) -> dict:

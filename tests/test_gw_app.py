@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ import aiohttp
 import yaml
 from fleetkit import endpoint, eventually, source_slice
 from gwkit import Upstream
+from netkit import free_port
 
 from gateway.app import GatewayApp
 from mcs_controller.access.embedded import EmbeddedCluster
@@ -148,12 +148,6 @@ async def test_ingress_changes_apply_within_a_second_and_admin_shows_routes_and_
 
 async def _status_is(url: str, host: str, status: int) -> bool:
     return (await get(url, host))[0] == status
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import datetime
 import json
-import socket
 import ssl
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fleetkit import eventually
 from gwkit import Upstream
+from netkit import free_port
 from test_gw_app import world
 
 from gateway.app import GatewayApp
@@ -580,12 +580,6 @@ async def _run_cli(*args: str) -> tuple[int | None, bytes, bytes]:
     return proc.returncode, out, err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_cli_bad_tls_flags_are_a_clear_error(tmp_path: Path):
     ca = CA()
     crt, key = ca.issue("default.example.com")
@@ -621,10 +615,10 @@ async def test_cli_https_listener_serves_the_given_default_certificate(tmp_path:
     (tmp_path / "fleet.yaml").write_text(
         f"kubeconfig: {kubeconfig}\nhub: {{context: hub}}\n"
         "clusters: [{name: east, context: hub}]\n")
-    https = _free_port()
+    https = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(tmp_path / "fleet.yaml"),
-        "--listen", f"127.0.0.1:{_free_port()}", "--admin", f"127.0.0.1:{_free_port()}",
+        "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}",
         "--listen-tls", f"127.0.0.1:{https}", "--default-tls-cert", str(tmp_path / "tls.crt"),
         "--default-tls-key", str(tmp_path / "tls.key"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -13,7 +13,6 @@ import getpass
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from netkit import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = ROOT / "tests" / "dnsfleet"
@@ -37,6 +37,7 @@ README = ROOT / "clusterset_dns" / "README.md"
 CLUSTER = "c1"
 Z = "clusterset.local."
 LISTENING = re.compile(r"clusterset_dns listening on udp\+tcp (\S+):(\d+)")
+ADMIN = re.compile(r"clusterset_dns admin on http://(\S+):(\d+)")
 Target = tuple[str, int]
 
 
@@ -50,21 +51,6 @@ def tool(name: str) -> str | None:
         return found
     path = Path("/usr/sbin") / name
     return str(path) if path.exists() else None
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -107,14 +93,16 @@ def wait_answering(target: Target, proc: subprocess.Popen, what: str, within: fl
     raise RuntimeError(f"{what} not answering within {within}s: {last}")
 
 
-ADMIN_PORT = free_port()
+#: The server's admin port: it binds port 0 and prints the port (a port picked here before
+#: the module's tests start could be taken meanwhile, by any ephemeral connection).
+ADMIN_PORT: list[int] = []
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     log = tmp_path_factory.mktemp("clusterset_dns") / "stderr.log"
     cmd = [sys.executable, "-m", "clusterset_dns", "--fleet", str(FLEET), "--cluster", CLUSTER,
-           "--listen", "127.0.0.1:0", "--admin", f"127.0.0.1:{ADMIN_PORT}"]
+           "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     found: list[Target] = []
@@ -123,10 +111,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     def drain() -> None:  # read the address line, then keep the pipe from filling up
         assert proc.stdout is not None
         for line in proc.stdout:
+            admin = ADMIN.search(line)
+            if admin and not ADMIN_PORT:
+                ADMIN_PORT.append(int(admin.group(2)))
+                seen.set()  # printed after the listening line
             match = LISTENING.search(line)
             if match and not found:
                 found.append((match.group(1), int(match.group(2))))
-                seen.set()
 
     threading.Thread(target=drain, daemon=True).start()
     try:
@@ -157,7 +148,7 @@ def unbound(server: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if binary is None:
         pytest.skip("unbound is not installed (Debian package unbound)")
     tmp = tmp_path_factory.mktemp("unbound")
-    port = free_port()
+    port = free_port(udp=True)
     conf = tmp / "unbound.conf"
     # What CoreDNS's stub does: forward clusterset.local, no DNSSEC for it, no qname
     # minimisation (full names go upstream); loopback upstreams allowed; answers keep the
@@ -198,7 +189,7 @@ def dnsmasq(server: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if binary is None:
         pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
     tmp = tmp_path_factory.mktemp("dnsmasq")
-    port = free_port()
+    port = free_port(udp=True)
     cmd = [binary, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=",
            f"--user={getpass.getuser()}", "--log-facility=-",
@@ -455,7 +446,7 @@ def test_the_coredns_health_check_query_gets_an_answer(server: Target) -> None:
 
 
 def test_readme_lists_every_metric_the_server_exports(server: Target) -> None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=3) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT[0]}/metrics", timeout=3) as resp:
         text = resp.read().decode()
     families = set(re.findall(r"^# TYPE (clusterset_dns_\w+) (\w+)", text, re.M))
     exported = {name + ("_total" if kind == "counter" and not name.endswith("_total") else "")
