@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from netkit import refusing_port
+
 from gateway.proxy import Limits, ProxyHooks, ProxyServer
 from gateway.types import (
     BackendRef,
@@ -428,16 +430,9 @@ async def closed(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
         return True
 
 
-_HELD: list[socket.socket] = []
-
-
 def dead_endpoint(cluster: str = "c1", host: str = "127.0.0.1") -> Endpoint:
-    """An address nobody listens on (connect refused): a socket bound there and never
-    listening, held until the process ends, so no other process can take the port meanwhile."""
-    s = socket.socket()
-    s.bind((host, 0))
-    _HELD.append(s)
-    return Endpoint(cluster=cluster, ip=host, port=s.getsockname()[1])
+    """An address nobody listens on (connect refused)."""
+    return Endpoint(cluster=cluster, ip=host, port=refusing_port(host))
 
 
 @contextlib.contextmanager

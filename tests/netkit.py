@@ -37,3 +37,15 @@ def free_port(udp: bool = False) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port below the ephemeral range")
+
+
+_HELD: list[socket.socket] = []
+
+
+def refusing_port(host: str = "127.0.0.1") -> int:
+    """A port where connects are refused: a socket bound there and never listening, held
+    until the process ends, so no other socket can take the port meanwhile."""
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return s.getsockname()[1]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from netkit import refusing_port
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 if str(BENCH) not in sys.path:
@@ -297,9 +298,7 @@ def test_stalled_requests_time_out_and_reconnect(cache: Path) -> None:
 
 
 def test_refused_port_is_a_clear_error(cache: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = refusing_port()
     with pytest.raises(RuntimeError, match=rf"cannot connect to 127\.0\.0\.1 port {port}"):
         _paced.run(f"http://127.0.0.1:{port}/", "x", 100, 2, 0.2, cache_dir=cache)
     binary = _paced.build(cache)

@@ -12,13 +12,13 @@ import datetime
 import ipaddress
 import json
 import shutil
-import socket
 import ssl
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
+from netkit import refusing_port
 
 from mcs_controller.access import errors
 from mcs_controller.access.embedded import EmbeddedCluster
@@ -311,14 +311,8 @@ async def test_watch_timeout_ends_cleanly_with_events(kubeapi):
 # -- failures ---------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_unreachable_when_nothing_listens():
-    client = KubeCluster("gone", KubeConnection.for_server(f"http://127.0.0.1:{closed_port()}"))
+    client = KubeCluster("gone", KubeConnection.for_server(f"http://127.0.0.1:{refusing_port()}"))
     try:
         with pytest.raises(errors.Unreachable, match="gone"):
             await client.list(SERVICES)
