@@ -142,33 +142,16 @@ class UpstreamConnection(asyncio.Protocol):
             if client.wbuf is None:
                 client.wbuf = []
                 client.server.flush_later(client)
-        if self.fresh:
-            known = self.known
-            if known is not None:
-                hl = len(known.raw)
-                if len(data) == hl + known.length and data[:hl] == known.raw:
-                    self._replay(owner, known, data, hl)
-                    if client is not None and len(data) >= WRITE_NOW and not client.closing:
-                        client.flush()
-                    return
-            self.fresh = False
-            if self.barren < BARREN_LIMIT:
-                self.capture = data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self.owner is owner:
-                owner.on_upgrade(self, data[exc.args[0]:])
-        except httptools.HttpParserError as exc:
-            if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
-                log.error("proxy bug while handling an upstream response", exc_info=exc.__context__)
-            self.fresh = False  # for good: llhttp stops at an error
-            if self.owner is owner:
-                self.owner = None
-                self.transport.close()
-                owner.on_upstream_failure(self, "invalid_response", exc)
-            elif self.owner is None:  # bytes past a complete answer: not reusable
-                self.transport.close()
+        if not (self.fresh and self._replayed(owner, data)):
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                if self.owner is owner:
+                    owner.on_upgrade(self, data[exc.args[0]:])
+            except httptools.HttpParserError as exc:
+                if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__ is not None:
+                    log.error("proxy bug while handling an upstream response", exc_info=exc.__context__)
+                self._unreadable(owner, exc)
         if client is not None and len(data) >= WRITE_NOW and not client.closing:
             client.flush()  # a big read goes now, so the client's flow control sees it at once
 
@@ -246,6 +229,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- known answers (gateway/proxy/known_answer.py) ----------------------------------------
 
+    def _replayed(self, owner: Owner, data: bytes) -> bool:
+        """A read that starts an answer: handed over from the known head if it is that head
+        and the whole answer (True); else llhttp reads it, and its head may be learned."""
+        known = self.known
+        if known is not None:
+            hl = len(known.raw)
+            if len(data) == hl + known.length and data[:hl] == known.raw:
+                self._replay(owner, known, data, hl)
+                return True
+        self.fresh = False
+        if self.barren < BARREN_LIMIT:
+            self.capture = data
+        return False
+
     def _replay(self, owner: Owner, known: KnownAnswer, data: bytes, hl: int) -> None:
         """A whole answer with the known head: the owner's calls as llhttp would make them."""
         known.hits += 1
@@ -262,11 +259,17 @@ class UpstreamConnection(asyncio.Protocol):
                 o.on_response_complete(self, ka)
         except Exception as exc:  # as llhttp's path does with a callback that raised
             log.error("proxy bug while handling an upstream response", exc_info=exc)
-            self.fresh = False
-            if self.owner is owner:
-                self.owner = None
-                self.transport.close()
-                owner.on_upstream_failure(self, "invalid_response", exc)
+            self._unreadable(owner, exc)
+
+    def _unreadable(self, owner: Owner, exc: BaseException) -> None:
+        """llhttp failed, or a callback raised: nothing more is read on this connection."""
+        self.fresh = False  # for good: llhttp stops at an error
+        if self.owner is owner:
+            self.owner = None
+            self.transport.close()
+            owner.on_upstream_failure(self, "invalid_response", exc)
+        elif self.owner is None:  # bytes past a complete answer: not reusable
+            self.transport.close()
 
     def _learn(self, data: bytes, status: int, info: ResponseInfo, keep_alive: bool) -> None:
         found = learn(data, status, info, keep_alive)
