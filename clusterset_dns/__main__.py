@@ -81,6 +81,11 @@ async def open_client(args: argparse.Namespace) -> ClusterClient:
     return KubeCluster(args.context or "default", conn)
 
 
+def _shown(host: str) -> str:
+    """A host as it goes before ":port" (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 async def amain(args: argparse.Namespace) -> int:
     try:
         client = await open_client(args)
@@ -99,12 +104,9 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"clusterset_dns: cannot listen: {exc}", file=sys.stderr)
         return 1
     host, port = app.address
-    shown = f"[{host}]" if ":" in host else host
-    print(f"clusterset_dns listening on udp+tcp {shown}:{port}", flush=True)
+    print(f"clusterset_dns listening on udp+tcp {_shown(host)}:{port}", flush=True)
     if app.admin_port is not None:  # (a port given as 0 is shown as bound)
-        admin_host = args.admin[0]
-        print(f"clusterset_dns admin on http://{f'[{admin_host}]' if ':' in admin_host else admin_host}:"
-              f"{app.admin_port}", flush=True)
+        print(f"clusterset_dns admin on http://{_shown(args.admin[0])}:{app.admin_port}", flush=True)
     try:
         await stop.wait()
     finally:
