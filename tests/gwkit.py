@@ -9,9 +9,8 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netkit import refusing_port
@@ -433,30 +432,6 @@ async def closed(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
 def dead_endpoint(cluster: str = "c1", host: str = "127.0.0.1") -> Endpoint:
     """An address nobody listens on (connect refused)."""
     return Endpoint(cluster=cluster, ip=host, port=refusing_port(host))
-
-
-@contextlib.contextmanager
-def silent_listener(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-    """A pod that never answers a connect, on loopback (a SYN to an address that is not on
-    this host would go nowhere, but only loopback is allowed here): a listening socket whose
-    accept queue is full, so the kernel drops further SYNs and a connect hangs until the
-    caller's timeout. Yields the port."""
-    lsock = socket.socket()
-    lsock.bind((host, port))
-    lsock.listen(0)
-    fillers = []
-    try:
-        for _ in range(8):  # fill the accept queue
-            c = socket.socket()
-            c.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                c.connect(lsock.getsockname())
-            fillers.append(c)
-        yield lsock.getsockname()[1]
-    finally:
-        for c in fillers:
-            c.close()
-        lsock.close()
 
 
 def open_fds() -> int:

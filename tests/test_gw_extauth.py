@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from gwkit import Upstream, silent_listener
+from gwkit import Upstream
+from netkit import silent_listener
 from test_gw_app import gateway_over, world
 from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import MSE, NGX, assert_denied, decide, one, problems_for

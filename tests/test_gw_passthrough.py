@@ -11,7 +11,7 @@ import ssl
 import time
 
 import pytest
-from gwkit import silent_listener
+from netkit import silent_listener
 from prometheus_client import generate_latest
 from test_gw_backend_tls import tls_service
 from test_gw_routing_kit import NGX, OURS, build, ingress, path, problems_for, rule, simple

@@ -18,8 +18,8 @@ from gwkit import (
     open_fds,
     raw,
     read_response,
-    silent_listener,
 )
+from netkit import silent_listener
 
 from gateway.proxy import Limits
 from gateway.types import BackendRef, Endpoint, RetryPolicy, Timeouts
