@@ -45,6 +45,20 @@ async def test_mirror_to_backend_gets_shadow_host_and_body(env: Env) -> None:
     await eventually(lambda: env.hooks.mirrors == ["sent"])
 
 
+async def test_each_copy_gets_the_shadow_host_of_its_own_request(env: Env) -> None:
+    """Host values in turn, repeated and not: every copy's Host is its own request's + -shadow."""
+    await env.upstream("primary")
+    shadow = await env.upstream("shadow", "c2", ref=SHADOW)
+    await env.start(("*", "/", decision(mirrors=(MirrorPolicy(backend=SHADOW),))))
+    hosts = ["a.example", "a.example", "b.example:81", "a.example", "[::1]:8080", "b.example:81"]
+    for n, host in enumerate(hosts, 1):
+        assert (await fetch(env, headers={"Host": host}))[0] == 200
+        await eventually(lambda n=n: len(shadow.requests) == n)  # (so copies arrive in order)
+    assert [r.header("host") for r in shadow.requests] == [
+        "a.example-shadow", "a.example-shadow", "b.example-shadow:81", "a.example-shadow",
+        "[::1]-shadow:8080", "b.example-shadow:81"]
+
+
 async def test_bodiless_copy_has_the_primarys_header_lines_and_its_own_request_line(env: Env) -> None:
     """A copy without a body reuses the primary's header lines; its request line and Host stay
     the request's own even when the primary's were rewritten (rewrite-target, upstream-vhost)."""

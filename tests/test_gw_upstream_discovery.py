@@ -226,6 +226,27 @@ async def test_policy_change_applies_to_the_same_backend_ref_object():
         assert mgr.summary(WEB)["cluster_weights"] == {"b": 1}
 
 
+async def test_two_backends_picked_in_turn_each_follow_their_own_policy_changes():
+    """A request and its mirror copy pick two backends in turn: a policy change to either
+    (the older of the two the manager remembers, or the newer) applies at once."""
+    other = BackendRef("demo", "web", "http")
+    async with members("a", "b") as (cl, mgr):
+        await web(cl["a"], ["10.1.0.1"])
+        await web(cl["b"], ["10.2.0.1"])
+        await mgr.start()
+        mgr.sync({WEB: BackendPolicy(), other: BackendPolicy()})
+
+        def turns() -> tuple[set[str], set[str]]:
+            picks = [(mgr.pick(WEB, REQ), mgr.pick(other, REQ)) for _ in range(4)]
+            return {w.cluster for w, _ in picks}, {o.cluster for _, o in picks}
+
+        assert turns() == ({"a", "b"}, {"a", "b"})
+        mgr.sync({WEB: BackendPolicy(), other: BackendPolicy(cluster_weights={"b": 1})})
+        assert turns() == ({"a", "b"}, {"b"})
+        mgr.sync({WEB: BackendPolicy(cluster_weights={"a": 1}), other: BackendPolicy(cluster_weights={"b": 1})})
+        assert turns() == ({"a"}, {"b"})
+
+
 async def test_backend_not_in_the_route_table_is_tracked_on_demand():
     async with members("a") as (cl, mgr):
         await web(cl["a"], ["10.1.0.1"])

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.heads import CRLF, RequestHead, ResponseInfo, _without
@@ -126,13 +125,15 @@ class MirrorSender:
         self.budgets: dict[Any, int] = {}
         self._line_timer: asyncio.TimerHandle | None = None
         self._shadow_lines: dict[bytes, bytes] = {}
+        #: The last Host looked up, and its line (starting with the empty Host's).
+        self._shadow_last, self._shadow_line = b"", host_line(shadow_host(b""))
         #: The last address copies went to, and its lines. Addresses stay boxed objects here:
         #: compiled code would box a tuple[str, int] for each dict lookup, and a copy to an
         #: endpoint (whose `key` is boxed once) is then found by identity.
         self._last_addr: Any = None
         self._last_lines: list[MirrorLine] = []
 
-    def plan(self, head: RequestHead, view: RequestView, policies: Sequence[MirrorPolicy],
+    def plan(self, head: RequestHead, view: RequestView, policies: tuple[MirrorPolicy, ...],
              parts: list[bytes], up_head: bytes = b"", at: int = 0) -> list[MirrorJob] | None:
         """The copies that wait for the request body; the others are sent now. `up_head` and
         `at` (heads.lines_at): the primary's head and where its header lines begin; a copy of
@@ -192,12 +193,15 @@ class MirrorSender:
     def _shadow_host_line(self, host: bytes) -> bytes:
         """host_line(shadow_host(host)), remembered: a route sees the same few Host values
         again and again."""
+        if host == self._shadow_last:  # (the same Host again: no hashing)
+            return self._shadow_line
         line = self._shadow_lines.get(host)
         if line is None:
             line = host_line(shadow_host(host))
             if len(self._shadow_lines) >= 1024:
                 self._shadow_lines.clear()
             self._shadow_lines[host] = line
+        self._shadow_last, self._shadow_line = host, line
         return line
 
     def feed(self, jobs: list[MirrorJob], data: bytes) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from gateway.types import BackendPolicy, Endpoint, RequestView
 from gateway.upstream.lb import (
+    NOTHING,
     Accept,
     HashRing,
     KeyFunc,
@@ -244,8 +245,8 @@ class Balancer:
     def pick(
         self,
         request: RequestView,
-        exclude: frozenset[tuple[str, int]] = frozenset(),
-        avoid_clusters: frozenset[str] = frozenset(),
+        exclude: frozenset[tuple[str, int]] = NOTHING,
+        avoid_clusters: frozenset[str] = NOTHING,
     ) -> Endpoint | None:
         h = self._hash(request) if self._key is not None else 0
         level = self._level(h)

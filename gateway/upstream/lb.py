@@ -12,7 +12,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from gateway.types import Endpoint
 from gateway.variables import KeyFunc, compile_hash_key  # noqa: F401 - re-exported
@@ -21,6 +21,10 @@ from gateway.variables import KeyFunc, compile_hash_key  # noqa: F401 - re-expor
 VNODES: Final = 160
 
 Accept = Callable[[Endpoint], bool]
+
+#: The default "nothing excluded" of a pick (one object: compiled code would otherwise build
+#: an empty frozenset per call).
+NOTHING: Final[frozenset[Any]] = frozenset()
 
 
 def hash_key(text: str) -> int:
@@ -86,6 +90,12 @@ class HashRing:
 
 # ---------------------------------------------------------------------- pools
 
+_RR: Final = 0
+_LEAST: Final = 1
+_RANDOM: Final = 2
+_RING: Final = 3  # a ring over exactly these endpoints
+_WALK: Final = 4  # a ring over more: walk past the others
+
 
 class Pool:
     """A non-empty endpoint list with one algorithm's state; `pick(h)` is the fast path.
@@ -94,7 +104,7 @@ class Pool:
     health changes); picks then walk past those not in `eps`.
     """
 
-    __slots__ = ("eps", "n", "i", "ring", "pick", "algorithm", "_members")
+    __slots__ = ("eps", "n", "i", "ring", "kind", "algorithm", "_members")
 
     def __init__(self, eps: Sequence[Endpoint], algorithm: str, start: int = 0,
                  ring: HashRing | None = None) -> None:
@@ -104,29 +114,37 @@ class Pool:
         self.algorithm = algorithm
         self.ring: HashRing | None = None
         self._members: set[Endpoint] | None = None
-        self.pick: Callable[[int], Endpoint]  # the algorithm's pick, bound once
+        self.kind = _RR  # which pick `pick` makes, decided once
         if algorithm == "hash":
             self.ring = ring if ring is not None else HashRing(self.eps)
             if len(self.ring.members) == self.n:
-                self.pick = self.ring.get
+                self.kind = _RING
             else:
                 self._members = set(self.eps)
-                self.pick = self._walk
+                self.kind = _WALK
         elif algorithm == "least_conn":
-            self.pick = self._least
+            self.kind = _LEAST
         elif algorithm == "random":
-            self.pick = self._random
-        else:
-            self.pick = self._rr
+            self.kind = _RANDOM
+
+    def pick(self, h: int) -> Endpoint:
+        """Round robin inline, the others by a direct call (no bound method per pick)."""
+        kind = self.kind
+        if kind == _RR:
+            i = self.i
+            self.i = i + 1 if i < 0x3FFFFFFF else 0
+            return self.eps[i % self.n]
+        if kind == _LEAST:
+            return self._least(h)
+        if kind == _RANDOM:
+            return self._random(h)
+        if kind == _RING:
+            return self.ring.get(h)  # type: ignore[union-attr]
+        return self._walk(h)
 
     def _walk(self, h: int) -> Endpoint:
         assert self.ring is not None and self._members is not None
         return self.ring.walk(h, self._members.__contains__)  # type: ignore[return-value]
-
-    def _rr(self, _h: int) -> Endpoint:
-        i = self.i
-        self.i = i + 1 if i < 0x3FFFFFFF else 0
-        return self.eps[i % self.n]
 
     def _random(self, _h: int, _rand: Callable[[], float] = random.random) -> Endpoint:
         return self.eps[int(_rand() * self.n)]

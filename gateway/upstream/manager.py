@@ -28,6 +28,7 @@ from gateway.upstream.affinity import sticky_cookie, sticky_pick
 from gateway.upstream.balancer import Balancer
 from gateway.upstream.discovery import EndpointCatalog, ServiceKey
 from gateway.upstream.health import HealthChecker
+from gateway.upstream.lb import NOTHING
 from gateway.upstream.outlier import OutlierDetector
 from mcs_controller.access.api import ClusterClient
 
@@ -86,6 +87,12 @@ class UpstreamManager(ClusterManager):
         #: id(ref) -> (ref, balancer): the route table hands out the same BackendRef objects
         #: per request, and an identity hit skips hashing the dataclass (~0.3 us per pick).
         self._by_id: dict[int, tuple[BackendRef, Balancer]] = {}
+        #: The two refs picked for last, checked by identity before `_by_id` (whose int keys
+        #: cost a boxing and a compare): a request and its mirror copy alternate two.
+        self._ref0: BackendRef | None = None
+        self._bal0: Balancer | None = None
+        self._ref1: BackendRef | None = None
+        self._bal1: Balancer | None = None
         self._started = False
         #: Balancer rebuilds done (tests, metrics).
         self.rebuilds = 0
@@ -130,7 +137,7 @@ class UpstreamManager(ClusterManager):
         self._after_change(changed, released)
 
     def _add(self, ref: BackendRef, policy: BackendPolicy) -> None:
-        self._by_id.clear()
+        self._forget_ids()
         self._policies[ref] = policy
         old = self._balancers.get(ref)
         bal = Balancer(policy)
@@ -140,7 +147,7 @@ class UpstreamManager(ClusterManager):
         self._refs_by_service.setdefault((ref.namespace, ref.service), set()).add(ref)
 
     def _drop(self, ref: BackendRef) -> list[Endpoint]:
-        self._by_id.clear()
+        self._forget_ids()
         bal = self._balancers.pop(ref)
         self._policies.pop(ref, None)
         for ep in bal.endpoints:
@@ -264,26 +271,39 @@ class UpstreamManager(ClusterManager):
         backend: BackendRef,
         request: RequestView,
         *,
-        exclude: frozenset[tuple[str, int]] = frozenset(),
-        avoid_clusters: frozenset[str] = frozenset(),
+        exclude: frozenset[tuple[str, int]] = NOTHING,
+        avoid_clusters: frozenset[str] = NOTHING,
         sticky: str | None = None,
     ) -> Endpoint | None:
         """`sticky`: the request's affinity cookie value; when it names a usable endpoint of
         this backend (not in `exclude`) that endpoint wins over the balancer."""
-        hit = self._by_id.get(id(backend))
-        if hit is not None and hit[0] is backend:
-            bal = hit[1]
-        else:
-            known = self._balancers.get(backend)
-            bal = known if known is not None else self._track(backend)
-            if len(self._by_id) >= _ID_CACHE:
-                self._by_id.clear()
-            self._by_id[id(backend)] = (backend, bal)
+        bal = self._bal0
+        if backend is not self._ref0 or bal is None:
+            bal = self._bal1
+            if backend is not self._ref1 or bal is None:
+                bal = self._balancer_of(backend)
+            self._ref1, self._bal1 = self._ref0, self._bal0
+            self._ref0, self._bal0 = backend, bal
         if sticky is not None:
             ep = sticky_pick(bal, sticky, exclude)
             if ep is not None:
                 return ep
         return bal.pick(request, exclude, avoid_clusters)
+
+    def _balancer_of(self, backend: BackendRef) -> Balancer:
+        hit = self._by_id.get(id(backend))
+        if hit is not None and hit[0] is backend:
+            return hit[1]
+        known = self._balancers.get(backend)
+        bal = known if known is not None else self._track(backend)
+        if len(self._by_id) >= _ID_CACHE:
+            self._forget_ids()
+        self._by_id[id(backend)] = (backend, bal)
+        return bal
+
+    def _forget_ids(self) -> None:
+        self._by_id.clear()
+        self._ref0 = self._bal0 = self._ref1 = self._bal1 = None
 
     def sticky_cookie(
         self,
