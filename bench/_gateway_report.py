@@ -68,6 +68,12 @@ def _per_cost(without: float, run: dict) -> str:
     return f"{without / cost:.2f}x" if cost and without else "-"
 
 
+def _client_core(run: dict) -> str:
+    """How busy the client core was (wrk, the pods, the kernel's work for them), in all."""
+    cores = run.get("core_pct")
+    return f"{cores[1]:.0f}" if cores else "-"
+
+
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
@@ -159,8 +165,9 @@ def report(res: dict) -> str:
             f"({100 * (m['nginx']['mirrored'] or 0):.1f} %); mirroring 10 %: ours "
             f"{m10['rps'] / peak['ours']['rps']:.2f}x ({100 * (m10['mirrored'] or 0):.1f} %). "
             f"By CPU per request ours with 100 % is {_per_cost(cost['ours'], m['ours'])} of "
-            f"without, its core {_opt(m['ours']['cpu_pct'], '.0f')} % busy (below ~98 %, wrk's "
-            "core, which also runs the mirror pod, held it back)")
+            f"without, its core {_opt(m['ours']['cpu_pct'], '.0f')} % busy; the client core "
+            f"(wrk, the pods and the mirror pod) {_client_core(m['ours'])} % busy, "
+            f"{_client_core(peak['ours'])} % without mirroring (near 100 %, it set the pace)")
     mt = res["metrics"]
     lines.append(
         f"our metrics after the runs: {mt.get('gateway_requests_total', 0):.0f} requests, "
@@ -187,14 +194,15 @@ def ab_report(res: dict) -> str:
     """--ab: per pair the medians of its runs and of its per-round ratios to the first pair."""
     runs = res["ab"]
     first = next(iter(runs.values()))
-    lines = ["pair                    runs  req/s med  usr us  sys us  cpu %  ratio med  "
-             "ratio per round"]
+    lines = ["pair                    runs  req/s med  usr us  sys us  cpu %  client %  "
+             "ratio med  ratio per round"]
     for pair, rs in runs.items():
         ratios = _rps_ratios(rs, first)
         lines.append(
             f"{pair:<22} {len(rs):>5} {median(r['rps'] for r in rs):>10.0f} "
             f"{_opt(_median_of(rs, 'user_us'), '.1f'):>7} {_opt(_median_of(rs, 'sys_us'), '.1f'):>7} "
-            f"{_opt(_median_of(rs, 'cpu_pct'), '.0f'):>6} {median(ratios):>10.3f}  "
+            f"{_opt(_median_of(rs, 'cpu_pct'), '.0f'):>6} "
+            f"{_opt(median(r['core_pct'][1] for r in rs), '.0f'):>9} {median(ratios):>10.3f}  "
             + " ".join(f"{x:.2f}" for x in ratios))
     busy = sum(disturbed(r) for rs in runs.values() for r in rs)
     if busy:

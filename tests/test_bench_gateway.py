@@ -30,6 +30,10 @@ def run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, list[st
 
 def check_run(r: dict, proxied: bool) -> None:
     assert r["requests"] > 0 and r["rps"] > 0 and 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+    # How busy each core was in all (the client core runs wrk at least), never past 100 %.
+    assert 0 <= r["core_pct"][0] <= 101 and 0 < r["core_pct"][1] <= 101, r["core_pct"]
+    if proxied:
+        assert r["core_pct"][0] >= r["cpu_pct"] - 1  # the proxy's core holds at least the proxy
     if proxied:  # the proxy's own CPU was measured, and the pods saw the weighted split
         assert r["cpu_pct"] is not None and r["user_us"] is not None and r["sys_us"] is not None
         assert r["upstream"]["cluster-a"] > 0 and r["upstream"]["cluster-b"] > 0
@@ -115,10 +119,12 @@ def test_ab_rounds_interleave_the_pairs_and_report_median_ratios(tmp_path: Path)
     assert all(r["upstream"]["cluster-c"] == 0 for r in runs["ours:bench.local"])
     assert lines[0].split()[:2] == ["pair", "runs"]
     first = [line.split() for line in lines[1:4]]
-    assert [row[0] for row in first] == list(runs) and first[0][6] == "1.000"
+    assert [row[0] for row in first] == list(runs) and first[0][7] == "1.000"
     ratios = [r["rps"] / b["rps"] for r, b in zip(runs["ours:mirror.local"], runs["ours:bench.local"],
                                                   strict=True)]
-    assert float(first[1][6]) == pytest.approx(sum(ratios) / 2, abs=0.001)  # median of two
+    assert float(first[1][7]) == pytest.approx(sum(ratios) / 2, abs=0.001)  # median of two
+    for row, rs in zip(first, runs.values(), strict=True):  # client %: the client core, median
+        assert float(row[6]) == pytest.approx(sum(r["core_pct"][1] for r in rs) / 2, abs=0.51)
     assert len([line for line in lines if line.startswith("target: ")]) == 2
 
 
