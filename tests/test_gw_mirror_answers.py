@@ -72,6 +72,37 @@ async def test_counting_skips_known_heads_and_keeps_cut_answers():
         await env.close()
 
 
+async def test_a_read_of_learned_answers_is_counted_at_once_and_anything_else_answer_by_answer():
+    """A read made only of whole copies of the last learned answer is counted by one
+    comparison (`run`); a read with another body, a cut answer or a new head is counted one
+    answer at a time, and those counts are the same."""
+    env = Env()
+    await env.start()
+    try:
+        assert env.proxy is not None
+        ln = MirrorLine(env.proxy.mirror, ("127.0.0.1", 1))
+        a = answer()
+        assert ln._count_plain(a) == (1, -1) and ln.unit == len(a) and ln.run.startswith(a * 2)
+        assert len(ln.run) <= 65536
+        learned = ln.run
+        assert ln._count_plain(a * 40) == (40, -1)
+        same_length = answer(body=b"HELLO")  # the same head, another body of the same length
+        assert ln._count_plain(a + same_length + a) == (3, -1) and ln.run is learned
+        assert ln._count_plain(a * 3 + a[:7]) == (3, -1) and ln.tail == a[:7]
+        ln.tail = b""
+        b = answer(date="Tue, 24 Nov 2026 04:00:01 GMT")  # a new second: a new head and run
+        assert ln._count_plain(a + b[:20]) == (1, -1)
+        assert ln._count_plain(ln.tail + b[20:] + b) == (2, -1) and ln.unit == len(b)
+        assert ln._count_plain(b * 5) == (5, -1) and ln.run.startswith(b)
+        assert ln._count_plain(a * 2) == (2, -1) and ln.run.startswith(a)  # (back: learned again)
+        # A body too long for a run of two: the run holds one answer, still counted right.
+        big = answer(body=b"z" * 40000)
+        assert ln._count_plain(big * 3) == (3, -1) and ln.run == big
+        assert ln._count_plain(big * 2) == (2, -1)
+    finally:
+        await env.close()
+
+
 async def test_through_sockets_with_cut_and_odd_answers():
     """Plain answers (the Date changing), odd ones (interim, chunked, no-body statuses) in
     between, every answer written in random cuts: each copy is counted once its answer is

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorSender
 
 PLAIN_HEAD: Final = 8192  # a longer answer head is left to llhttp
+RUN_BYTES: Final = 65536  # how long a run of learned answers (`MirrorLine.run`) may be
 PLAIN_BODY: Final = 65536  # so is a longer body (llhttp streams it; a tail would be copied)
 
 
@@ -88,6 +89,10 @@ class MirrorLine(asyncio.Protocol):
         self.tail = b""  # the start of an answer the last read cut
         self.known = b""  # the last plain answer head seen...
         self.known_length = 0  # ...and its body length
+        #: The last whole answer learned (`unit` bytes long), repeated up to RUN_BYTES: a read
+        #: that is a run of such answers is counted with one comparison.
+        self.unit = 0
+        self.run = b""
         self.mid = False  # llhttp is inside a message
 
     async def connect(self) -> None:
@@ -198,8 +203,10 @@ class MirrorLine(asyncio.Protocol):
     def _count_plain(self, data: bytes) -> tuple[int, int]:
         """Answers wholly in `data`, and where one that is not plain starts (-1: none; an
         answer cut short is kept in `tail`)."""
+        size, unit = len(data), self.unit
+        if unit and size % unit == 0 and size <= len(self.run) and self.run.startswith(data):
+            return size // unit, -1  # a read of whole answers, each the same as the last learned
         n = pos = 0
-        size = len(data)
         known = self.known
         while pos < size:
             end = pos + len(known)
@@ -220,10 +227,14 @@ class MirrorLine(asyncio.Protocol):
                     return n, pos
                 known = self.known = data[pos:end]
                 self.known_length = length
+                self.unit = 0  # (until this answer is whole)
             stop = end + length
             if stop > size:
                 self.tail = data[pos:]
                 return n, -1
+            if not self.unit:
+                self.unit = stop - pos
+                self.run = data[pos:stop] * max(1, RUN_BYTES // self.unit)
             n += 1
             pos = stop
         return n, -1
