@@ -109,6 +109,56 @@ async def test_connect_failure_retries_on_another_cluster(env: Env) -> None:
     assert env.hooks.retries == 1
 
 
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff ceilings drawn (a retry that waits draws U[0, ceiling]); none is waited."""
+    import random
+
+    drawn: list[float] = []
+    real = random.uniform
+
+    def uniform(a: float, b: float) -> float:
+        if a == 0 and b in (BASE, 3 * BASE, 7 * BASE):
+            drawn.append(round(b / BASE))
+            return 0.0
+        return real(a, b)
+
+    monkeypatch.setattr(random, "uniform", uniform)
+    return drawn
+
+
+BASE = 0.0123  # a backoff base no other caller of random.uniform uses
+
+
+async def test_the_first_retry_after_a_refused_connect_goes_at_once(env: Env, backoffs: list[float]) -> None:
+    """The request never reached the pod: the first retry, on another endpoint, does not wait
+    (nginx); a second retry waits the jittered backoff (Envoy's retry 2: U[0, 3 * base])."""
+    env.backends[REF] = [dead_endpoint("c1")]
+    await env.upstream("c2-live", "c2")
+    await env.start(("*", "/one", decision(retry=RetryPolicy(backoff_base=BASE))),
+                    ("*", "/all", decision(retry=RetryPolicy(backoff_base=BASE))))
+    status, text = await get(env, "/one")
+    assert status == 200 and '"server": "c2-live"' in text
+    assert env.clusters.outcomes() == ["connect_failure", "success"] and env.hooks.retries == 1
+    assert backoffs == []  # retried at once
+    env.backends[REF] = [dead_endpoint(f"c{i}") for i in range(3)]
+    env.clusters.reports.clear()
+    status, text = await get(env, "/all")
+    assert status == 502 and env.clusters.outcomes() == ["connect_failure"] * 3
+    assert env.hooks.retries == 3 and backoffs == [3]  # the second retry waited
+
+
+async def test_a_retry_after_an_answer_waits_the_backoff(env: Env, backoffs: list[float]) -> None:
+    """A retriable status (the request reached the pod) is retried after the backoff, as before."""
+    broken = await env.upstream("broken", "c1")
+    broken.default_status = 503
+    await env.upstream("fine", "c2")
+    await env.start(("*", "/", decision(retry=RetryPolicy(on_statuses=(503,), backoff_base=BASE))))
+    for _ in range(4):
+        assert (await get(env, "/"))[0] == 200
+    assert env.hooks.retries >= 1 and backoffs == [1] * env.hooks.retries
+
+
 async def test_reset_retried_for_get_not_for_post(env: Env) -> None:
     bad = await env.upstream("bad", "c1")
     await env.upstream("good", "c2")

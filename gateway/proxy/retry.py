@@ -4,7 +4,11 @@ A failed attempt (connect error or timeout, reset or invalid response before any
 reached the client, a per-try timeout, a retriable status) is retried on another endpoint
 -- excluding the addresses tried, avoiding their clusters when RetryPolicy.prefer_other_cluster
 -- within RetryPolicy.attempts and Timeouts.total, after a fully jittered exponential backoff
-(Envoy: retry N waits U[0, min(max, base * (2^N - 1)))). Non-idempotent methods (POST, PATCH,
+(Envoy: retry N waits U[0, min(max, base * (2^N - 1)))). The first retry of a request whose
+attempt never reached the pod (connect refused or timed out, certificate refused) goes at
+once, as nginx's proxy_next_upstream does: waiting cannot help another endpoint, and a
+cluster whose pods all refuse would otherwise add the backoff to every request it is
+picked for while outlier detection may not eject them (max_ejection_percent). Non-idempotent methods (POST, PATCH,
 LOCK) are retried only when the request never left (connect failure) unless
 RetryPolicy.non_idempotent. A request whose body outgrew the replay buffer is not retried once
 its body started flowing. A pooled keep-alive connection that turns out closed gets one free
@@ -46,6 +50,10 @@ CAUSES: Final[dict[str, tuple[int, str, str | None]]] = {
 }
 
 
+#: Failures of an attempt that never reached the pod: the first retry after one goes at once.
+_NEVER_LEFT: Final = frozenset({"connect_failure", "connect_timeout", "certificate"})
+
+
 class RetrySide(ExchangeBase):
     # -- failures, retries, timeouts ---------------------------------------------------------
 
@@ -62,7 +70,7 @@ class RetrySide(ExchangeBase):
             self._end_attempt(outcome, None, cause)
         self.last_error = (status, f"{text}: {detail}" if detail else text)
         if self._may_retry(cause, stale):
-            self._retry(0.0 if stale else None)
+            self._retry(0.0 if stale else None, at_once=self.attempts == 1 and cause in _NEVER_LEFT)
         else:
             self.respond(*self.last_error)
 
@@ -89,7 +97,9 @@ class RetrySide(ExchangeBase):
             return True
         return r.on_error
 
-    def _retry(self, delay: float | None = None) -> None:
+    def _retry(self, delay: float | None = None, at_once: bool = False) -> None:
+        """`delay` None: a counted retry after the backoff (`at_once`: without it); else an
+        uncounted one after `delay` (a stale pooled connection, an error page)."""
         d = self.decision
         assert d is not None
         self.phase = BACKOFF
@@ -102,7 +112,8 @@ class RetrySide(ExchangeBase):
         if delay is None:
             self.server.hooks.retry(self.route)
             r = d.retry
-            delay = random.uniform(0, min(r.backoff_max, r.backoff_base * (2 ** self.attempts - 1)))
+            delay = 0.0 if at_once else random.uniform(
+                0, min(r.backoff_max, r.backoff_base * (2 ** self.attempts - 1)))
         self.deadline = self.total_deadline
         if self.deadline != INF:
             self.client.arm(self.deadline)
