@@ -195,7 +195,8 @@ class Bench:
                    user_us=1e6 * (u1 - u0) / n if pid else None,
                    sys_us=1e6 * (s1 - s0) / n if pid else None,
                    steal_pct=100 * steal / wall,
-                   core_pct=(100 * busy[0] / wall, 100 * busy[1] / wall),  # everything on each
+                   # everything on each core (/proc/stat ticks: a short run can read a tick over)
+                   core_pct=[min(100.0, 100 * b / wall) for b in busy],
                    bg_pct=(max(0.0, 100 * (busy[0] - proxy) / wall),
                            max(0.0, 100 * (busy[1] - mine) / wall)),
                    share_a=(got[S.PRIMARY[0].name] or 0) / primary if primary else None,

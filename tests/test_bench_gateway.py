@@ -31,9 +31,9 @@ def run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, list[st
 def check_run(r: dict, proxied: bool) -> None:
     assert r["requests"] > 0 and r["rps"] > 0 and 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
     # How busy each core was in all (the client core runs wrk at least), never past 100 %.
-    assert 0 <= r["core_pct"][0] <= 101 and 0 < r["core_pct"][1] <= 101, r["core_pct"]
+    assert 0 <= r["core_pct"][0] <= 100 and 0 < r["core_pct"][1] <= 100, r["core_pct"]
     if proxied:
-        assert r["core_pct"][0] >= r["cpu_pct"] - 1  # the proxy's core holds at least the proxy
+        assert r["core_pct"][0] >= min(r["cpu_pct"], 100) - 5  # its core holds the proxy (ticks: +-)
     if proxied:  # the proxy's own CPU was measured, and the pods saw the weighted split
         assert r["cpu_pct"] is not None and r["user_us"] is not None and r["sys_us"] is not None
         assert r["upstream"]["cluster-a"] > 0 and r["upstream"]["cluster-b"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 
 import aiohttp
@@ -109,12 +110,14 @@ async def test_connect_failure_retries_on_another_cluster(env: Env) -> None:
     assert env.hooks.retries == 1
 
 
-@pytest.fixture
-def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The backoff ceilings drawn (a retry that waits draws U[0, ceiling]); none is waited."""
-    import random
+BASE = 0.0123  # a backoff base no other caller of random.uniform uses
 
-    drawn: list[float] = []
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each backoff drawn, as its ceiling in units of BASE (a retry that waits draws
+    U[0, ceiling]); none is waited."""
+    drawn: list[int] = []
     real = random.uniform
 
     def uniform(a: float, b: float) -> float:
@@ -127,10 +130,7 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return drawn
 
 
-BASE = 0.0123  # a backoff base no other caller of random.uniform uses
-
-
-async def test_the_first_retry_after_a_refused_connect_goes_at_once(env: Env, backoffs: list[float]) -> None:
+async def test_the_first_retry_after_a_refused_connect_goes_at_once(env: Env, backoffs: list[int]) -> None:
     """The request never reached the pod: the first retry, on another endpoint, does not wait
     (nginx); a second retry waits the jittered backoff (Envoy's retry 2: U[0, 3 * base])."""
     env.backends[REF] = [dead_endpoint("c1")]
@@ -148,7 +148,7 @@ async def test_the_first_retry_after_a_refused_connect_goes_at_once(env: Env, ba
     assert env.hooks.retries == 3 and backoffs == [3]  # the second retry waited
 
 
-async def test_a_retry_after_an_answer_waits_the_backoff(env: Env, backoffs: list[float]) -> None:
+async def test_a_retry_after_an_answer_waits_the_backoff(env: Env, backoffs: list[int]) -> None:
     """A retriable status (the request reached the pod) is retried after the backoff, as before."""
     broken = await env.upstream("broken", "c1")
     broken.default_status = 503

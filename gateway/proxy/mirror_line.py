@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from gateway.proxy.mirror import MirrorSender
 
 PLAIN_HEAD: Final = 8192  # a longer answer head is left to llhttp
-RUN_BYTES: Final = 65536  # how long a run of learned answers (`MirrorLine.run`) may be
 PLAIN_BODY: Final = 65536  # so is a longer body (llhttp streams it; a tail would be copied)
+RUN_BYTES: Final = 65536  # how long a run of learned answers (`MirrorLine.run`) may be
 
 
 def plain_length(head: bytes) -> int:

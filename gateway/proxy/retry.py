@@ -7,9 +7,9 @@ reached the client, a per-try timeout, a retriable status) is retried on another
 (Envoy: retry N waits U[0, min(max, base * (2^N - 1)))). The first retry of a request whose
 attempt never reached the pod (connect refused or timed out, certificate refused) goes at
 once, as nginx's proxy_next_upstream does: waiting cannot help another endpoint, and a
-cluster whose pods all refuse would otherwise add the backoff to every request it is
-picked for while outlier detection may not eject them (max_ejection_percent). Non-idempotent methods (POST, PATCH,
-LOCK) are retried only when the request never left (connect failure) unless
+cluster whose pods all refuse would otherwise add the backoff to every request it is picked
+for while outlier detection may not eject them (max_ejection_percent). Non-idempotent
+methods (POST, PATCH, LOCK) are retried only when the request never left (connect failure) unless
 RetryPolicy.non_idempotent. A request whose body outgrew the replay buffer is not retried once
 its body started flowing. A pooled keep-alive connection that turns out closed gets one free
 retry (not counted, not reported: the upstream closed an idle connection, it did not fail).
