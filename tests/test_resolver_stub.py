@@ -93,27 +93,25 @@ def wait_answering(target: Target, proc: subprocess.Popen, what: str, within: fl
     raise RuntimeError(f"{what} not answering within {within}s: {last}")
 
 
-#: The server's admin port: it binds port 0 and prints the port (a port picked here before
-#: the module's tests start could be taken meanwhile, by any ephemeral connection).
-ADMIN_PORT: list[int] = []
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, int]]:
+    """clusterset_dns on port 0 for DNS and admin: (its DNS address, its admin port), both as
+    it prints them (a port picked here before could be taken meanwhile by any connection)."""
     log = tmp_path_factory.mktemp("clusterset_dns") / "stderr.log"
     cmd = [sys.executable, "-m", "clusterset_dns", "--fleet", str(FLEET), "--cluster", CLUSTER,
            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     found: list[Target] = []
+    admin_port: list[int] = []
     seen = threading.Event()
 
-    def drain() -> None:  # read the address line, then keep the pipe from filling up
+    def drain() -> None:  # read the address lines, then keep the pipe from filling up
         assert proc.stdout is not None
         for line in proc.stdout:
             admin = ADMIN.search(line)
-            if admin and not ADMIN_PORT:
-                ADMIN_PORT.append(int(admin.group(2)))
+            if admin and not admin_port:
+                admin_port.append(int(admin.group(2)))
                 seen.set()  # printed after the listening line
             match = LISTENING.search(line)
             if match and not found:
@@ -126,9 +124,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"no 'listening' line from clusterset_dns: {log.read_text()[-2000:]}")
         wait_answering(found[0], proc, "clusterset_dns")
-        yield found[0]
+        yield found[0], admin_port[0]
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(started: tuple[Target, int]) -> Target:
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def admin_port(started: tuple[Target, int]) -> int:
+    return started[1]
 
 
 def _start_resolver(cmd: list[str], port: int, what: str, log: Path) -> subprocess.Popen:
@@ -445,8 +453,8 @@ def test_the_coredns_health_check_query_gets_an_answer(server: Target) -> None:
     assert reply.rcode() == dns.rcode.REFUSED and not reply.flags & dns.flags.RA
 
 
-def test_readme_lists_every_metric_the_server_exports(server: Target) -> None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT[0]}/metrics", timeout=3) as resp:
+def test_readme_lists_every_metric_the_server_exports(admin_port: int) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=3) as resp:
         text = resp.read().decode()
     families = set(re.findall(r"^# TYPE (clusterset_dns_\w+) (\w+)", text, re.M))
     exported = {name + ("_total" if kind == "counter" and not name.endswith("_total") else "")
