@@ -39,6 +39,12 @@ class UpstreamTLSStore:
         #: profile -> (the Secret's version, (context, server_hostname) or why not)
         self._made: dict[UpstreamTLS, tuple[str, tuple[ssl.SSLContext, str] | str]] = {}
         self._reported: set[tuple[UpstreamTLS, str]] = set()
+        #: The last profile asked for, the Secret object it was answered from and the answer:
+        #: a route's requests ask again and again, and the informer replaces a Secret's object
+        #: on every change, so the same two objects need no version or dict lookup (whose
+        #: profile hash covers ten fields).
+        self._last: tuple[UpstreamTLS | None, dict | None, tuple[ssl.SSLContext, str] | str] = (
+            None, None, "")
 
     def problem(self, profile: UpstreamTLS) -> str | None:
         """Why connections of this profile cannot be made (the routes answer 503), or None."""
@@ -63,6 +69,14 @@ class UpstreamTLSStore:
         obj = self.lookup(*profile.secret)
         if obj is None:
             return "not found"
+        last_profile, last_obj, last_made = self._last
+        if profile is last_profile and obj is last_obj:
+            return last_made
+        made = self._context_of(profile, obj)
+        self._last = (profile, obj, made)
+        return made
+
+    def _context_of(self, profile: UpstreamTLS, obj: dict) -> tuple[ssl.SSLContext, str] | str:
         meta = obj.get("metadata") or {}
         version = str(meta.get("resourceVersion") or repr(sorted((obj.get("data") or {}).items())))
         cached = self._made.get(profile)

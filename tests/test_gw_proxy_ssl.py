@@ -18,6 +18,8 @@ from test_gw_backend_tls import serve_tls, tls_service
 from test_gw_routing_kit import NGX, OURS, build, decide, one, simple
 from test_gw_tls import CA
 
+from gateway.types import UpstreamTLS
+from gateway.upstream_tls import UpstreamTLSStore
 from mcs_controller.access.resources import SECRETS
 
 HTTPS = {NGX + "backend-protocol": "HTTPS"}
@@ -187,3 +189,35 @@ async def test_pods_are_verified_and_get_the_client_certificate_from_the_secret(
                 assert (sni, cn) == ("tlsweb.demo.svc", "gateway-client")
     finally:
         await runner.cleanup()
+
+
+def test_the_store_follows_each_secret_object_it_is_handed():
+    """Profiles asked for in turn keep their contexts; a changed Secret (a new object, as the
+    informer hands out on every change) is read again; a Secret that lost its CA or is gone
+    is the routes' problem."""
+    ca1, ca2 = CA(), CA()
+    secrets = {("demo", "pod-ca"): opaque("pod-ca", ca_crt=ca1.pem)}
+    store = UpstreamTLSStore(lambda ns, name: secrets.get((ns, name)))
+    verified = UpstreamTLS(("demo", "pod-ca"), verify=True, server_name="web.demo.svc")
+    plain = UpstreamTLS(("demo", "pod-ca"))  # another route's profile, the same Secret
+
+    def trusts(ctx: ssl.SSLContext) -> set[str]:
+        return {c["serialNumber"] for c in ctx.get_ca_certs()}
+
+    first, name = store.context(verified)
+    assert name == "web.demo.svc" and trusts(first) == {format(ca1.cert.serial_number, "X")}
+    other, other_name = store.context(plain)
+    assert other is not first and other_name == ""
+    for _ in range(3):  # in turn: each keeps its context
+        assert store.context(verified)[0] is first and store.context(plain)[0] is other
+    assert store.problem(verified) is None
+    secrets[("demo", "pod-ca")] = opaque("pod-ca", ca_crt=ca2.pem)  # rotated
+    rotated = store.context(verified)[0]
+    assert rotated is not first and trusts(rotated) == {format(ca2.cert.serial_number, "X")}
+    secrets[("demo", "pod-ca")] = opaque("pod-ca", tls_crt=b"no CA")
+    assert store.problem(verified) == "has no ca.crt" == store.problem(plain)
+    del secrets[("demo", "pod-ca")]
+    assert store.problem(verified) == "not found"
+    secrets[("demo", "pod-ca")] = opaque("pod-ca", ca_crt=ca2.pem)  # back, as rotated
+    assert store.problem(verified) is None
+    assert trusts(store.context(verified)[0]) == {format(ca2.cert.serial_number, "X")}
