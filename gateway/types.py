@@ -72,6 +72,9 @@ class OutlierPolicy:
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 10
+    #: Envoy's always_eject_one_host: one endpoint may be ejected whatever
+    #: max_ejection_percent says (a small backend otherwise ejects none), never the last.
+    always_eject_one_host: bool = False
     interval: float = 10.0
 
 

@@ -161,15 +161,18 @@ def test_outlier_annotations():
                         OURS + "outlier-base-ejection-time": "10",
                         OURS + "outlier-max-ejection-time": "1m",
                         OURS + "outlier-max-ejection-percent": "50",
+                        OURS + "outlier-always-eject-one-host": "true",
                         OURS + "outlier-interval": "5"})
     assert msgs == []
     assert pol.outlier == OutlierPolicy(
         consecutive_5xx=3, consecutive_gateway_failure=2,
         enforcing_consecutive_gateway_failure=100, base_ejection_time=10.0,
-        max_ejection_time=60.0, max_ejection_percent=50, interval=5.0)
+        max_ejection_time=60.0, max_ejection_percent=50, always_eject_one_host=True,
+        interval=5.0)
 
 
 @pytest.mark.parametrize(("key", "value"), [("outlier-max-ejection-percent", "101"),
+                                            ("outlier-always-eject-one-host", "maybe"),
                                             ("outlier-consecutive-5xx", "-1"),
                                             ("outlier-base-ejection-time", "x")])
 def test_bad_outlier_values_keep_envoy_defaults(key, value):

@@ -118,6 +118,26 @@ async def test_max_ejection_percent():
     det.stop()
 
 
+async def test_always_eject_one_host_ejects_one_of_a_small_backend_never_two():
+    """Envoy's opt-in: with five endpoints 10 % ejects none; with the flag, one goes (the
+    first to fail five times), a second is refused, and never the last of two."""
+    det, eps, _ = detector(5, OutlierPolicy(always_eject_one_host=True))
+    fail(det, eps[0], 5)
+    fail(det, eps[1], 10)
+    assert [ejected(ep) for ep in eps[:2]] == [True, False]
+    assert det.refused["max_ejection_percent"] >= 1
+    det.stop()
+    det, eps, _ = detector(2, OutlierPolicy(always_eject_one_host=True))
+    fail(det, eps[0], 5)
+    fail(det, eps[1], 5)
+    assert [ejected(ep) for ep in eps] == [True, False] and det.refused["last_endpoint"] == 1
+    det.stop()
+    det, eps, _ = detector(1, OutlierPolicy(always_eject_one_host=True))
+    fail(det, eps[0], 10)
+    assert not ejected(eps[0])  # the only endpoint: never
+    det.stop()
+
+
 async def test_never_the_last_endpoint_and_refused_ejection_retried_later():
     policy = OutlierPolicy(max_ejection_percent=100, base_ejection_time=0.05)
     det, eps, _ = detector(2, policy)

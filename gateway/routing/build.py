@@ -52,6 +52,7 @@ CANARY_ALLOWED = frozenset({
     "health-check-host", "health-check-statuses", "outlier-consecutive-5xx",
     "outlier-consecutive-gateway-failure", "outlier-base-ejection-time",
     "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
+    "outlier-always-eject-one-host",
     *CANARY_AFFINITY_KEYS,
 })
 HC_TLS_PROFILE = HC_PREFIX + "tls_profile"

@@ -219,6 +219,9 @@ def _outlier(ann: Annotations, fields: dict[str, Any]) -> None:
     count = ann.integer("outlier-max-ejection-percent", low=0, high=100)
     if count is not None:
         fields[OUTLIER_PREFIX + "max_ejection_percent"] = count
+    one = ann.boolean("outlier-always-eject-one-host")
+    if one is not None:
+        fields[OUTLIER_PREFIX + "always_eject_one_host"] = one
 
 
 def parse_statuses(text: str) -> tuple[int, ...] | None:
@@ -274,6 +277,7 @@ def policy_json(policy: BackendPolicy) -> dict[str, Any]:
             "baseEjectionTime": policy.outlier.base_ejection_time,
             "maxEjectionTime": policy.outlier.max_ejection_time,
             "maxEjectionPercent": policy.outlier.max_ejection_percent,
+            "alwaysEjectOneHost": policy.outlier.always_eject_one_host,
             "interval": policy.outlier.interval},
     }
 

@@ -68,7 +68,8 @@ OUR_KEYS = frozenset({
     "health-check-host", "health-check-statuses",
     "outlier-consecutive-5xx", "outlier-consecutive-gateway-failure",
     "outlier-base-ejection-time", "outlier-max-ejection-time",
-    "outlier-max-ejection-percent", "outlier-interval", "panic-threshold",
+    "outlier-max-ejection-percent", "outlier-interval", "outlier-always-eject-one-host",
+    "panic-threshold",
     "retry-on-status", "retry-prefer-other-cluster",
 })
 #: Upstream annotations we deliberately do not implement (reported, so nobody is surprised).

@@ -7,7 +7,8 @@ with probability `enforcing_consecutive_gateway_failure` % (default 0: never).
 
 An ejection lasts base_ejection_time x times ejected, capped by max(max_ejection_time, base);
 the multiplier drops by one each `interval` the endpoint stays in. Ejection is refused when
-(ejected+1)/total > max_ejection_percent or when it would eject the last non-ejected
+(ejected+1)/total > max_ejection_percent (unless `always_eject_one_host` and none is
+ejected yet: Envoy's opt-in for small clusters) or when it would eject the last non-ejected
 endpoint, where "total" is every ready endpoint of the Service port across member clusters
 (Envoy's "cluster"; the digest's §4.2 rule and envoy#17504/#27066). A refused ejection is
 retried on the next failure (Envoy retries only after a success resets the count). A
@@ -99,7 +100,8 @@ class OutlierDetector:
             ejected = sum(1 for e in ready if e.ejected_until > now and e is not ep)
             if ejected + 1 >= total:
                 return "last_endpoint"
-            if (ejected + 1) * 100 > p.max_ejection_percent * total:
+            if (ejected + 1) * 100 > p.max_ejection_percent * total and not (
+                    p.always_eject_one_host and ejected == 0):
                 return "max_ejection_percent"
         return None
 
