@@ -29,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from netkit import free_port  # noqa: E402,F401  (loopback ports, as the tests pick them)
+
 NS = "bench"
 HOST, MIRROR_HOST, MIRROR10_HOST = "bench.local", "mirror.local", "mirror10.local"
 POD_PORT, STATUS_PORT = 8080, 8081
@@ -151,12 +154,6 @@ def read_line(proc: subprocess.Popen, within: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], within)
     return proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_times(pid: int | None) -> tuple[float, float]:

@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ ROOT = HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tests"))  # netkit: loopback ports, as the tests pick them
 
 import dns.exception  # noqa: E402
 import dns.flags  # noqa: E402
@@ -43,6 +43,7 @@ import dns.message  # noqa: E402
 import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
 import yaml  # noqa: E402
+from netkit import free_port  # noqa: E402
 
 from mcs_controller.model import labels as L  # noqa: E402
 from mcs_controller.model.desired import export_slice_labels, import_labels  # noqa: E402
@@ -194,12 +195,6 @@ def serve_naive(zone_file: str, port: int) -> None:
 # -- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """One server process; `port` once it answers."""
 
@@ -248,7 +243,7 @@ def start(name: str, tmp: Path, args: argparse.Namespace, zone_file: Path) -> Se
                args.cluster, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
                "--log-level", "warning"]
         return Server(name, pinned(args.server_cpu, cmd), tmp / "ours.log")
-    port = free_port()
+    port = free_port(udp=True)
     if name == "naive":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(zone_file),
                "--port", str(port)]

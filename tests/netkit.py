@@ -1,5 +1,5 @@
-"""Loopback ports for tests: free ones for servers a test must name in advance (a child's
-command line, a config file), picked below the kernel's ephemeral range (a port picked by
+"""Loopback ports for tests and bench/: free ones for servers that must be named in advance
+(a child's command line, a config file), picked below the kernel's ephemeral range (a port picked by
 binding 0 comes from that range, where any outgoing connection made meanwhile may take it
 before the server binds it); one that refuses connects; one where connects hang."""
 
