@@ -132,8 +132,8 @@ class GatewayApp:
         self.configmap_wait = 5.0
         if listen_tls is not None:
             self.tls = CertificateStore(default_cert, default_key)
-            table_tls, _ = build_route_table([], [], replace(self.build_options, scheme="https"))
-            self.proxy_tls = ProxyServer(table_tls, self.upstream, metrics=self.metrics,
+            # One route table serves both listeners (each request carries its scheme).
+            self.proxy_tls = ProxyServer(self.table, self.upstream, metrics=self.metrics,
                                          limits=limits, xff_trusted=xff_trusted, scheme="https")
             if hsts:
                 self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
@@ -297,10 +297,9 @@ class GatewayApp:
         common = replace(self.build_options, services=self._services(),
                          configmap=self._configmap_reader(read))
         table, problems = build_route_table(ingresses, classes, replace(
-            common, scheme=self.proxy.scheme, tls_hosts=tls_hosts, https_port=self._redirect_port()))
-        if self.proxy_tls is not None:  # the same Ingresses: the same problems, not repeated
-            self.proxy_tls.router, _ = build_route_table(ingresses, classes,
-                                                         replace(common, scheme="https"))
+            common, tls_hosts=tls_hosts, https_port=self._redirect_port()))
+        if self.proxy_tls is not None:
+            self.proxy_tls.router = table
         self.rate_zones.prune()  # zones of Ingresses gone
         self._configmaps_read = read
         problems = problems + tls_problems

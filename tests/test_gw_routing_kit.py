@@ -73,14 +73,15 @@ def build(*ingresses: dict, classes: list[dict] | None = None, clusters=CLUSTERS
 
 
 def req(host: str = "a.example.com", p: str = "/", headers: dict | None = None,
-        method: str = "GET") -> RequestView:
+        method: str = "GET", scheme: str = "http") -> RequestView:
     return RequestView(method=method, path=p, host=host,
-                       headers={k.lower(): v for k, v in (headers or {}).items()})
+                       headers={k.lower(): v for k, v in (headers or {}).items()}, scheme=scheme)
 
 
 def decide(table: RouteTable, host: str = "a.example.com", p: str = "/",
-           headers: dict | None = None, method: str = "GET") -> RouteDecision | None:
-    return table.route(req(host, p, headers, method))
+           headers: dict | None = None, method: str = "GET",
+           scheme: str = "http") -> RouteDecision | None:
+    return table.route(req(host, p, headers, method, scheme))
 
 
 def service_of(table: RouteTable, host: str = "a.example.com", p: str = "/",

@@ -346,9 +346,11 @@ def test_app_root_is_host_wide_like_the_server_level_if():
 
 
 def test_app_root_uses_the_listener_scheme():
-    table, _ = build(simple("ar", ann={NGX + "app-root": "/app1"}), scheme="https")
-    assert decide(table, p="/", headers=HOST).redirect.location == (
+    table, _ = build(simple("ar", ann={NGX + "app-root": "/app1"}))
+    assert decide(table, p="/", headers=HOST, scheme="https").redirect.location == (
         "https://a.example.com:8080/app1")
+    assert decide(table, p="/", headers=HOST).redirect.location == (
+        "http://a.example.com:8080/app1")
 
 
 def test_app_root_on_a_wildcard_and_a_hostless_rule():
@@ -402,6 +404,6 @@ def test_describe_shows_rewrites_and_redirects():
     assert rw["regex"] is True
     assert rw["rewrite"] == {"regex": "/s(/|$)(.*)", "target": "/$2", "xForwardedPrefix": "/s"}
     assert routes[("a.example.com", "/", "Exact")]["redirect"] == {
-        "status": 302, "location": "http://$http_host/s/home"}
+        "status": 302, "location": "$scheme://$http_host/s/home"}
     assert routes[("b.example.com", "/", "Prefix")]["redirect"] == {"status": 301,
                                                                     "location": URL}

@@ -46,10 +46,11 @@ def test_off_by_default(ann):
 
 
 def test_the_mse_prefix_and_the_https_listener():
-    table, problems = build(simple("site", "example.com", ann={MSE + "from-to-www-redirect": "true"}),
-                            scheme="https")
+    table, problems = build(simple("site", "example.com", ann={MSE + "from-to-www-redirect": "true"}))
     assert problems == []
-    assert decide(table, "www.example.com", "/x").redirect == Redirect(308, "https://example.com/x")
+    assert decide(table, "www.example.com", "/x", scheme="https").redirect == Redirect(
+        308, "https://example.com/x")
+    assert decide(table, "www.example.com", "/x").redirect == Redirect(308, "http://example.com/x")
 
 
 def test_a_host_with_its_own_rules_is_served_not_redirected():
@@ -100,7 +101,7 @@ def test_routes_lists_the_redirects():
     assert table.describe_www() == [{
         "host": "www.example.com", "ingress": "default/site",
         "route": "default/site|www.example.com/(from-to-www-redirect)",
-        "status": 308, "location": "http://example.com$request_uri"}]
+        "status": 308, "location": "$scheme://example.com$request_uri"}]
 
 
 async def test_through_the_gateway_and_its_routes_page():

@@ -517,8 +517,8 @@ def test_store_caches_contexts_by_secret_data_and_keeps_key_files_private():
 # -- routing only: the redirect's precedence ---------------------------------------------------
 
 
-def _route(table, host: str, path: str, headers: dict | None = None):
-    return table.route(RequestView("GET", path, host, headers or {}, "10.0.0.1"))
+def _route(table, host: str, path: str, headers: dict | None = None, scheme: str = "http"):
+    return table.route(RequestView("GET", path, host, headers or {}, "10.0.0.1", scheme))
 
 
 def test_redirect_precedence_app_root_explicit_redirect_canary_and_catch_all():
@@ -562,10 +562,9 @@ def test_redirect_precedence_app_root_explicit_redirect_canary_and_catch_all():
                                                                      https_port=8443))
     assert _route(acme_table, "perm.example.com", "/.well-known/acme-challenge/tok3n").redirect is None
     assert _route(acme_table, "perm.example.com", "/other").redirect.status == 308
-    # the https table has no HTTPS redirects, and app-root uses https there
-    tls_table, _ = build_route_table(ing, [], BuildOptions(tls_hosts=tls_hosts, scheme="https"))
-    assert _route(tls_table, "root.example.com", "/x").redirect is None
-    assert _route(tls_table, "root.example.com", "/").redirect.location == (
+    # the HTTPS listener shares the table: no HTTPS redirects there, and app-root uses https
+    assert _route(table, "root.example.com", "/x", scheme="https").redirect is None
+    assert _route(table, "root.example.com", "/", scheme="https").redirect.location == (
         "https://root.example.com/app")
 
 

@@ -104,8 +104,7 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
     install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
                     builder.problem)
     builder.add_canaries()
-    if o.scheme == "http":
-        install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
+    install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
     return builder.finish(rng), builder.problems
 
 
@@ -113,7 +112,6 @@ class _Builder:
     def __init__(self, options: BuildOptions, default_ref: BackendRef | None) -> None:
         self.clusters = options.clusters
         self.services = options.services
-        self.scheme = options.scheme
         self.trusted = options.trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
         self.rate_zones = options.rate_zones if options.rate_zones is not None else RateZones()
@@ -399,7 +397,7 @@ class _Builder:
     def _www_redirects(self) -> dict:
         """from-to-www-redirect (gateway/routing/www.py)."""
         flagged = [(p.key, p.hosts) for p in self.parsed if p.settings.from_to_www]
-        made, skipped = www_redirects(flagged, self.hosts, self.scheme)
+        made, skipped = www_redirects(flagged, self.hosts)
         for key, message in skipped:
             self.problem(key, message, FROM_TO_WWW_KEY)
         return made
@@ -409,7 +407,7 @@ class _Builder:
         key, app_root, decision = self.app_roots[vhost.name]
         base = replace(decision, route_name=f"{key}|{vhost.name}/(app-root)", mirrors=())
         vhost.paths.exact["/"] = Route(key, vhost.name, "/", EXACT, [(100.0, Choice(base))],
-                                       app_root=app_root, scheme=self.scheme)
+                                       app_root=app_root)
 
     def _policy(self, ref: BackendRef) -> BackendPolicy:
         """Base Service fields, then the subset's, then this exact backend's."""

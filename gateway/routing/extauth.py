@@ -257,7 +257,7 @@ class AuthScope:
 
     def exempts(self, path: str) -> bool:
         """ingress-nginx's isLocationInLocationList: the Ingress path starts with one."""
-        return any(path.startswith(prefix) for prefix in self.exempt)
+        return path.startswith(self.exempt)
 
 
 def global_auth_scope(settings: Mapping[str, str | None],

@@ -29,11 +29,12 @@ def host_error(host: str) -> str | None:
         return "host '*' is invalid: a wildcard must be the whole first label of a DNS name"
     if ":" in host:
         return "host must not contain a port"
-    try:
-        ipaddress.ip_address(host)
-        return "host must be a DNS name, not an IP address"
-    except ValueError:
-        pass
+    if host[-1:].isdigit():  # (an IPv4 address does; a failed parse costs an exception)
+        try:
+            ipaddress.ip_address(host)
+            return "host must be a DNS name, not an IP address"
+        except ValueError:
+            pass
     labels = host.split(".")
     if labels[0] == "*":
         labels = labels[1:]

@@ -23,9 +23,7 @@ class BuildOptions:
     clusters: frozenset[str] = frozenset()
     #: Services by (namespace, name), to resolve named and default ports.
     services: Mapping[tuple[str, str], dict] | None = None
-    #: The listener's scheme, for `app-root` redirects ($scheme in ingress-nginx).
-    scheme: str = "http"
-    #: On an "http" table these drive `ssl-redirect`: the hosts with a certificate
+    #: These drive `ssl-redirect` (on plain HTTP requests): the hosts with a certificate
     #: (gateway/tls.py), the port redirects name (None: 443), and the peers whose
     #: X-Forwarded-Proto counts (also whose client addresses count, for rate limits).
     tls_hosts: Collection[str] = ()

@@ -81,7 +81,6 @@ class Route:
     rewriter: Rewriter | None = None  # compiled at finish when this rule is rewritten
     #: Set on the synthetic Exact "/" route of a host with `app-root`: the Location path.
     app_root: str | None = None
-    scheme: str = "http"
     #: The owning Ingress's ssl-redirect annotations (None on the catch-all defaultBackend),
     #: and, when this route redirects plain HTTP to HTTPS, the redirector (set at finish).
     ssl: SslRedirect | None = None
@@ -115,9 +114,11 @@ class Route:
     def decide(self, request: RequestView, rng: random.Random,
                clusters: frozenset[str]) -> RouteDecision:
         if self.app_root is not None:
-            return app_root_redirect(self.primary[0][1].decision, self.scheme,
+            return app_root_redirect(self.primary[0][1].decision, request.scheme,
                                      self.app_root, request)
-        if self.https is not None:  # before canary and balancing (ingress-nginx's lua rewrite)
+        # Before canary and balancing (ingress-nginx's lua rewrite); plain HTTP only (the
+        # HTTPS listener shares this table).
+        if self.https is not None and request.scheme == "http":
             redirect = self.https.apply(self.primary[0][1].decision, request)
             if redirect is not None:
                 return redirect
@@ -321,7 +322,7 @@ def _affinity_json(affinity: SessionAffinity | None) -> dict | None:
 
 def _redirect_json(route: Route, main: RouteDecision) -> dict | None:
     if route.app_root is not None:  # the Location is built per request from the Host
-        return {"status": 302, "location": f"{route.scheme}://$http_host{route.app_root}"}
+        return {"status": 302, "location": f"$scheme://$http_host{route.app_root}"}
     if main.redirect is not None:
         return {"status": main.redirect.status, "location": main.redirect.location}
     return None

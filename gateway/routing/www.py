@@ -42,11 +42,10 @@ def other_spelling(host: str) -> str | None:
 class WwwRedirect:
     """Answers requests for one redirect host (`apply` builds the Location per request)."""
 
-    __slots__ = ("to", "scheme", "base", "ingress")
+    __slots__ = ("to", "base", "ingress")
 
-    def __init__(self, to: str, scheme: str, base: RouteDecision, ingress: str) -> None:
+    def __init__(self, to: str, base: RouteDecision, ingress: str) -> None:
         self.to = to
-        self.scheme = scheme
         self.base = base
         self.ingress = ingress
 
@@ -57,16 +56,16 @@ class WwwRedirect:
         uri = request.path
         if uri.endswith("/"):
             uri = uri[:-1]
-        location = f"{self.scheme}://{self.to}{port}{uri}"
+        location = f"{request.scheme}://{self.to}{port}{uri}"
         return derive(self.base, redirect=Redirect(HTTP_REDIRECT_CODE, location))
 
     def describe(self, host: str) -> dict:
         return {"host": host, "ingress": self.ingress, "route": self.base.route_name,
-                "status": HTTP_REDIRECT_CODE, "location": f"{self.scheme}://{self.to}$request_uri"}
+                "status": HTTP_REDIRECT_CODE, "location": f"$scheme://{self.to}$request_uri"}
 
 
-def www_redirects(flagged: list[tuple[str, list[str]]], hosts: HostTable[Route],
-                  scheme: str) -> tuple[dict[str, WwwRedirect], list[tuple[str, str]]]:
+def www_redirects(flagged: list[tuple[str, list[str]]],
+                  hosts: HostTable[Route]) -> tuple[dict[str, WwwRedirect], list[tuple[str, str]]]:
     """`flagged`: (Ingress key, its rule hosts) of each Ingress with the annotation. Returns
     redirect host -> redirect, and (Ingress key, message) for each one not made because the
     other spelling has rules of its own."""
@@ -87,5 +86,5 @@ def www_redirects(flagged: list[tuple[str, list[str]]], hosts: HostTable[Route],
                 continue
             decision = routes[0].primary[0][1].decision
             base = derive(decision, route_name=f"{key}|{other}/({FROM_TO_WWW_KEY})", mirrors=())
-            out[other] = WwwRedirect(host, scheme, base, key)
+            out[other] = WwwRedirect(host, base, key)
     return out, skipped
