@@ -1,11 +1,11 @@
 """The gateway process: Ingress informers in the hub -> route table -> data path, and an admin port.
 
 Config changes (an Ingress, an IngressClass, a Service's endpoints) apply within a second:
-the route table is rebuilt off the event that changed it and swapped into the proxy, and
-in-flight requests and open connections keep going. With `listen_tls`, a second listener
-terminates TLS with the certificates of the Ingresses' `spec.tls` (gateway/tls.py, chosen by
-SNI; Secrets are watched in the hub), each listener has its own table (app-root and
-ssl-redirect depend on the scheme), and both are swapped on every rebuild.
+the route table is rebuilt off the event that changed it, in a thread of its own so the event
+loop keeps serving, and swapped into the proxy; in-flight requests and open connections keep
+going. With `listen_tls`, a second listener terminates TLS with the certificates of the
+Ingresses' `spec.tls` (gateway/tls.py, chosen by SNI; Secrets are watched in the hub); both
+listeners share the table.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import asyncio
 import gc
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 
@@ -25,7 +27,7 @@ from gateway.credentials import CredentialStore
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.proxy.passthrough import PassthroughCollector
-from gateway.routing import BuildOptions, build_route_table, select_ingresses
+from gateway.routing import BuildOptions, RouteTable, build_route_table, select_ingresses
 from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.tls import host_has_certificate
@@ -52,6 +54,8 @@ log = logging.getLogger("gateway")
 #: ingress-nginx's defaults: hsts true, hsts-max-age 31536000, hsts-include-subdomains true,
 #: hsts-preload false.
 HSTS_DEFAULT = "max-age=31536000; includeSubDomains"
+#: The interpreter's thread switch interval while the gateway runs (see `GatewayApp.start`).
+SWITCH_INTERVAL = 0.001
 
 
 class GatewayApp:
@@ -147,11 +151,18 @@ class GatewayApp:
         )
         self.problems: list = []
         self._rebuild: asyncio.TimerHandle | None = None
+        #: Builds after the first run here, off the event loop (`_rebuild_aside`).
+        self._builder = ThreadPoolExecutor(1, thread_name_prefix="route-build")
+        self._building: asyncio.Future | None = None
+        self._stale = False  # an event came while `_building`
         self._built = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A build in the builder thread hands the GIL back to the event loop after at most
+        # this long (CPython's default, 5 ms, would be a request's added latency meanwhile).
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         for informer in (self.ingresses, self.classes):
             informer.add_handler(lambda *_: self._schedule_rebuild())
             informer.start()
@@ -193,6 +204,9 @@ class GatewayApp:
     async def stop(self, grace: float = 5.0) -> None:
         if self._rebuild is not None:
             self._rebuild.cancel()
+        if self._building is not None:
+            self._building.cancel()
+        self._builder.shutdown(wait=False, cancel_futures=True)
         if self.proxy_tls is not None:
             await asyncio.gather(self.proxy.stop(grace), self.proxy_tls.stop(grace))
         else:
@@ -232,10 +246,15 @@ class GatewayApp:
     # -- configuration -------------------------------------------------------------------------
 
     def _schedule_rebuild(self) -> None:
-        """Coalesce bursts of Ingress events into one rebuild, well within a second."""
-        if not self._built.is_set() or self._rebuild is not None:
+        """Coalesce bursts of events into one rebuild, well within a second; an event while a
+        build runs gets one more build when it ends."""
+        if not self._built.is_set():
             return
-        self._rebuild = asyncio.get_running_loop().call_later(self.rebuild_delay, self.rebuild)
+        if self._building is not None:
+            self._stale = True
+        elif self._rebuild is None:
+            self._rebuild = asyncio.get_running_loop().call_later(self.rebuild_delay,
+                                                                  self._rebuild_aside)
 
     def _services(self) -> dict[tuple[str, str], dict]:
         """Services by (namespace, name), from the member clusters (namespace sameness)."""
@@ -271,7 +290,8 @@ class GatewayApp:
     def _configmap_changed(self, _type: str, obj: dict, _old: dict | None) -> None:
         """A ConfigMap the last build read (or looked for) changed: rebuild."""
         meta = obj.get("metadata") or {}
-        if (meta.get("namespace") or "", meta.get("name") or "") in self._configmaps_read:
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if key in self._configmaps_read or self._building is not None:  # (it may read it)
             self._schedule_rebuild()
 
     def _configmap_reader(self, read: set[tuple[str, str]]) -> Callable[[str, str], dict | None]:
@@ -281,7 +301,36 @@ class GatewayApp:
         return configmap
 
     def rebuild(self) -> None:
+        """Build the table from the caches and install it, here and now (the first build)."""
         self._rebuild = None
+        self._install(*self._compile(self._build_inputs()))
+
+    def _rebuild_aside(self) -> None:
+        """Build in the builder thread and install when done: the event loop keeps serving
+        meanwhile (the thread takes the GIL in slices, so requests see a few ms at worst, not
+        the whole build). Only the snapshot and the install run on the loop."""
+        self._rebuild = None
+        self._stale = False
+        inputs = self._build_inputs()
+        building = asyncio.get_running_loop().run_in_executor(self._builder, self._compile, inputs)
+        self._building = building
+        building.add_done_callback(self._built_aside)
+
+    def _built_aside(self, building: asyncio.Future) -> None:
+        self._building = None
+        if building.cancelled():  # stopping
+            return
+        error = building.exception()
+        if error is not None:  # (build_route_table isolates each Ingress: a bug, not bad input)
+            log.error("route table build failed; the previous table keeps serving: %r", error)
+        else:
+            self._install(*building.result())
+        if self._stale:  # something changed while it ran
+            self._schedule_rebuild()
+
+    def _build_inputs(self) -> tuple:
+        """The snapshot a build works from (on the loop: the caches change only here), after
+        the certificates are brought up to date."""
         ingresses, classes = self.ingresses.items(), self.classes.items()
         tls_problems: list = []
         tls_hosts: frozenset[str] = frozenset()
@@ -294,15 +343,23 @@ class GatewayApp:
             if self.proxy_tls is not None:
                 self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         read: set[tuple[str, str]] = set()
-        common = replace(self.build_options, services=self._services(),
-                         configmap=self._configmap_reader(read))
-        table, problems = build_route_table(ingresses, classes, replace(
-            common, tls_hosts=tls_hosts, https_port=self._redirect_port()))
+        options = replace(self.build_options, services=self._services(),
+                          configmap=self._configmap_reader(read), tls_hosts=tls_hosts,
+                          https_port=self._redirect_port())
+        return ingresses, classes, options, read, tls_problems
+
+    @staticmethod
+    def _compile(inputs: tuple) -> tuple:
+        """The build itself: pure but for the rate-limit zones it names (RateZones)."""
+        ingresses, classes, options, read, tls_problems = inputs
+        table, problems = build_route_table(ingresses, classes, options)
+        return table, problems + tls_problems, read
+
+    def _install(self, table: RouteTable, problems: list, read: set[tuple[str, str]]) -> None:
         if self.proxy_tls is not None:
             self.proxy_tls.router = table
         self.rate_zones.prune()  # zones of Ingresses gone
         self._configmaps_read = read
-        problems = problems + tls_problems
         old = {str(p) for p in self.problems}
         for problem in problems:
             if str(problem) not in old:
