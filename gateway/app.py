@@ -145,7 +145,7 @@ class GatewayApp:
             self.proxy_tls.upstream_tls = self.proxy.upstream_tls
         self.rebuild_delay = rebuild_delay
         self.admin = (
-            AdminServer(admin[0], admin[1], self.registry, ready=self._ready,
+            AdminServer(admin[0], admin[1], self.registry, ready=self._ready, encode_aside=True,
                         routes=[web.get("/routes", self._routes)])
             if admin is not None else None
         )

@@ -266,6 +266,44 @@ async def test_a_failed_build_keeps_the_table_that_serves(monkeypatch, caplog):
         await up.stop()
 
 
+async def test_metrics_are_encoded_off_the_event_loop_while_requests_flow():
+    """A scrape of a big fleet's per-route histograms takes long: it runs in a worker thread
+    (every collector reads its state with atomic copies), and stays whole meanwhile."""
+    ran_in: list[str] = []
+
+    class Probe:
+        def describe(self):  # (else registering it would collect once, here)
+            return []
+
+        def collect(self):
+            ran_in.append(threading.current_thread().name)
+            return iter(())
+
+    async with gateway_over([ingress("shop", "shop.example.com", "web")], "127.0.74.3",
+                            admin=True) as (app, up):
+        app.registry.register(Probe())
+        url = f"http://127.0.0.1:{app.proxy.port}/"
+        for i in range(300):  # routes the scrapes below race with
+            app.metrics.observe(f"demo/r{i}|h{i}.example.com/", "east", 200, 0.001)
+        scrapes = []
+
+        async def scrape() -> None:
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"http://127.0.0.1:{app.admin_port}/metrics") as r:
+                scrapes.append((r.status, await r.text()))
+
+        async def traffic() -> None:
+            for _ in range(20):
+                assert (await get(url, "shop.example.com"))[0] == 200
+
+        await asyncio.gather(traffic(), *(scrape() for _ in range(5)))
+        assert ran_in and all(name != threading.main_thread().name for name in ran_in)
+        assert [status for status, _ in scrapes] == [200] * 5
+        last = scrapes[-1][1]
+        assert 'gateway_upstream_latency_seconds_count{cluster="east",route="demo/r299|h299.example.com/"} 1.0' in last
+        assert "gateway_endpoints" in last
+
+
 async def test_a_default_backend_service_created_later_is_used_within_a_second():
     """default-backend names a Service no member has yet (reported); once it appears the
     table is rebuilt (no Ingress event) and it serves the rule whose Service has no endpoint."""

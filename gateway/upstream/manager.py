@@ -376,7 +376,10 @@ class UpstreamManager(ClusterManager):
         }
 
     def gauges(self) -> dict[str, int]:
-        eps = {ep for b in self._balancers.values() for ep in b.endpoints}
+        # (Read by the scrape, in a worker thread: copies first, each one C call.)
+        eps: set[Endpoint] = set()
+        for balancer in list(self._balancers.values()):
+            eps.update(list(balancer.endpoints))
         now = time.monotonic()
         return {
             "backends": len(self._balancers),

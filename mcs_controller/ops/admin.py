@@ -6,6 +6,7 @@ server and the gateway all expose the same probe and scrape surface.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,10 +50,15 @@ class AdminServer:
         ready: Probe,
         healthy: Probe = lambda: True,
         routes: Iterable[web.AbstractRouteDef] = (),
+        encode_aside: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.registry = registry
+        #: Encode scrapes in a worker thread, so a big exposition (the gateway's per-route
+        #: histograms: 20 MB for 5000 routes) does not stall the event loop; every collector
+        #: of the registry must then read its state with atomic copies (one C call each).
+        self.encode_aside = encode_aside
         self._ready = ready
         self._healthy = healthy
         self.app = web.Application()
@@ -99,7 +105,10 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         # OpenMetrics when the scraper asks for it, the classic text format otherwise.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        if self.encode_aside:
+            body = await asyncio.get_running_loop().run_in_executor(None, encoder, self.registry)
+        else:
+            body = encoder(self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
