@@ -146,6 +146,7 @@ class GatewayApp:
         self.rebuild_delay = rebuild_delay
         self.admin = (
             AdminServer(admin[0], admin[1], self.registry, ready=self._ready, encode_aside=True,
+                        render=self.metrics.render,
                         routes=[web.get("/routes", self._routes)])
             if admin is not None else None
         )

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gateway.proxy.hooks import MirrorOutcome
 
@@ -27,6 +27,25 @@ from gateway.proxy.hooks import MirrorOutcome
 #: build a new tuple of 14 new floats at every use (2.7k instructions per request).
 LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+LATENCY: Final = "gateway_upstream_latency_seconds"
+LATENCY_HELP: Final = "First upstream attempt to the end of the response"
+REQUESTS_HELP: Final = "Client requests by route, serving cluster and final status"
+#: The histogram's `le` values, as prometheus_client writes them.
+BOUNDS: Final[tuple[str, ...]] = tuple([floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"])
+
+
+def label_value(value: str) -> str:
+    """Escaped as both exposition formats want a label value."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def number(n: int) -> str:
+    """A count as prometheus_client writes it (Go's formatting: 1e+06 and up in exponents)."""
+    return f"{n}.0" if 0 <= n < 1000000 else floatToGoString(n)
 
 
 class RouteStats:
@@ -101,26 +120,39 @@ class GatewayMetrics:
 
     # -- scrape ------------------------------------------------------------------------------
 
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("gateway_requests", "Client requests by route, serving cluster and final status",
-                                       labels=["route", "cluster", "status"])
-        latency = HistogramMetricFamily("gateway_upstream_latency_seconds",
-                                        "First upstream attempt to the end of the response",
-                                        labels=["route", "cluster"])
-        bounds = [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+    def render(self, openmetrics: bool) -> str:
+        """The per-route families (requests by status, the upstream latency histogram) as
+        exposition text, for the admin server to append to the registry's (see `collect`).
+
+        A fleet has some 18 lines per (route, cluster); written here they cost a twentieth of
+        what prometheus_client's samples and encoders do (5000 routes x 2 clusters: 2.1 s a
+        scrape). Reads with atomic copies: a scrape runs in a worker thread."""
+        requests = "gateway_requests" if openmetrics else "gateway_requests_total"
+        out = [f"# HELP {requests} {REQUESTS_HELP}\n# TYPE {requests} counter\n"]
+        latency = [f"# HELP {LATENCY} {LATENCY_HELP}\n# TYPE {LATENCY} histogram\n"]
         for route, clusters in list(self.routes.items()):
+            r = label_value(route)
             for cluster, stats in list(clusters.items()):
+                c = label_value(cluster)
                 for status, n in list(stats.statuses.items()):
-                    requests.add_metric([route, cluster, str(status)], n)
-                if stats.observed:
-                    cumulative = 0
-                    buckets: list[tuple[str, float]] = []
-                    for bound, count in zip(bounds, list(stats.buckets), strict=True):
-                        cumulative += count
-                        buckets.append((bound, cumulative))
-                    latency.add_metric([route, cluster], buckets, stats.total)
-        yield requests
-        yield latency
+                    out.append(f'gateway_requests_total{{cluster="{c}",route="{r}",status="{status}"}} '
+                               f"{number(n)}\n")
+                buckets = list(stats.buckets)  # (then the sum: it may lag by an observation)
+                total = stats.total
+                if not sum(buckets):  # no upstream answered (cluster ""): no histogram
+                    continue
+                cumulative = 0
+                for bound, count in zip(BOUNDS, buckets, strict=True):
+                    cumulative += count
+                    latency.append(f'{LATENCY}_bucket{{cluster="{c}",le="{bound}",route="{r}"}} '
+                                   f"{number(cumulative)}\n")
+                labels = f'{{cluster="{c}",route="{r}"}}'
+                latency.append(f"{LATENCY}_count{labels} {number(cumulative)}\n"
+                               f"{LATENCY}_sum{labels} {floatToGoString(total)}\n")
+        return "".join(out) + "".join(latency)
+
+    def collect(self) -> Iterator[Metric]:
+        """The other families (`render` writes the per-route ones)."""
         retries = CounterMetricFamily("gateway_retries", "Extra attempts on another endpoint", labels=["route"])
         for route, n in list(self.retries.items()):
             retries.add_metric([route], n)

@@ -18,6 +18,11 @@ from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
+#: Families a component writes itself (many labelled series, cheaper than samples): given
+#: whether the scrape is OpenMetrics, their exposition text, appended to the registry's.
+Render = Callable[[bool], str]
+EOF = b"# EOF\n"
+
 #: A probe returns a bool, or (bool, reason); it may be a coroutine function.
 ProbeResult = bool | tuple[bool, str]
 Probe = Callable[[], ProbeResult | Awaitable[ProbeResult]]
@@ -51,6 +56,7 @@ class AdminServer:
         healthy: Probe = lambda: True,
         routes: Iterable[web.AbstractRouteDef] = (),
         encode_aside: bool = False,
+        render: Render | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -59,6 +65,7 @@ class AdminServer:
         #: histograms: 20 MB for 5000 routes) does not stall the event loop; every collector
         #: of the registry must then read its state with atomic copies (one C call each).
         self.encode_aside = encode_aside
+        self.render = render
         self._ready = ready
         self._healthy = healthy
         self.app = web.Application()
@@ -105,10 +112,21 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         # OpenMetrics when the scraper asks for it, the classic text format otherwise.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        if self.encode_aside:
-            body = await asyncio.get_running_loop().run_in_executor(None, encoder, self.registry)
-        else:
+        openmetrics = content_type.startswith("application/openmetrics-text")
+
+        def encode() -> bytes:
             body = encoder(self.registry)
+            if self.render is None:
+                return body
+            more = self.render(openmetrics).encode()
+            if openmetrics and body.endswith(EOF):  # (the families go before the end marker)
+                return body[:-len(EOF)] + more + EOF
+            return body + more
+
+        if self.encode_aside:
+            body = await asyncio.get_running_loop().run_in_executor(None, encode)
+        else:
+            body = encode()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
