@@ -1,6 +1,6 @@
-"""bench/gateway_rebuild.py runs end to end: for each size, ours (the builder thread) and the
-inline peer both apply the change, and their figures are reported. Figures are printed,
-never asserted: tests assert behaviour, not timings."""
+"""bench/gateway_rebuild.py and bench/gateway_scrape.py run end to end: for each size, ours and
+the naive peer both do the work (apply the change, serve the scrape) and their figures are
+reported. Figures are printed, never asserted: tests assert behaviour, not timings."""
 
 from __future__ import annotations
 
@@ -30,3 +30,15 @@ def test_bench_refuses_bad_sizes() -> None:
     done = subprocess.run([sys.executable, "bench/gateway_rebuild.py", "--sizes", "10,lots"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--sizes" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_scrape_bench_reports_ours_and_the_naive_peer(tmp_path: Path) -> None:
+    out = tmp_path / "scrape.json"
+    done = subprocess.run([sys.executable, "bench/gateway_scrape.py", "--routes", "30",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["routes"], r["scrape"]) for r in runs] == [(30, "ours"), (30, "naive")]
+    assert runs[0]["bytes"] > 30 * 2 * 17 * 40  # every route's series, in both
+    assert abs(runs[0]["bytes"] - runs[1]["bytes"]) < runs[1]["bytes"] * 0.05
+    assert all(r["cpu_ms"] > 0 and r["stall_max_ms"] >= 0 for r in runs)
