@@ -21,9 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _loop_stalls import LoopStalls  # noqa: E402
 
 from gateway.app import GatewayApp  # noqa: E402
 from mcs_controller.access.embedded import EmbeddedCluster  # noqa: E402
@@ -49,36 +53,19 @@ async def measure(size: int, inline: bool) -> dict:
         app._rebuild_aside = app.rebuild  # type: ignore[method-assign]
     await app.start()
     await app.wait_ready(120)
-    loop = asyncio.get_running_loop()
-    lateness: list[float] = []
-    ticking = True
-
-    async def ticker() -> None:
-        while ticking:
-            t = loop.time()
-            await asyncio.sleep(0.001)
-            lateness.append(loop.time() - t - 0.001)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.2)
-    lateness.clear()
-    old = app.table
-    start = time.perf_counter()
-    await hub.create(INGRESSES, ingress(size))
-    while app.table is old and time.perf_counter() - start < 60:  # noqa: ASYNC110 (polled)
-        await asyncio.sleep(0.002)
-    applied = time.perf_counter() - start
-    await asyncio.sleep(0.1)
-    ticking = False
-    await task
+    async with LoopStalls() as stalls:
+        old = app.table
+        start = time.perf_counter()
+        await hub.create(INGRESSES, ingress(size))
+        while app.table is old and time.perf_counter() - start < 60:  # noqa: ASYNC110 (polled)
+            await asyncio.sleep(0.002)
+        applied = time.perf_counter() - start
+        await asyncio.sleep(0.1)
     await app.stop(0.1)
-    lateness.sort()
     return {"ingresses": size, "build": "inline" if inline else "thread",
-            "applied": app.table is not old,
-            "applied_ms": round(applied * 1000, 1),
-            "stall_max_ms": round(lateness[-1] * 1000, 2),
-            "stall_p99_ms": round(lateness[int(len(lateness) * 0.99)] * 1000, 2),
-            "ticks": len(lateness)}
+            "applied": app.table is not old, "applied_ms": round(applied * 1000, 1),
+            "stall_max_ms": stalls.max_ms, "stall_p99_ms": stalls.p99_ms,
+            "ticks": stalls.ticks}
 
 
 def main(argv: list[str] | None = None) -> int:

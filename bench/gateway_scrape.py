@@ -21,11 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 import aiohttp  # noqa: E402
+from _loop_stalls import LoopStalls  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily  # noqa: E402
 
@@ -73,34 +76,19 @@ async def measure(routes: int, naive: bool) -> dict:
         server = AdminServer("127.0.0.1", 0, registry, ready=lambda: True, encode_aside=True,
                              render=metrics.render)
     await server.start()
-    loop = asyncio.get_running_loop()
-    lateness: list[float] = []
-    ticking = True
-
-    async def ticker() -> None:
-        while ticking:
-            t = loop.time()
-            await asyncio.sleep(0.001)
-            lateness.append(loop.time() - t - 0.001)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.1)
-    lateness.clear()
     try:
-        cpu, start = time.process_time(), time.perf_counter()
-        async with aiohttp.ClientSession() as s, s.get(f"{server.url}/metrics",
-                                                       headers={"Accept": OPENMETRICS}) as r:
-            body = await r.read()
-            assert r.status == 200, r.status
-        took, cpu = time.perf_counter() - start, time.process_time() - cpu
+        async with LoopStalls() as stalls:
+            cpu, start = time.process_time(), time.perf_counter()
+            async with aiohttp.ClientSession() as s, s.get(f"{server.url}/metrics",
+                                                           headers={"Accept": OPENMETRICS}) as r:
+                body = await r.read()
+                assert r.status == 200, r.status
+            took, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
-        ticking = False
-        await task
         await server.stop()
-    lateness.sort()
     return {"routes": routes, "scrape": "naive" if naive else "ours", "bytes": len(body),
             "scrape_ms": round(took * 1000, 1), "cpu_ms": round(cpu * 1000, 1),
-            "stall_max_ms": round(lateness[-1] * 1000, 2) if lateness else 0.0}
+            "stall_max_ms": stalls.max_ms}
 
 
 def main(argv: list[str] | None = None) -> int:

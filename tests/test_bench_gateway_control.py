@@ -12,18 +12,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_reports_ours_and_the_inline_peer_for_each_size(tmp_path: Path) -> None:
-    out = tmp_path / "rebuild.json"
-    done = subprocess.run([sys.executable, "bench/gateway_rebuild.py", "--sizes", "20,60",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def run_bench(tmp_path: Path, script: str, *args: str) -> tuple[list[dict], list[str]]:
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, f"bench/{script}", *args, "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    runs = json.loads(out.read_text())["runs"]
+    return json.loads(out.read_text())["runs"], done.stdout.splitlines()
+
+
+def test_bench_reports_ours_and_the_inline_peer_for_each_size(tmp_path: Path) -> None:
+    runs, lines = run_bench(tmp_path, "gateway_rebuild.py", "--sizes", "20,60")
     assert [(r["ingresses"], r["build"]) for r in runs] == [
         (20, "thread"), (20, "inline"), (60, "thread"), (60, "inline")]
     for r in runs:
         assert r["applied"] and r["applied_ms"] > 0 and r["ticks"] > 0
         assert 0 <= r["stall_p99_ms"] <= r["stall_max_ms"]
-    assert sum("longest stall: ours" in line for line in done.stdout.splitlines()) == 2
+    assert sum("longest stall: ours" in line for line in lines) == 2
 
 
 def test_bench_refuses_bad_sizes() -> None:
@@ -33,12 +37,9 @@ def test_bench_refuses_bad_sizes() -> None:
 
 
 def test_scrape_bench_reports_ours_and_the_naive_peer(tmp_path: Path) -> None:
-    out = tmp_path / "scrape.json"
-    done = subprocess.run([sys.executable, "bench/gateway_scrape.py", "--routes", "30",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    runs = json.loads(out.read_text())["runs"]
+    runs, lines = run_bench(tmp_path, "gateway_scrape.py", "--routes", "30")
     assert [(r["routes"], r["scrape"]) for r in runs] == [(30, "ours"), (30, "naive")]
     assert runs[0]["bytes"] > 30 * 2 * 17 * 40  # every route's series, in both
     assert abs(runs[0]["bytes"] - runs[1]["bytes"]) < runs[1]["bytes"] * 0.05
     assert all(r["cpu_ms"] > 0 and r["stall_max_ms"] >= 0 for r in runs)
+    assert any("CPU a scrape: ours" in line for line in lines)

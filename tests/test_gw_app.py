@@ -197,11 +197,6 @@ def test_cli_refuses_a_bad_busy_poll_window(tmp_path: Path):
 async def test_a_rebuild_runs_beside_the_data_path_and_a_change_meanwhile_is_not_lost(monkeypatch):
     """A build (held here, as a big fleet's would take long) runs in the builder thread: the
     old table keeps serving meanwhile, and an Ingress created during it gets its own build."""
-    up = await Upstream("east", host="127.0.74.1").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
     held, release, finished = threading.Event(), threading.Event(), threading.Event()
     threads: list[str] = []
     compile_now = GatewayApp._compile
@@ -214,33 +209,26 @@ async def test_a_rebuild_runs_beside_the_data_path_and_a_change_meanwhile_is_not
         held.clear()
         return compile_now(inputs)
 
-    try:
-        await app.wait_ready(10)
-        monkeypatch.setattr(GatewayApp, "_compile", staticmethod(slow_compile))
-        url = f"http://127.0.0.1:{app.proxy.port}/"
-        await hub.create(INGRESSES, ingress("blog", "blog.example.com", "web"))
-        await eventually(held.is_set, within=2.0)
-        assert (await get(url, "shop.example.com"))[0] == 200  # served while the build is held
-        assert (await get(url, "blog.example.com"))[0] == 404  # not installed yet
-        assert not finished.is_set()
-        await hub.create(INGRESSES, ingress("news", "news.example.com", "web"))
-        await asyncio.sleep(0.2)  # (past the rebuild delay: it must wait for the running one)
-        release.set()
-        await eventually(lambda: _status_is(url, "news.example.com", 200), within=2.0)
-        assert (await get(url, "blog.example.com"))[0] == 200
-        assert len(threads) == 2 and all(t.startswith("route-build") for t in threads)
-    finally:
-        release.set()
-        await app.stop(0.5)
-        await up.stop()
+    async with gateway_over([ingress("shop", "shop.example.com", "web")], "127.0.74.1") as (app, _):
+        try:
+            monkeypatch.setattr(GatewayApp, "_compile", staticmethod(slow_compile))
+            url = f"http://127.0.0.1:{app.proxy.port}/"
+            await app.hub.create(INGRESSES, ingress("blog", "blog.example.com", "web"))
+            await eventually(held.is_set, within=2.0)
+            assert (await get(url, "shop.example.com"))[0] == 200  # served while the build is held
+            assert (await get(url, "blog.example.com"))[0] == 404  # not installed yet
+            assert not finished.is_set()
+            await app.hub.create(INGRESSES, ingress("news", "news.example.com", "web"))
+            await asyncio.sleep(0.2)  # (past the rebuild delay: it must wait for the running one)
+            release.set()
+            await eventually(lambda: _status_is(url, "news.example.com", 200), within=2.0)
+            assert (await get(url, "blog.example.com"))[0] == 200
+            assert len(threads) == 2 and all(t.startswith("route-build") for t in threads)
+        finally:
+            release.set()
 
 
 async def test_a_failed_build_keeps_the_table_that_serves(monkeypatch, caplog):
-    up = await Upstream("east", host="127.0.74.2").start()
-    hub, members = await world({"east": up})
-    await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
     compile_now = GatewayApp._compile
     failures = [RuntimeError("boom")]
 
@@ -249,21 +237,17 @@ async def test_a_failed_build_keeps_the_table_that_serves(monkeypatch, caplog):
             raise failures.pop()
         return compile_now(inputs)
 
-    try:
-        await app.wait_ready(10)
+    async with gateway_over([ingress("shop", "shop.example.com", "web")], "127.0.74.2") as (app, _):
         monkeypatch.setattr(GatewayApp, "_compile", staticmethod(failing_once))
         url = f"http://127.0.0.1:{app.proxy.port}/"
-        await hub.create(INGRESSES, ingress("blog", "blog.example.com", "web"))
+        await app.hub.create(INGRESSES, ingress("blog", "blog.example.com", "web"))
         await eventually(lambda: "route table build failed" in caplog.text, within=2.0)
         assert "boom" in caplog.text
         assert (await get(url, "shop.example.com"))[0] == 200
         assert (await get(url, "blog.example.com"))[0] == 404
-        await hub.create(INGRESSES, ingress("news", "news.example.com", "web"))
+        await app.hub.create(INGRESSES, ingress("news", "news.example.com", "web"))
         await eventually(lambda: _status_is(url, "news.example.com", 200), within=2.0)
         assert (await get(url, "blog.example.com"))[0] == 200
-    finally:
-        await app.stop(0.5)
-        await up.stop()
 
 
 async def test_metrics_are_encoded_off_the_event_loop_while_requests_flow():
