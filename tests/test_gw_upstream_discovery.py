@@ -271,3 +271,73 @@ async def test_unreachable_member_keeps_serving_its_last_known_endpoints():
         await web(cl["a"], ["10.1.0.2"], name="web-second")
         await eventually(lambda: len(addrs(mgr)) == 3, within=1.0)
         assert ("b", "10.2.0.1", 8080) in addrs(mgr)
+
+
+def bookkeeping_is_whole(mgr: UpstreamManager) -> None:
+    """What the manager keeps as bases change, recounted from scratch: the catalog interns
+    exactly the endpoints of some base, `_held` counts their bases, `_refs_of_ep` names
+    exactly the backends whose balancers hold each, and only those are health-checked."""
+    in_bases = Counter(ep for eps in mgr._bases.values() for ep in eps)
+    assert dict(mgr._held) == dict(in_bases)
+    assert set(mgr.catalog._pool.values()) == set(in_bases)
+    holders: dict = {}
+    for ref, bal in mgr._balancers.items():
+        for ep in bal.endpoints:
+            holders.setdefault(ep, set()).add(ref)
+    assert {ep: refs for ep, refs in mgr._refs_of_ep.items()} == holders
+    assert mgr._orphans == []
+
+
+async def test_endpoint_bookkeeping_stays_whole_as_slices_and_tables_change():
+    """Endpoints come and go one Service at a time (only they are looked at, not the fleet),
+    pods are shared by two Services, backends narrow to a cluster or leave the table."""
+    api = BackendRef("demo", "api", 80)
+    web_a = BackendRef("demo", "web", 80, cluster="a")
+    async with members("a", "b") as (cl, mgr):
+        await web(cl["a"], ["10.1.0.1", "10.1.0.2"])
+        await web(cl["b"], ["10.2.0.1"])
+        await cl["a"].create(SERVICES, service("api", "demo"))  # the same pods as web
+        await cl["a"].create(ENDPOINT_SLICES, source_slice("api", "demo", [endpoint("10.1.0.2")]))
+        await mgr.start()
+        mgr.sync({WEB: BackendPolicy(), api: BackendPolicy(), web_a: BackendPolicy()})
+        bookkeeping_is_whole(mgr)
+        shared = mgr.catalog.interned("a", "10.1.0.2", 8080)
+        assert shared is not None and mgr._held[shared] == 2
+        # a health or ejection change rebuilds balancers from unchanged bases: nothing moves
+        mgr._rebuild(list(mgr._balancers), time.monotonic())
+        bookkeeping_is_whole(mgr)
+        # web loses the shared pod; api still holds it: the same Endpoint, not forgotten
+        await cl["a"].patch(ENDPOINT_SLICES, "demo", "web-abcde",
+                            {"endpoints": [endpoint("10.1.0.1"), endpoint("10.1.0.3")]})
+        await eventually(lambda: ("a", "10.1.0.3", 8080) in addrs(mgr), within=1.0)
+        bookkeeping_is_whole(mgr)
+        assert mgr.catalog.interned("a", "10.1.0.2", 8080) is shared and mgr._held[shared] == 1
+        # api's pod goes too: forgotten everywhere
+        await cl["a"].patch(ENDPOINT_SLICES, "demo", "api-abcde", {"endpoints": [endpoint("10.1.0.9")]})
+        await eventually(lambda: addrs(mgr, api) == {("a", "10.1.0.9", 8080)}, within=1.0)
+        bookkeeping_is_whole(mgr)
+        assert mgr.catalog.interned("a", "10.1.0.2", 8080) is None
+        # a table without the cluster-narrowed backend, then without api
+        mgr.sync({WEB: BackendPolicy(), api: BackendPolicy()})
+        bookkeeping_is_whole(mgr)
+        mgr.sync({WEB: BackendPolicy()})
+        bookkeeping_is_whole(mgr)
+        assert mgr.catalog.interned("a", "10.1.0.9", 8080) is None
+        # only the cluster-a backend: b's endpoint stays in the base but no balancer holds it
+        mgr.sync({web_a: BackendPolicy()})
+        bookkeeping_is_whole(mgr)
+        orphan = mgr.catalog.interned("b", "10.2.0.1", 8080)
+        assert orphan is not None and orphan not in mgr._refs_of_ep
+        mgr.sync({WEB: BackendPolicy()})
+        bookkeeping_is_whole(mgr)
+        # cluster b empties its slice: its endpoint is forgotten, a's stay
+        await cl["b"].patch(ENDPOINT_SLICES, "demo", "web-abcde", {"endpoints": []})
+        await eventually(lambda: {c for c, _, _ in addrs(mgr)} == {"a"}, within=1.0)
+        bookkeeping_is_whole(mgr)
+        assert mgr.catalog.interned("b", "10.2.0.1", 8080) is None
+        # a backend tracked on demand (a mirror's), then the table drops everything
+        mgr.pick(api, REQ)
+        bookkeeping_is_whole(mgr)
+        mgr.sync({})
+        bookkeeping_is_whole(mgr)
+        assert mgr.catalog._pool == {}

@@ -258,13 +258,12 @@ class EndpointCatalog:
             ep.labels = labels
         return ep
 
-    def retain(self, live: Iterable[Endpoint]) -> list[Endpoint]:
-        """Forget interned endpoints not in `live`; returns the forgotten ones."""
-        keep = {(ep.cluster, ep.ip, ep.port) for ep in live}
-        gone = [ep for k, ep in self._pool.items() if k not in keep]
-        for ep in gone:
-            del self._pool[(ep.cluster, ep.ip, ep.port)]
-        return gone
+    def release(self, ep: Endpoint) -> None:
+        """Forget an interned endpoint (no Service port the gateway uses holds it now): a pod
+        that comes back later gets a new Endpoint, with no health or outlier past."""
+        key = (ep.cluster, ep.ip, ep.port)
+        if self._pool.get(key) is ep:
+            del self._pool[key]
 
     def interned(self, cluster: str, ip: str, port: int) -> Endpoint | None:
         return self._pool.get((cluster, ip, port))

@@ -84,6 +84,12 @@ class UpstreamManager(ClusterManager):
         self._bases: dict[BaseKey, list[Endpoint]] = {}
         self._refs_by_service: dict[ServiceKey, set[BackendRef]] = {}
         self._refs_of_ep: dict[Endpoint, set[BackendRef]] = {}
+        #: How many bases hold each endpoint: one that none holds is forgotten. Kept as the
+        #: bases change, so an EndpointSlice event costs its Service's endpoints, not the
+        #: whole fleet's (2000 Services of 10 endpoints: 23 ms a change when recounted).
+        self._held: dict[Endpoint, int] = {}
+        #: Endpoints whose backends all let go of them since the last `_after_change`.
+        self._orphans: list[Endpoint] = []
         #: id(ref) -> (ref, balancer): the route table hands out the same BackendRef objects
         #: per request, and an identity hit skips hashing the dataclass (~0.3 us per pick).
         self._by_id: dict[int, tuple[BackendRef, Balancer]] = {}
@@ -129,12 +135,31 @@ class UpstreamManager(ClusterManager):
         for ref in changed:
             self._add(ref, backends[ref])
         for bk in {_base(r) for r in changed} - self._bases.keys():
-            self._bases[bk] = self.catalog.resolve(*bk)
+            released.extend(self._set_base(bk, self.catalog.resolve(*bk)))
         for bk in [bk for bk in self._bases if not any(
                 _base(r) == bk for r in self._refs_by_service.get(bk[:2], ()))]:
-            del self._bases[bk]
+            released.extend(self._set_base(bk, None))
         self._rebuild(changed, time.monotonic())
         self._after_change(changed, released)
+
+    def _set_base(self, bk: BaseKey, eps: list[Endpoint] | None) -> list[Endpoint]:
+        """Give a base these endpoints (None: drop it); returns those no base holds now."""
+        held = self._held
+        for ep in eps or ():
+            held[ep] = held.get(ep, 0) + 1
+        released: list[Endpoint] = []
+        for ep in self._bases.get(bk, ()):
+            n = held[ep] - 1
+            if n:
+                held[ep] = n
+            else:
+                del held[ep]
+                released.append(ep)
+        if eps is None:
+            self._bases.pop(bk, None)
+        else:
+            self._bases[bk] = eps
+        return released
 
     def _add(self, ref: BackendRef, policy: BackendPolicy) -> None:
         self._forget_ids()
@@ -154,6 +179,8 @@ class UpstreamManager(ClusterManager):
             refs = self._refs_of_ep.get(ep)
             if refs is not None:
                 refs.discard(ref)
+                if not refs:
+                    self._orphans.append(ep)
         skey = (ref.namespace, ref.service)
         refs = self._refs_by_service.get(skey)
         if refs is not None:
@@ -170,16 +197,17 @@ class UpstreamManager(ClusterManager):
     def _on_services(self, dirty: set[ServiceKey]) -> None:
         """Discovery: these Services' endpoints may have changed."""
         refs: list[BackendRef] = []
+        released: list[Endpoint] = []
         for skey in dirty:
             srefs = self._refs_by_service.get(skey)
             if not srefs:
                 continue
             for bk in {_base(r) for r in srefs}:
-                self._bases[bk] = self.catalog.resolve(*bk)
+                released.extend(self._set_base(bk, self.catalog.resolve(*bk)))
             refs.extend(srefs)
         if refs:
             self._rebuild(refs, time.monotonic())
-            self._after_change(refs)
+            self._after_change(refs, released)
 
     def _on_endpoint(self, ep: Endpoint) -> None:
         """Health or ejection of one endpoint changed: rebuild the backends holding it."""
@@ -199,22 +227,32 @@ class UpstreamManager(ClusterManager):
             if bal is None:
                 continue
             members = narrow(self._bases.get(_base(ref), []), ref)
+            kept = set(members)
             for ep in bal.endpoints:
+                if ep in kept:
+                    continue
                 s = self._refs_of_ep.get(ep)
                 if s is not None:
                     s.discard(ref)
+                    if not s:  # (a health or ejection rebuild keeps them all: none)
+                        self._orphans.append(ep)
             for ep in members:
                 self._refs_of_ep.setdefault(ep, set()).add(ref)
             bal.update(members, now)
             self.rebuilds += 1
 
     def _after_change(self, refs: list[BackendRef], released: Sequence[Endpoint] = ()) -> None:
-        """Forget endpoints no backend holds any more; (re)assign health checks."""
-        live = {ep for eps in self._bases.values() for ep in eps}
-        for ep in self.catalog.retain(live):
-            self._forget(ep)
-        for ep in [ep for ep, rs in self._refs_of_ep.items() if not rs or ep not in live]:
-            self._forget(ep)
+        """Forget endpoints no base holds (`released` by `_set_base`: the catalog forgets them
+        too) or no backend does (`_orphans`); (re)assign health checks. Only the endpoints
+        the change touched are looked at."""
+        for ep in released:
+            if ep not in self._held:  # (a later base may have taken it back)
+                self.catalog.release(ep)
+                self._forget(ep)
+        orphans, self._orphans = self._orphans, []
+        for ep in orphans:
+            if not self._refs_of_ep.get(ep, True):  # (absent: forgotten above)
+                self._forget(ep)
         touched = {ep for r in refs if (b := self._balancers.get(r)) is not None for ep in b.endpoints}
         touched.update(ep for ep in released if ep in self._refs_of_ep)
         self._reconcile_health(touched)
@@ -324,10 +362,9 @@ class UpstreamManager(ClusterManager):
         log.info("tracking backend %s on demand with the default policy", ref)
         self._add(ref, _DEFAULT_POLICY)
         bk = _base(ref)
-        if bk not in self._bases:
-            self._bases[bk] = self.catalog.resolve(*bk)
+        released = [] if bk in self._bases else self._set_base(bk, self.catalog.resolve(*bk))
         self._rebuild([ref], time.monotonic())
-        self._after_change([ref])
+        self._after_change([ref], released)
         return self._balancers[ref]
 
     def report(self, endpoint: Endpoint, outcome: Outcome, status: int | None = None) -> None:
