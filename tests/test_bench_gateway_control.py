@@ -1,4 +1,4 @@
-"""bench/gateway_rebuild.py and bench/gateway_scrape.py run end to end: for each size, ours and
+"""bench/gateway_rebuild.py, bench/gateway_scrape.py and bench/_endpoint_churn.py run end to end: for each size, ours and
 the naive peer both do the work (apply the change, serve the scrape) and their figures are
 reported. Figures are printed, never asserted: tests assert behaviour, not timings."""
 
@@ -43,3 +43,10 @@ def test_scrape_bench_reports_ours_and_the_naive_peer(tmp_path: Path) -> None:
     assert abs(runs[0]["bytes"] - runs[1]["bytes"]) < runs[1]["bytes"] * 0.05
     assert all(r["cpu_ms"] > 0 and r["stall_max_ms"] >= 0 for r in runs)
     assert any("CPU a scrape: ours" in line for line in lines)
+
+
+def test_endpoint_churn_probe_times_each_slice_change() -> None:
+    done = subprocess.run([sys.executable, "bench/_endpoint_churn.py", "--services", "20",
+                           "--changes", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("20 Services x 10 endpoints: ") and "ms a slice change" in done.stdout
