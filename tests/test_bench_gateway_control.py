@@ -1,6 +1,7 @@
-"""bench/gateway_rebuild.py, bench/gateway_scrape.py and bench/_endpoint_churn.py run end to end: for each size, ours and
-the naive peer both do the work (apply the change, serve the scrape) and their figures are
-reported. Figures are printed, never asserted: tests assert behaviour, not timings."""
+"""bench/gateway_rebuild.py, bench/gateway_scrape.py and bench/_endpoint_churn.py run end to
+end: for each size, ours and the naive peer both do the work (apply the change, serve the
+scrape) and their figures are reported. Figures are printed, never asserted: tests assert
+behaviour, not timings."""
 
 from __future__ import annotations
 
