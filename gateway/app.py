@@ -430,7 +430,10 @@ class GatewayApp:
                 "backends": backends,
                 "tls": self.tls.describe() if self.tls is not None else None,
                 "problems": [str(p) for p in self.problems]}
-        return web.json_response(body, dumps=_dumps)
+        # The body is built here (it reads live state) and written in a worker thread: json's
+        # indented output is pure Python (2000 Ingresses: 4 MB, 120 ms of the loop's time).
+        text = await asyncio.get_running_loop().run_in_executor(None, _dumps, body)
+        return web.Response(text=text, content_type="application/json")
 
 
 def _dumps(obj: object) -> str:

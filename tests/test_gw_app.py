@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from fleetkit import endpoint, eventually, source_slice
 from gwkit import Upstream
 from netkit import free_port
 
+import gateway.app as gateway_app
 from gateway.app import GatewayApp
 from mcs_controller.access.embedded import EmbeddedCluster
 from mcs_controller.access.resources import (
@@ -281,6 +283,22 @@ async def test_metrics_are_encoded_off_the_event_loop_while_requests_flow():
                 assert (await get(url, "shop.example.com"))[0] == 200
 
         await asyncio.gather(traffic(), *(scrape() for _ in range(5)))
+        # /routes is written off the loop too
+        dumped_in: list[str] = []
+        dumps = gateway_app._dumps
+
+        def recording_dumps(obj: object) -> str:
+            dumped_in.append(threading.current_thread().name)
+            return dumps(obj)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gateway_app, "_dumps", recording_dumps)
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"http://127.0.0.1:{app.admin_port}/routes") as r:
+                assert r.status == 200 and r.content_type == "application/json"
+                routes = await r.json()
+        assert [ro["host"] for ro in routes["routes"]] == ["shop.example.com"]
+        assert dumped_in and threading.main_thread().name not in dumped_in
         assert ran_in and all(name != threading.main_thread().name for name in ran_in)
         assert [status for status, _ in scrapes] == [200] * 5
         last = scrapes[-1][1]
