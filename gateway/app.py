@@ -411,8 +411,9 @@ class GatewayApp:
 
     async def _routes(self, request: web.Request) -> web.Response:
         """The route table with every backend's endpoints: cluster, health, ejection."""
+        table = self.table  # (an installed table never changes: read in the worker thread)
         backends = []
-        for ref, policy in self.table.backends().items():
+        for ref, policy in table.backends().items():
             backends.append({
                 "backend": str(ref),
                 "policy": {"algorithm": policy.algorithm, "hash_by": policy.hash_by,
@@ -423,16 +424,19 @@ class GatewayApp:
                 "state": self.upstream.summary(ref),
                 "endpoints": self.upstream.describe(ref),
             })
-        body = {"routes": self.table.describe(), "wwwRedirects": self.table.describe_www(),
-                "sslPassthrough": self.table.describe_passthrough(),
-                "serverAliases": self.table.describe_aliases(),
-                "defaultBackend": self.table.describe_default(),
-                "backends": backends,
-                "tls": self.tls.describe() if self.tls is not None else None,
-                "problems": [str(p) for p in self.problems]}
-        # The body is built here (it reads live state) and written in a worker thread: json's
-        # indented output is pure Python (2000 Ingresses: 4 MB, 120 ms of the loop's time).
-        text = await asyncio.get_running_loop().run_in_executor(None, _dumps, body)
+        tls = self.tls.describe() if self.tls is not None else None
+        problems = [str(p) for p in self.problems]
+
+        def write() -> str:
+            return _dumps({"routes": table.describe(), "wwwRedirects": table.describe_www(),
+                           "sslPassthrough": table.describe_passthrough(),
+                           "serverAliases": table.describe_aliases(),
+                           "defaultBackend": table.describe_default(),
+                           "backends": backends, "tls": tls, "problems": problems})
+
+        # The live endpoint state is read here; the table's description and json's indented
+        # output (pure Python) are written in a worker thread (2000 Ingresses: 4 MB, 170 ms).
+        text = await asyncio.get_running_loop().run_in_executor(None, write)
         return web.Response(text=text, content_type="application/json")
 
 
