@@ -26,41 +26,18 @@ ROOT = HERE.parent
 for path in (str(ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
+sys.path.append(str(ROOT / "tests"))  # gwkit: the naive peer's families, as the tests check them
 
 import aiohttp  # noqa: E402
 from _loop_stalls import LoopStalls  # noqa: E402
+from gwkit import LibraryFamilies  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily  # noqa: E402
 
 from gateway.app import SWITCH_INTERVAL  # noqa: E402
-from gateway.metrics import BOUNDS, REQUESTS_HELP, GatewayMetrics  # noqa: E402
+from gateway.metrics import GatewayMetrics  # noqa: E402
 from mcs_controller.ops.admin import AdminServer  # noqa: E402
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-
-
-class NaiveFamilies:
-    """The per-route counts as prometheus_client families (what the peer encodes)."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self.metrics = metrics
-
-    def collect(self):
-        requests = CounterMetricFamily("gateway_requests", REQUESTS_HELP,
-                                       labels=["route", "cluster", "status"])
-        latency = HistogramMetricFamily("gateway_upstream_latency_seconds", "latency",
-                                        labels=["route", "cluster"])
-        for route, clusters in list(self.metrics.routes.items()):
-            for cluster, stats in list(clusters.items()):
-                for status, n in list(stats.statuses.items()):
-                    requests.add_metric([route, cluster, str(status)], n)
-                cumulative, buckets = 0, []
-                for bound, count in zip(BOUNDS, list(stats.buckets), strict=True):
-                    cumulative += count
-                    buckets.append((bound, cumulative))
-                latency.add_metric([route, cluster], buckets, stats.total)
-        yield requests
-        yield latency
 
 
 async def measure(routes: int, naive: bool) -> dict:
@@ -70,7 +47,7 @@ async def measure(routes: int, naive: bool) -> dict:
         for cluster in ("east", "west"):
             metrics.observe(f"demo/web-{i}|h{i}.example.com/", cluster, 200, 0.001 * (i % 7))
     if naive:
-        registry.register(NaiveFamilies(metrics))
+        registry.register(LibraryFamilies(metrics))
         server = AdminServer("127.0.0.1", 0, registry, ready=lambda: True)
     else:
         server = AdminServer("127.0.0.1", 0, registry, ready=lambda: True, encode_aside=True,

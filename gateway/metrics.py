@@ -55,7 +55,6 @@ class RouteStats:
         self.statuses: dict[int, int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket (not cumulative), then +Inf
         self.total = 0.0  # sum of the observed seconds
-        self.observed = 0  # requests that had an upstream (the histogram's count)
 
     def count(self, status: int) -> None:
         statuses = self.statuses
@@ -69,7 +68,6 @@ class RouteStats:
             i += 1
         self.buckets[i] += 1
         self.total += seconds
-        self.observed += 1
 
 
 class GatewayMetrics:

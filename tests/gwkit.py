@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netkit import refusing_port
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from gateway.metrics import BOUNDS, GatewayMetrics
 from gateway.proxy import Limits, ProxyHooks, ProxyServer
 from gateway.types import (
     BackendRef,
@@ -444,3 +446,34 @@ async def eventually(check: Callable[[], object], within: float = 2.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+class LibraryFamilies:
+    """A GatewayMetrics' per-route counts as prometheus_client's own families: what
+    `GatewayMetrics.render` must equal (tests), and the naive way to scrape them (bench)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:  # (else registering it would collect once, at once)
+        return []
+
+    def collect(self):
+        requests = CounterMetricFamily("gateway_requests", "Client requests by route, serving cluster and final status",
+                                       labels=["route", "cluster", "status"])
+        latency = HistogramMetricFamily("gateway_upstream_latency_seconds",
+                                        "First upstream attempt to the end of the response",
+                                        labels=["route", "cluster"])
+        for route, clusters in list(self.metrics.routes.items()):
+            for cluster, stats in list(clusters.items()):
+                for status, n in list(stats.statuses.items()):
+                    requests.add_metric([route, cluster, str(status)], n)
+                counts = list(stats.buckets)
+                if sum(counts):  # (no upstream answered, cluster "": no histogram)
+                    cumulative, buckets = 0, []
+                    for bound, count in zip(BOUNDS, counts, strict=True):
+                        cumulative += count
+                        buckets.append((bound, cumulative))
+                    latency.add_metric([route, cluster], buckets, stats.total)
+        yield requests
+        yield latency

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from gwkit import LibraryFamilies
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from gateway.metrics import BOUNDS, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from mcs_controller.ops.admin import AdminServer
 
 ROUTES = [
@@ -33,32 +33,6 @@ def filled() -> GatewayMetrics:
     return m
 
 
-class Reference:
-    """The same counts as prometheus_client's own families (what `collect` used to yield)."""
-
-    def __init__(self, m: GatewayMetrics) -> None:
-        self.m = m
-
-    def collect(self):
-        requests = CounterMetricFamily("gateway_requests", "Client requests by route, serving cluster and final status",
-                                       labels=["route", "cluster", "status"])
-        latency = HistogramMetricFamily("gateway_upstream_latency_seconds",
-                                        "First upstream attempt to the end of the response",
-                                        labels=["route", "cluster"])
-        for route, clusters in self.m.routes.items():
-            for cluster, stats in clusters.items():
-                for status, n in stats.statuses.items():
-                    requests.add_metric([route, cluster, str(status)], n)
-                if stats.observed:
-                    cumulative, buckets = 0, []
-                    for bound, count in zip(BOUNDS, stats.buckets, strict=True):
-                        cumulative += count
-                        buckets.append((bound, cumulative))
-                    latency.add_metric([route, cluster], buckets, stats.total)
-        yield requests
-        yield latency
-
-
 def samples(families) -> tuple[list, set]:
     names, found = [], set()
     for family in families:
@@ -72,7 +46,7 @@ def samples(families) -> tuple[list, set]:
 def test_render_is_what_prometheus_client_writes_from_the_same_counts(openmetrics: bool) -> None:
     m = filled()
     reference = CollectorRegistry()
-    reference.register(Reference(m))
+    reference.register(LibraryFamilies(m))
     if openmetrics:
         ours = parse_openmetrics(m.render(True) + "# EOF\n")
         theirs = parse_openmetrics(generate_openmetrics(reference).decode())

@@ -135,7 +135,7 @@ class UpstreamManager(ClusterManager):
         for ref in changed:
             self._add(ref, backends[ref])
         for bk in {_base(r) for r in changed} - self._bases.keys():
-            released.extend(self._set_base(bk, self.catalog.resolve(*bk)))
+            self._set_base(bk, self.catalog.resolve(*bk))  # (a new base releases nothing)
         for bk in [bk for bk in self._bases if not any(
                 _base(r) == bk for r in self._refs_by_service.get(bk[:2], ()))]:
             released.extend(self._set_base(bk, None))
@@ -362,9 +362,10 @@ class UpstreamManager(ClusterManager):
         log.info("tracking backend %s on demand with the default policy", ref)
         self._add(ref, _DEFAULT_POLICY)
         bk = _base(ref)
-        released = [] if bk in self._bases else self._set_base(bk, self.catalog.resolve(*bk))
+        if bk not in self._bases:
+            self._set_base(bk, self.catalog.resolve(*bk))  # (a new base releases nothing)
         self._rebuild([ref], time.monotonic())
-        self._after_change([ref], released)
+        self._after_change([ref])
         return self._balancers[ref]
 
     def report(self, endpoint: Endpoint, outcome: Outcome, status: int | None = None) -> None:
@@ -416,7 +417,7 @@ class UpstreamManager(ClusterManager):
         # (Read by the scrape, in a worker thread: copies first, each one C call.)
         eps: set[Endpoint] = set()
         for balancer in list(self._balancers.values()):
-            eps.update(list(balancer.endpoints))
+            eps.update(balancer.endpoints)
         now = time.monotonic()
         return {
             "backends": len(self._balancers),
