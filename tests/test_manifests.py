@@ -548,6 +548,12 @@ def test_service_discovery_fleet_is_scenarios_1_and_2() -> None:
     }
     assert "/provider-ns" in kinds(c2, "Namespace")
     assert kinds(c2, "Service") == {} and kinds(c2, "Pod") == {}
+    # the gateway's Ingress lives in the hub, in the Service's namespace
+    (ing,) = kinds(objects["hub"], "Ingress").values()
+    assert ing["metadata"]["namespace"] == "provider-ns"
+    assert "/provider-ns" in kinds(objects["hub"], "Namespace")
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
+        "name": "service1", "port": {"number": 80}}
 
 
 def test_migration_fleet_is_scenario_3() -> None:

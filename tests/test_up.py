@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -89,15 +91,20 @@ async def test_up_serves_clusterset_dns_per_cluster_while_running():
         await asyncio.wait_for(proc.wait(), 15)
 
 
-async def test_up_gateway_answers_over_http_and_https_as_printed():
-    """The two-regions fleet: the printed curl commands work, over HTTP and over TLS (SNI =
-    the rule host, the self-signed default certificate)."""
+@pytest.mark.parametrize(("fleet", "answer"), [
+    ((), b"This is env cluster1 !"),  # the default: service1, whose pods are in cluster1
+    ((str(ROOT / "manifests" / "examples" / "two-regions"),), b"This is env cluster"),
+])
+async def test_up_gateway_answers_over_http_and_https_as_printed(fleet: tuple[str, ...],
+                                                                 answer: bytes):
+    """The printed curl commands work, over HTTP and over TLS (SNI = the rule host, the
+    self-signed default certificate)."""
     import asyncio
     import re
     import ssl
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcs_fleet", "up", str(ROOT / "manifests" / "examples" / "two-regions"),
+        sys.executable, "-m", "mcs_fleet", "up", *fleet,
         "--exit-after", "30", "--admin-port", "0", "--dns-port", "0", "--gateway-port", "0",
         "--gateway-tls-port", "0", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -128,7 +135,7 @@ async def test_up_gateway_answers_over_http_and_https_as_printed():
         insecure.verify_mode = ssl.CERT_NONE
         for target, tls in ((http, None), (https, insecure)):
             reply = await get(*target, tls)
-            assert reply.startswith(b"HTTP/1.1 200") and b"This is env cluster" in reply, reply[:300]
+            assert reply.startswith(b"HTTP/1.1 200") and answer in reply, reply[:300]
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 15)
