@@ -21,10 +21,10 @@ def run_bench(tmp_path: Path, script: str, *args: str) -> tuple[list[dict], list
     return json.loads(out.read_text())["runs"], done.stdout.splitlines()
 
 
-def test_bench_reports_ours_and_the_inline_peer_for_each_size(tmp_path: Path) -> None:
+def test_bench_reports_ours_and_the_naive_peer_for_each_size(tmp_path: Path) -> None:
     runs, lines = run_bench(tmp_path, "gateway_rebuild.py", "--sizes", "20,60")
     assert [(r["ingresses"], r["build"]) for r in runs] == [
-        (20, "thread"), (20, "inline"), (60, "thread"), (60, "inline")]
+        (n, build) for n in (20, 60) for build in ("ours", "parse-all", "naive")]
     for r in runs:
         assert r["applied"] and r["applied_ms"] > 0 and r["ticks"] > 0
         assert 0 <= r["stall_p99_ms"] <= r["stall_max_ms"]

@@ -306,6 +306,25 @@ async def test_metrics_are_encoded_off_the_event_loop_while_requests_flow():
         assert "gateway_endpoints" in last
 
 
+async def test_a_rebuild_parses_only_the_changed_ingress_and_serves_every_route():
+    """Three Ingresses; one's host is edited: the next build parses that one and reuses the
+    two others' parses (gateway/routing/reuse.py), and all three serve."""
+    shops = [ingress(name, f"{name}.example.com", "web") for name in ("shop", "blog", "news")]
+    async with gateway_over(shops, "127.0.74.1") as (app, _):
+        url = f"http://127.0.0.1:{app.proxy.port}/"
+        parses = app.build_options.parses
+        assert parses is not None and parses.parsed == 3
+        table = app.table
+        await app.hub.patch(INGRESSES, "demo", "blog", [
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "blog.example.org"}],
+            patch_type="json")
+        await eventually(lambda: app.table is not table, within=1.0)
+        assert (parses.parsed, parses.reused) == (1, 2)
+        for host, status in (("shop.example.com", 200), ("news.example.com", 200),
+                             ("blog.example.org", 200), ("blog.example.com", 404)):
+            assert (await get(url, host))[0] == status, host
+
+
 async def test_a_default_backend_service_created_later_is_used_within_a_second():
     """default-backend names a Service no member has yet (reported); once it appears the
     table is rebuilt (no Ingress event) and it serves the rule whose Service has no endpoint."""

@@ -10,52 +10,29 @@ Exact "/" route of its host that answers with the redirect (nginx: `if ($uri = /
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from gateway.types import BackendPolicy, BackendRef, MirrorPolicy, RouteDecision
 
-from .affinity import (
-    CANARY_AFFINITY_KEYS,
-    AffinitySettings,
-    bind_affinity,
-    canary_affinity,
-    parse_affinity,
-)
-from .aliases import install_aliases, parse_aliases
+from .affinity import bind_affinity, canary_affinity
+from .aliases import install_aliases
 from .allow import AllowCheck
-from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .classes import select_ingresses
-from .errors import NO_ERRORS, ErrorSettings, bind_errors, global_default_backend, parse_errors
-from .matching import EXACT, IMPL, HostTable, VirtualHost, host_error, path_error
+from .errors import bind_errors, global_default_backend
+from .ingress import HC_TLS_PROFILE, Parsed, parse_ingress
+from .matching import EXACT, HostTable, VirtualHost
 from .options import BuildOptions
 from .passthrough import collect_passthrough
-from .policy import HC_PREFIX, Context, build_policy, check_cluster, parse_policy_fields
+from .policy import Context, build_policy
 from .proxyssl import bind_server_name
 from .ratelimit import RateLimit, RateZones
 from .rewrite import install_rewriters
-from .settings import RouteSettings, backend_ref, parse_header_control, parse_settings
 from .table import Choice, Route, RouteTable
 from .tls import install_https_redirects
-from .values import Annotations, Problem
+from .values import Problem
 from .www import FROM_TO_WWW_KEY, www_redirects
 
-#: Annotations a canary Ingress honours (nginx: canary + balancing; plus MSE subsets, MSE
-#: header control, and our backend-policy and target-cluster annotations).
-CANARY_ALLOWED = frozenset({
-    "canary", *CANARY_KEYS, "load-balance", "upstream-hash-by", "service-subset",
-    "subset-labels", "target-cluster", "request-header-control-add",
-    "request-header-control-update", "cluster-weights", "cluster-priority",
-    "priority-spillover", "overprovisioning-factor", "panic-threshold",
-    "health-check-path", "health-check-interval", "health-check-timeout",
-    "health-check-healthy-threshold", "health-check-unhealthy-threshold",
-    "health-check-host", "health-check-statuses", "outlier-consecutive-5xx",
-    "outlier-consecutive-gateway-failure", "outlier-base-ejection-time",
-    "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
-    "outlier-always-eject-one-host",
-    *CANARY_AFFINITY_KEYS,
-})
-HC_TLS_PROFILE = HC_PREFIX + "tls_profile"
 #: Which annotation sets a policy field (to name it in conflict reports).
 _FIELD_ANNOTATION = {
     "algorithm": "load-balance", "hash_by": "upstream-hash-by",
@@ -63,23 +40,6 @@ _FIELD_ANNOTATION = {
     "graded_spillover": "priority-spillover", "panic_threshold": "panic-threshold",
     "overprovisioning_factor": "overprovisioning-factor",
 }
-
-
-@dataclass
-class Parsed:
-    key: str
-    canary: CanaryRule | None
-    fields: dict[str, Any]
-    settings: RouteSettings
-    destinations: tuple[tuple[int, BackendRef], ...]
-    hosts: list[str] = field(default_factory=list)
-    rules: list[tuple[str, str, str, BackendRef]] = field(default_factory=list)
-    default_ref: BackendRef | None = None
-    has_rules: bool = False  # spec.rules non-empty (even if every rule was invalid)
-    affinity: AffinitySettings = AffinitySettings()
-    errors: ErrorSettings = NO_ERRORS  # default-backend + custom-http-errors
-    rate_limit: RateLimit | None = None  # limit-rps etc., one for all of its rules
-    aliases: tuple[str, ...] = ()  # server-alias (gateway/routing/aliases.py)
 
 
 def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
@@ -95,11 +55,15 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
         accept_classless=o.accept_classless)
     if unusable:
         builder.problem("-", unusable)
+    if o.parses is not None:  # what every parse depends on, besides its own lookups
+        o.parses.begin((o.clusters, default_ref, o.auth_scope))
     for key, ing in ours:
         try:
             builder.parse(ing, key)
         except Exception as exc:  # item 6: one bad object never takes the gateway down
             builder.problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
+    if o.parses is not None:
+        o.parses.end()
     builder.add_mains()
     install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
                     builder.problem)
@@ -111,12 +75,15 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
 class _Builder:
     def __init__(self, options: BuildOptions, default_ref: BackendRef | None) -> None:
         self.clusters = options.clusters
-        self.services = options.services
         self.trusted = options.trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
         self.rate_zones = options.rate_zones if options.rate_zones is not None else RateZones()
+        self.rate_limits: dict[str, RateLimit] = {}  # Ingress -> its zone's limit, this build
         self.auth_scope = options.auth_scope  # global-auth-*, no-auth-locations
-        self.configmap = options.configmap
+        #: What parsing consults (each Ingress's namespace goes in as it is parsed).
+        self.context = Context("", options.clusters, options.services, default_ref,
+                               options.auth_scope, options.configmap)
+        self.parses = options.parses
         self.allow_passthrough = options.ssl_passthrough  # --enable-ssl-passthrough
         self.passthrough: dict[str, tuple[str, BackendRef]] = {}  # host -> (Ingress, backend)
         self.problems: list[Problem] = []
@@ -133,72 +100,19 @@ class _Builder:
     def problem(self, key: str, message: str, annotation: str | None = None) -> None:
         self.problems.append(Problem(key, annotation, message))
 
-    # -- parsing ---------------------------------------------------------------------------
+    # -- each Ingress ------------------------------------------------------------------------
 
     def parse(self, ing: dict, key: str) -> None:
-        meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
-        ns = meta.get("namespace") or "default"
-        ann = Annotations(key, meta.get("annotations"), self.problems)
-        ctx = Context(ns, self.clusters, self.services, self.default_ref, self.auth_scope,
-                      self.configmap)
-        is_canary, rule = parse_canary(ann)
-        subset = parse_subset(ann)
-        target = ann.string("target-cluster")
-        cluster = target[1] if target and check_cluster(ann, target[0], target[1], ctx) else None
-        fields = parse_policy_fields(ann, ctx)
-        if is_canary:
-            settings = RouteSettings(set_headers=parse_header_control(ann))
-            destinations: tuple = ()
-        else:
-            settings = parse_settings(ann, ctx)
-            destinations = parse_destination(ann, ctx)
-        if settings.tls_profile is not None and fields.get(HC_PREFIX + "tls"):
-            fields[HC_TLS_PROFILE] = settings.tls_profile  # probes connect as requests do
-        affinity = parse_affinity(ann, canary=is_canary)
-        errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
-        ann.unknown_keys(is_canary, CANARY_ALLOWED)
-        parsed = Parsed(key, rule, fields, settings, destinations, affinity=affinity,
-                        errors=errors)
-        if settings.rate_limit is not None:  # nginx names the zones after namespace, name, uid
-            parsed.rate_limit = self.rate_zones.limit(
-                f"{key}|{meta.get('uid') or ''}", settings.rate_limit, self.trusted)
-
-        def narrow(ref: BackendRef) -> BackendRef:
-            return replace(ref, subset=subset or ref.subset, cluster=cluster or ref.cluster)
-
-        default = spec.get("defaultBackend")
-        if default is not None:
-            ref = backend_ref(default, ctx)
-            if isinstance(ref, str):
-                self.problem(key, f"defaultBackend: {ref}; ignored")
-            else:
-                parsed.default_ref = narrow(ref)
-        parsed.has_rules = bool(spec.get("rules"))
-        if not parsed.has_rules and parsed.default_ref is not None:
-            for full in settings.rewrite.keys():  # ingress-nginx skips them on the catch-all
-                self.problem(key, "not applied to a catch-all defaultBackend; ignored", full)
-        for rule_obj in spec.get("rules") or []:
-            host = str(rule_obj.get("host") or "").strip().lower()
-            error = host_error(host) if host else None
-            if error:
-                self.problem(key, f"rule host {host!r}: {error}; rule ignored")
-                continue
-            parsed.hosts.append(host)
-            for item in (rule_obj.get("http") or {}).get("paths") or []:
-                path_type = item.get("pathType") or IMPL
-                path = item.get("path") or ("/" if path_type == IMPL else "")
-                error = path_error(path, path_type)
-                ref = backend_ref(item.get("backend"), ctx) if not error else error
-                if isinstance(ref, str):
-                    self.problem(key, f"{host or '*'} path {path!r}: {ref}; path ignored")
-                    continue
-                parsed.rules.append((host, path, path_type, narrow(ref)))
-        if not parsed.rules and parsed.default_ref is None:
-            self.problem(key, "no usable rule and no defaultBackend; nothing to serve")
-        if not is_canary:
-            parsed.aliases = parse_aliases(ann)
-            collect_passthrough(ann, parsed.rules, self.allow_passthrough, self.passthrough, key,
-                                self.problem)
+        """Parse the Ingress (or reuse its last parse), then what spans Ingresses."""
+        parsed = (self.parses.parse(ing, key, self.context) if self.parses is not None
+                  else parse_ingress(ing, key, self.context))
+        self.problems += parsed.problems
+        limit = parsed.settings.rate_limit  # the zone's counters outlive the build
+        if limit is not None:
+            self.rate_limits[key] = self.rate_zones.limit(parsed.zone, limit, self.trusted)
+        if parsed.passthrough is not None:
+            collect_passthrough(parsed.passthrough, parsed.rules, self.allow_passthrough,
+                                self.passthrough, key, self.problem)
         self.parsed.append(parsed)
 
     # -- main rules --------------------------------------------------------------------------
@@ -289,7 +203,7 @@ class _Builder:
                 retry=settings.retry, timeouts=settings.timeouts, mirrors=mirrors,
                 upstream_host=settings.upstream_host, set_headers=settings.set_headers,
                 redirect=redirect, affinity=bind_affinity(parsed.affinity.affinity, target, path),
-                max_body=settings.max_body, cors=settings.cors, rate_limit=parsed.rate_limit,
+                max_body=settings.max_body, cors=settings.cors, rate_limit=self.rate_limits.get(parsed.key),
                 send_rate=settings.send_rate[0], send_rate_after=settings.send_rate[1],
                 auth=auth, basic_auth=basic_auth, upstream_tls=settings.upstream_tls,
                 tls_profile=bind_server_name(settings.tls_profile, target) if settings.upstream_tls

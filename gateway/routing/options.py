@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .extauth import AuthScope, ConfigMapLookup
 from .ratelimit import RateZones
+from .reuse import ParseCache
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,6 @@ class BuildOptions:
     configmap: ConfigMapLookup | None = None
     #: --enable-ssl-passthrough (without it the annotation is reported).
     ssl_passthrough: bool = False
+    #: Each Ingress's parse, kept from one build to the next so a rebuild parses only what
+    #: changed (gateway/routing/reuse.py; every build parses all when None).
+    parses: ParseCache | None = None

@@ -16,14 +16,19 @@ from .values import Annotations
 KEY = "ssl-passthrough"
 
 
-def collect_passthrough(ann: Annotations, rules: list[tuple[str, str, str, BackendRef]],
+def passthrough_key(ann: Annotations) -> str | None:
+    """The annotation's full key when it turns passthrough on (None: off or absent)."""
+    if not ann.boolean(KEY):
+        return None
+    return (ann.lookup(KEY) or (KEY, ""))[0]
+
+
+def collect_passthrough(full: str, rules: list[tuple[str, str, str, BackendRef]],
                         enabled: bool, into: dict[str, tuple[str, BackendRef]], ingress: str,
                         problem: Callable[[str, str, str], None]) -> None:
-    """Add this Ingress's passthrough hosts to `into` (host -> (Ingress, backend); the oldest
-    Ingress keeps a host); `problem(Ingress, message, annotation)` reports what is not taken."""
-    if not ann.boolean(KEY):
-        return
-    full = (ann.lookup(KEY) or (KEY, ""))[0]
+    """Add the hosts of an Ingress whose annotation `full` is on to `into` (host -> (Ingress,
+    backend); the oldest Ingress keeps a host); `problem(Ingress, message, annotation)`
+    reports what is not taken."""
     if not enabled:
         problem(ingress, "needs the gateway's --enable-ssl-passthrough; ignored", full)
         return
