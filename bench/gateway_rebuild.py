@@ -14,6 +14,7 @@ Figures are wall-clock on a shared machine: run alone.
 
     python bench/gateway_rebuild.py                    # 500, 2000 and 5000 Ingresses
     python bench/gateway_rebuild.py --sizes 1000 --rounds 3 --json out.json
+    python bench/gateway_rebuild.py --tls              # with the HTTPS listener
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ def ingress(i: int) -> dict:
 BUILDS = ("ours", "parse-all", "naive")
 
 
-async def measure(size: int, build: str) -> dict:
+async def measure(size: int, build: str, tls: bool = False) -> dict:
     hub, member = EmbeddedCluster("hub"), EmbeddedCluster("east", service_cidr="10.90.0.0/16")
     for cluster in (hub, member):
         await cluster.create(NAMESPACES, {"metadata": {"name": "demo"}})
     for i in range(size):
         await hub.create(INGRESSES, ingress(i))
-    app = GatewayApp(hub, {"east": member}, listen=("127.0.0.1", 0), admin=None)
+    app = GatewayApp(hub, {"east": member}, listen=("127.0.0.1", 0), admin=None,
+                     listen_tls=("127.0.0.1", 0) if tls else None)
     if build != "ours":  # every Ingress parsed by every build
         app.build_options = replace(app.build_options, parses=None)
     if build == "naive":  # and the build run on the event loop
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="500,2000,5000", help="Ingresses in the hub (comma separated)")
     p.add_argument("--rounds", type=int, default=1, help="best (lowest longest stall) of N")
+    p.add_argument("--tls", action="store_true",
+                   help="with the HTTPS listener (each build also recomputes the certificates)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     try:
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ingresses':>9}  {'build':<9} {'applied ms':>10} {'stall max ms':>12} {'stall p99 ms':>12}")
     for size in sizes:
         for build in BUILDS:
-            runs = [asyncio.run(measure(size, build)) for _ in range(max(1, args.rounds))]
+            runs = [asyncio.run(measure(size, build, args.tls)) for _ in range(max(1, args.rounds))]
             best = min(runs, key=lambda r: r["stall_max_ms"])
             results.append(best)
             print(f"{size:>9}  {best['build']:<9} {best['applied_ms']:>10.1f} "

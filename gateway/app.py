@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -331,35 +331,34 @@ class GatewayApp:
             self._schedule_rebuild()
 
     def _build_inputs(self) -> tuple:
-        """The snapshot a build works from (on the loop: the caches change only here), after
-        the certificates are brought up to date."""
-        ingresses, classes = self.ingresses.items(), self.classes.items()
-        tls_problems: list = []
-        tls_hosts: frozenset[str] = frozenset()
-        if self.tls is not None:
-            o = self.build_options
-            ours, _ = select_ingresses(ingresses, classes, class_name=o.class_name,
-                                       controller=o.controller, accept_classless=o.accept_classless)
-            tls_problems = self.tls.update(ours, self._secret)
-            tls_hosts = self.tls.hosts
-            if self.proxy_tls is not None:
-                self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
+        """The snapshot a build works from (on the loop: the caches change only here)."""
         read: set[tuple[str, str]] = set()
         options = replace(self.build_options, services=self._services(),
-                          configmap=self._configmap_reader(read), tls_hosts=tls_hosts,
+                          configmap=self._configmap_reader(read),
                           https_port=self._redirect_port())
-        return ingresses, classes, options, read, tls_problems
+        return self.ingresses.items(), self.classes.items(), options, read, self.tls, self._secret
 
     @staticmethod
     def _compile(inputs: tuple) -> tuple:
-        """The build itself: pure but for the rate-limit zones it names (RateZones)."""
-        ingresses, classes, options, read, tls_problems = inputs
+        """The build itself: the certificates first (the table's HTTPS redirects need their
+        hosts; the handshakes see the new ones at once, swapped whole), then the table. Pure
+        but for those and the rate-limit zones it names (RateZones)."""
+        ingresses, classes, options, read, tls, secret = inputs
+        tls_problems: list = []
+        if tls is not None:
+            ours, _ = select_ingresses(ingresses, classes, class_name=options.class_name,
+                                       controller=options.controller,
+                                       accept_classless=options.accept_classless)
+            tls_problems = tls.update(ours, secret)
+            options = replace(options, tls_hosts=tls.hosts)
         table, problems = build_route_table(ingresses, classes, options)
-        return table, problems + tls_problems, read
+        return table, problems + tls_problems, read, options.tls_hosts
 
-    def _install(self, table: RouteTable, problems: list, read: set[tuple[str, str]]) -> None:
+    def _install(self, table: RouteTable, problems: list, read: set[tuple[str, str]],
+                 tls_hosts: Collection[str]) -> None:
         if self.proxy_tls is not None:
             self.proxy_tls.router = table
+            self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         self.rate_zones.prune()  # zones of Ingresses gone
         self._configmaps_read = read
         old = {str(p) for p in self.problems}

@@ -230,6 +230,30 @@ async def test_a_rebuild_runs_beside_the_data_path_and_a_change_meanwhile_is_not
             release.set()
 
 
+async def test_certificates_are_recomputed_in_the_builder_thread(monkeypatch):
+    """With the HTTPS listener, each build first recomputes host -> certificate from every
+    Ingress (base64, hashes, new certificates parsed): that runs in the builder thread too,
+    and the HSTS hosts follow the new table."""
+    from gateway.tls import CertificateStore
+    ran_in: list[str] = []
+    update_now = CertificateStore.update
+
+    def update(self, ingresses, secret):
+        ran_in.append(threading.current_thread().name)
+        return update_now(self, ingresses, secret)
+
+    shop = ingress("shop", "shop.example.com", "web")
+    async with gateway_over([shop], "127.0.74.3", listen_tls=("127.0.0.1", 0)) as (app, _):
+        assert app.proxy_tls is not None and app.proxy_tls.hsts_for is not None
+        assert not app.proxy_tls.hsts_for("blog.example.com")
+        monkeypatch.setattr(CertificateStore, "update", update)
+        blog = ingress("blog", "blog.example.com", "web")
+        blog["spec"]["tls"] = [{"hosts": ["blog.example.com"]}]  # the default certificate
+        await app.hub.create(INGRESSES, blog)
+        await eventually(lambda: app.proxy_tls.hsts_for("blog.example.com"), within=2.0)
+        assert ran_in and all(name.startswith("route-build") for name in ran_in)
+
+
 async def test_a_failed_build_keeps_the_table_that_serves(monkeypatch, caplog):
     compile_now = GatewayApp._compile
     failures = [RuntimeError("boom")]
