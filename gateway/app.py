@@ -30,7 +30,7 @@ from gateway.proxy.passthrough import PassthroughCollector
 from gateway.routing import BuildOptions, RouteTable, build_route_table, select_ingresses
 from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
-from gateway.routing.reuse import ParseCache
+from gateway.routing.reuse import Reuse
 from gateway.routing.tls import host_has_certificate
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.types import BackendRef
@@ -113,7 +113,7 @@ class GatewayApp:
             class_name=class_name, controller=controller, accept_classless=accept_classless,
             clusters=frozenset(members), default_backend=default_backend,
             rate_zones=self.rate_zones, auth_scope=auth_scope or AuthScope(),
-            ssl_passthrough=self.ssl_passthrough, parses=ParseCache())
+            ssl_passthrough=self.ssl_passthrough, reuse=Reuse())
         self.table, _ = build_route_table([], [], self.build_options)
         self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
                                  xff_trusted=xff_trusted)

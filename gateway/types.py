@@ -37,6 +37,21 @@ class BackendRef:
     subset: tuple[tuple[str, str], ...] = ()
     cluster: str | None = None
 
+    # Written out rather than left to @dataclass, whose generated methods stay Python
+    # functions in the compiled module: a big fleet's rebuild looks up every backend a few
+    # times (gateway/upstream/manager.py `sync`), and these run natively.
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, BackendRef):
+            return NotImplemented
+        return (self.service == other.service and self.namespace == other.namespace
+                and self.port == other.port and self.subset == other.subset
+                and self.cluster == other.cluster)
+
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.service, self.port, self.subset, self.cluster))
+
     def __str__(self) -> str:
         extra = f"[{self.cluster}]" if self.cluster else ""
         if self.subset:

@@ -336,14 +336,14 @@ async def test_a_rebuild_parses_only_the_changed_ingress_and_serves_every_route(
     shops = [ingress(name, f"{name}.example.com", "web") for name in ("shop", "blog", "news")]
     async with gateway_over(shops, "127.0.74.1") as (app, _):
         url = f"http://127.0.0.1:{app.proxy.port}/"
-        parses = app.build_options.parses
-        assert parses is not None and parses.parsed == 3
+        reuse = app.build_options.reuse
+        assert reuse is not None and reuse.parsed == 3
         table = app.table
         await app.hub.patch(INGRESSES, "demo", "blog", [
             {"op": "replace", "path": "/spec/rules/0/host", "value": "blog.example.org"}],
             patch_type="json")
         await eventually(lambda: app.table is not table, within=1.0)
-        assert (parses.parsed, parses.reused) == (1, 2)
+        assert (reuse.parsed, reuse.reused) == (1, 2)
         for host, status in (("shop.example.com", 200), ("news.example.com", 200),
                              ("blog.example.org", 200), ("blog.example.com", 404)):
             assert (await get(url, host))[0] == status, host

@@ -14,7 +14,7 @@ from test_gw_routing_kit import CLUSTERS, MSE, NGX, OURS, ingress, path, req, ru
 
 from gateway.routing import BuildOptions, build_route_table
 from gateway.routing.ratelimit import RateZones
-from gateway.routing.reuse import ParseCache
+from gateway.routing.reuse import Reuse
 from gateway.routing.table import RouteTable
 
 
@@ -68,11 +68,11 @@ class Fleet:
         self.ingresses[name] = ingress(name, rule(host, path("/", service, port=port)),
                                        ann=ann, age=age)
 
-    def options(self, parses: ParseCache | None, zones: RateZones) -> BuildOptions:
+    def options(self, reuse: Reuse | None, zones: RateZones) -> BuildOptions:
         return BuildOptions(clusters=self.clusters, services=dict(self.services),
                             configmap=lambda ns, n: self.configmaps.get((ns, n)),
                             default_backend=self.default_backend, rate_zones=zones,
-                            ssl_passthrough=True, parses=parses)
+                            ssl_passthrough=True, reuse=reuse)
 
 
 def seeded(fleet: Fleet) -> None:
@@ -99,15 +99,16 @@ def seeded(fleet: Fleet) -> None:
                                         MSE + "mirror-percentage": "50"}, age=10)
 
 
-def both(fleet: Fleet, parses: ParseCache, zones: RateZones) -> None:
-    """Build with the cache and from scratch; the two tables and problem lists agree."""
+def both(fleet: Fleet, reuse: Reuse, zones: RateZones) -> RouteTable:
+    """Build with reuse and from scratch; the two tables and problem lists agree."""
     ingresses, classes = list(fleet.ingresses.values()), []
-    reused, r_problems = build_route_table(ingresses, classes, fleet.options(parses, zones),
+    reused, r_problems = build_route_table(ingresses, classes, fleet.options(reuse, zones),
                                            rng=random.Random(1))
     fresh, f_problems = build_route_table(ingresses, classes, fleet.options(None, zones),
                                           rng=random.Random(1))
     assert [str(p) for p in r_problems] == [str(p) for p in f_problems]
     assert table_shape(reused) == table_shape(fresh)
+    return reused
 
 
 STEPS = [
@@ -126,6 +127,8 @@ STEPS = [
      lambda f: f.services.__setitem__(("default", "other"), svc("other", ("http", 1))), 0),
     ("the older passthrough Ingress deleted", lambda f: f.ingresses.pop("pass-1"), 0),
     ("a new Ingress", lambda f: f.put("new", "j.example.com", {}, age=11), 1),
+    ("a backend's policy changed", lambda f: f.put("plain", "a.example.com", {
+        OURS + "panic-threshold": "20"}, age=1), 1),
     ("the member clusters changed",
      lambda f: setattr(f, "clusters", frozenset(CLUSTERS[:2])), "all"),
     ("a global default backend set", lambda f: setattr(f, "default_backend", "default/web"), "all"),
@@ -133,30 +136,34 @@ STEPS = [
 
 
 def test_each_step_parses_only_what_changed_and_builds_the_table_a_fresh_build_makes():
-    fleet, parses, zones = Fleet(), ParseCache(), RateZones()
+    fleet, reuse, zones = Fleet(), Reuse(), RateZones()
     seeded(fleet)
-    both(fleet, parses, zones)
-    assert parses.parsed == len(fleet.ingresses) and parses.reused == 0
+    last = both(fleet, reuse, zones).backends()
+    assert reuse.parsed == len(fleet.ingresses) and reuse.reused == 0
     for what, change, parsed in STEPS:
         change(fleet)
-        both(fleet, parses, zones)
+        backends = both(fleet, reuse, zones).backends()
         expected = len(fleet.ingresses) if parsed == "all" else parsed
-        assert (parses.parsed, parses.reused) == (expected, len(fleet.ingresses) - expected), what
+        assert (reuse.parsed, reuse.reused) == (expected, len(fleet.ingresses) - expected), what
+        if parsed == 0:  # the same policies, as the same objects (the manager's sync skips them)
+            assert backends.keys() == last.keys() and all(
+                backends[ref] is last[ref] for ref in backends), what
+        last = backends
 
 
 def test_a_reused_parse_reports_its_problems_and_keeps_its_rate_limit_zone():
-    fleet, parses, zones = Fleet(), ParseCache(), RateZones()
+    fleet, reuse, zones = Fleet(), Reuse(), RateZones()
     fleet.put("bad", "a.example.com", {NGX + "load-balance": "nope", NGX + "limit-rps": "5"})
     for _ in range(2):
         table, problems = build_route_table(list(fleet.ingresses.values()), [],
-                                            fleet.options(parses, zones))
+                                            fleet.options(reuse, zones))
         zones.prune()  # as the gateway does after each install
         assert any("load-balance" in str(p) for p in problems)
         decision = table.route(req())
         assert decision is not None and decision.rate_limit is not None and list(zones.zones) == ["default/bad|"]
-    assert parses.reused == 1
+    assert reuse.reused == 1
     zone = zones.zones["default/bad|"]
-    build_route_table(list(fleet.ingresses.values()), [], fleet.options(parses, zones))
+    build_route_table(list(fleet.ingresses.values()), [], fleet.options(reuse, zones))
     zones.prune()
     assert zones.zones["default/bad|"] is zone  # its counters carry on
 
@@ -165,26 +172,39 @@ def test_a_reused_parse_reports_its_problems_and_keeps_its_rate_limit_zone():
     ("lookups", {"a named port renumbered", "the auth headers ConfigMap changed",
                  "the auth headers ConfigMap deleted"}),
     ("settings", {"the member clusters changed", "a global default backend set"}),
+    ("policies", {"a backend's policy changed", "the member clusters changed"}),
 ])
-def test_the_steps_catch_a_stale_parse(broken: str, caught_by: set[str], monkeypatch):
+def test_the_steps_catch_stale_reuse(broken: str, caught_by: set[str], monkeypatch):
     """Guard for the table-driven test above: with one of reuse.py's checks switched off,
     the steps that need it build a table that differs from the fresh build."""
-    import gateway.routing.reuse as reuse
+    import gateway.routing.reuse as module
     if broken == "lookups":
-        monkeypatch.setattr(reuse, "_same", lambda entry, build: True)
-    else:
-        monkeypatch.setattr(ParseCache, "begin", lambda self, settings: (
-            setattr(self, "_next", {}), setattr(self, "reused", 0), setattr(self, "parsed", 0)))
-    fleet, parses, zones = Fleet(), ParseCache(), RateZones()
+        monkeypatch.setattr(module, "_same", lambda entry, build: True)
+    if broken == "settings":
+        begin = Reuse.begin
+
+        def keep_settings(self: Reuse, settings: tuple) -> None:
+            begin(self, self._settings)
+        monkeypatch.setattr(Reuse, "begin", keep_settings)
+    if broken == "policies":
+        policy = Reuse.policy
+
+        def last_one(self: Reuse, ref, fields):  # whatever the fields now
+            if ref not in self._policies:
+                return policy(self, ref, fields)
+            self._next_policies[ref] = self._policies[ref]
+            return self._policies[ref][1]
+        monkeypatch.setattr(Reuse, "policy", last_one)
+    fleet, reuse, zones = Fleet(), Reuse(), RateZones()
     seeded(fleet)
-    both(fleet, parses, zones)
+    both(fleet, reuse, zones)
     caught = set()
     for what, change, _ in STEPS:
         change(fleet)
         try:
-            both(fleet, parses, zones)
+            both(fleet, reuse, zones)
         except AssertionError:
             caught.add(what)
-            parses = ParseCache()  # start over from a right table
-            both(fleet, parses, zones)
+            reuse = Reuse()  # start over from a right table
+            both(fleet, reuse, zones)
     assert caught == caught_by

@@ -55,21 +55,22 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
         accept_classless=o.accept_classless)
     if unusable:
         builder.problem("-", unusable)
-    if o.parses is not None:  # what every parse depends on, besides its own lookups
-        o.parses.begin((o.clusters, default_ref, o.auth_scope))
+    if o.reuse is not None:  # what every parse depends on, besides its own lookups
+        o.reuse.begin((o.clusters, default_ref, o.auth_scope))
     for key, ing in ours:
         try:
             builder.parse(ing, key)
         except Exception as exc:  # item 6: one bad object never takes the gateway down
             builder.problems.append(Problem(key, None, f"unreadable ({exc!r}); ignored"))
-    if o.parses is not None:
-        o.parses.end()
     builder.add_mains()
     install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
                     builder.problem)
     builder.add_canaries()
     install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
-    return builder.finish(rng), builder.problems
+    table = builder.finish(rng)
+    if o.reuse is not None:
+        o.reuse.end()
+    return table, builder.problems
 
 
 class _Builder:
@@ -83,7 +84,7 @@ class _Builder:
         #: What parsing consults (each Ingress's namespace goes in as it is parsed).
         self.context = Context("", options.clusters, options.services, default_ref,
                                options.auth_scope, options.configmap)
-        self.parses = options.parses
+        self.reuse = options.reuse
         self.allow_passthrough = options.ssl_passthrough  # --enable-ssl-passthrough
         self.passthrough: dict[str, tuple[str, BackendRef]] = {}  # host -> (Ingress, backend)
         self.problems: list[Problem] = []
@@ -104,7 +105,7 @@ class _Builder:
 
     def parse(self, ing: dict, key: str) -> None:
         """Parse the Ingress (or reuse its last parse), then what spans Ingresses."""
-        parsed = (self.parses.parse(ing, key, self.context) if self.parses is not None
+        parsed = (self.reuse.parse(ing, key, self.context) if self.reuse is not None
                   else parse_ingress(ing, key, self.context))
         self.problems += parsed.problems
         limit = parsed.settings.rate_limit  # the zone's counters outlive the build
@@ -334,4 +335,4 @@ class _Builder:
             # One cluster only: weights and pools across clusters would only starve it.
             for name in ("cluster_weights", "priority_pools", "graded_spillover"):
                 fields.pop(name, None)
-        return build_policy(fields)
+        return self.reuse.policy(ref, fields) if self.reuse is not None else build_policy(fields)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .extauth import AuthScope, ConfigMapLookup
 from .ratelimit import RateZones
-from .reuse import ParseCache
+from .reuse import Reuse
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,6 @@ class BuildOptions:
     configmap: ConfigMapLookup | None = None
     #: --enable-ssl-passthrough (without it the annotation is reported).
     ssl_passthrough: bool = False
-    #: Each Ingress's parse, kept from one build to the next so a rebuild parses only what
-    #: changed (gateway/routing/reuse.py; every build parses all when None).
-    parses: ParseCache | None = None
+    #: Each Ingress's parse and each backend's policy, kept from one build to the next so a
+    #: rebuild parses only what changed (gateway/routing/reuse.py; None: all made anew).
+    reuse: Reuse | None = None

@@ -1,4 +1,5 @@
-"""Reusing each Ingress's parse from one route-table build to the next.
+"""What one route-table build hands the next: each Ingress's parse, and each backend's
+policy.
 
 A big hub rebuilds its table from every Ingress whenever one of them changes, and parsing
 is most of a build (gateway/routing/ingress.py: some 140 annotation keys per Ingress). A
@@ -8,16 +9,23 @@ informer caches never change an object in place (an update is a new object), so 
 still right when the Ingress and every object it looked up are the very same objects as
 last time, and the settings are equal: then the build takes it as it is and parses only
 what changed.
+
+A backend whose policy fields are the same as last build's gets the same BackendPolicy
+object, so the upstream manager (which compares every backend's policy on each install, on
+the event loop) passes it by identity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from gateway.types import BackendPolicy, BackendRef
 
 from .extauth import ConfigMapLookup
 from .ingress import Parsed, parse_ingress
-from .policy import Context
+from .policy import Context, build_policy
 
 Lookup = tuple[tuple[str, str], object]  # ((namespace, name), what was found: None if nothing)
 
@@ -57,12 +65,14 @@ class _Entry:
     configmaps: list[Lookup]
 
 
-class ParseCache:
-    """Kept by the gateway across builds (BuildOptions.parses); one build at a time."""
+class Reuse:
+    """Kept by the gateway across builds (BuildOptions.reuse); one build at a time."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._settings: tuple = ()
+        self._policies: dict[BackendRef, tuple[dict[str, Any], BackendPolicy]] = {}
+        self._next_policies: dict[BackendRef, tuple[dict[str, Any], BackendPolicy]] = {}
         self.reused = self.parsed = 0  # in the last build (tests and benches read them)
 
     def begin(self, settings: tuple) -> None:
@@ -71,6 +81,7 @@ class ParseCache:
             self._entries = {}
             self._settings = settings
         self._next: dict[str, _Entry] = {}
+        self._next_policies = {}
         self.reused = self.parsed = 0
 
     def parse(self, ing: dict, key: str, build: Context) -> Parsed:
@@ -89,9 +100,17 @@ class ParseCache:
         self._next[key] = entry
         return entry.parsed
 
+    def policy(self, ref: BackendRef, fields: dict[str, Any]) -> BackendPolicy:
+        """The backend's policy from its fields: last build's object when they are equal."""
+        last = self._policies.get(ref)
+        policy = last[1] if last is not None and last[0] == fields else build_policy(fields)
+        self._next_policies[ref] = (fields, policy)
+        return policy
+
     def end(self) -> None:
-        """The build is done: keep what it used (deleted Ingresses' parses go)."""
+        """The build is done: keep what it used (deleted Ingresses and backends go)."""
         self._entries, self._next = self._next, {}
+        self._policies, self._next_policies = self._next_policies, {}
 
 
 def _same(entry: _Entry, build: Context) -> bool:

@@ -130,14 +130,15 @@ class UpstreamManager(ClusterManager):
         released: list[Endpoint] = []
         for ref in [r for r in self._balancers if r not in backends]:
             released.extend(self._drop(ref))
+        policies = self._policies  # (a new ref has none: None != its policy)
         changed = [ref for ref, pol in backends.items()
-                   if ref not in self._balancers or self._policies[ref] != pol]
+                   if (old := policies.get(ref)) is not pol and old != pol]
         for ref in changed:
             self._add(ref, backends[ref])
         for bk in {_base(r) for r in changed} - self._bases.keys():
             self._set_base(bk, self.catalog.resolve(*bk))  # (a new base releases nothing)
-        for bk in [bk for bk in self._bases if not any(
-                _base(r) == bk for r in self._refs_by_service.get(bk[:2], ()))]:
+        live = {_base(r) for r in backends}  # (every ref tracked now is one of them)
+        for bk in [bk for bk in self._bases if bk not in live]:
             released.extend(self._set_base(bk, None))
         self._rebuild(changed, time.monotonic())
         self._after_change(changed, released)
