@@ -33,7 +33,9 @@ def check_run(r: dict, proxied: bool) -> None:
     # How busy each core was in all (the client core runs wrk at least), never past 100 %.
     assert 0 <= r["core_pct"][0] <= 100 and 0 < r["core_pct"][1] <= 100, r["core_pct"]
     if proxied:
-        assert r["core_pct"][0] >= min(r["cpu_pct"], 100) - 5  # its core holds the proxy (ticks: +-)
+        # its core holds the proxy: /proc/stat's per-core ticks and the process's own times
+        # are kept apart and drift a few ticks apart over a 1 s run (seen: 6 points once)
+        assert r["core_pct"][0] >= min(r["cpu_pct"], 100) - 10
     if proxied:  # the proxy's own CPU was measured, and the pods saw the weighted split
         assert r["cpu_pct"] is not None and r["user_us"] is not None and r["sys_us"] is not None
         assert r["upstream"]["cluster-a"] > 0 and r["upstream"]["cluster-b"] > 0
