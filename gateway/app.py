@@ -24,6 +24,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.credentials import CredentialStore
+from gateway.events import EventRecorder
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
 from gateway.proxy.passthrough import PassthroughCollector
@@ -37,7 +38,6 @@ from gateway.types import BackendRef
 from gateway.upstream import UpstreamManager
 from gateway.upstream_tls import UpstreamTLSStore
 from mcs_controller.access.api import ClusterClient
-from mcs_controller.access.errors import ApiError
 from mcs_controller.access.informer import Informer
 from mcs_controller.access.resources import (
     CONFIG_MAPS,
@@ -104,7 +104,7 @@ class GatewayApp:
         self.upstream = UpstreamManager(members)
         self.registry.register(UpstreamCollector(self.upstream))
         self.hub = hub
-        self._event_tasks: set[asyncio.Task] = set()
+        self.events = EventRecorder(partial(hub.create, EVENTS))  # paced (gateway/events.py)
         self.ingresses = Informer(hub, INGRESSES)
         self.classes = Informer(hub, INGRESS_CLASSES)
         #: What every build is given besides the Ingresses (the Services, the ConfigMap
@@ -218,6 +218,7 @@ class GatewayApp:
         await self.upstream.stop()
         if self.admin is not None:
             await self.admin.stop()
+        await self.events.stop()
         if self.tls is not None:
             self.tls.close()
 
@@ -397,15 +398,7 @@ class GatewayApp:
             "source": {"component": "amcs-gateway"}, "reportingComponent": "amcs.dev/gateway",
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        task = asyncio.get_running_loop().create_task(self._create_event(event))
-        self._event_tasks.add(task)
-        task.add_done_callback(self._event_tasks.discard)
-
-    async def _create_event(self, event: dict) -> None:
-        try:
-            await self.hub.create(EVENTS, event)
-        except ApiError as exc:  # events are best effort (RBAC may not allow them)
-            log.debug("cannot record event: %s", exc)
+        self.events.record(event)
 
     # -- admin -----------------------------------------------------------------------------------
 
