@@ -152,6 +152,7 @@ class GatewayApp:
             if admin is not None else None
         )
         self.problems: list = []
+        self.problem_texts: frozenset[str] = frozenset()  # (what the builder compares with)
         self._rebuild: asyncio.TimerHandle | None = None
         #: Builds after the first run here, off the event loop (`_rebuild_aside`).
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="route-build")
@@ -337,14 +338,15 @@ class GatewayApp:
         options = replace(self.build_options, services=self._services(),
                           configmap=self._configmap_reader(read),
                           https_port=self._redirect_port())
-        return self.ingresses.items(), self.classes.items(), options, read, self.tls, self._secret
+        return (self.ingresses.items(), self.classes.items(), options, read, self.tls,
+                self._secret, self.problem_texts)
 
     @staticmethod
     def _compile(inputs: tuple) -> tuple:
         """The build itself: the certificates first (the table's HTTPS redirects need their
         hosts; the handshakes see the new ones at once, swapped whole), then the table. Pure
         but for those and the rate-limit zones it names (RateZones)."""
-        ingresses, classes, options, read, tls, secret = inputs
+        ingresses, classes, options, read, tls, secret, known = inputs
         tls_problems: list = []
         if tls is not None:
             ours, _ = select_ingresses(ingresses, classes, class_name=options.class_name,
@@ -353,21 +355,22 @@ class GatewayApp:
             tls_problems = tls.update(ours, secret)
             options = replace(options, tls_hosts=tls.hosts)
         table, problems = build_route_table(ingresses, classes, options)
-        return table, problems + tls_problems, read, options.tls_hosts
+        problems += tls_problems
+        texts = [str(p) for p in problems]  # what the last install reported is not reported again
+        fresh = [p for p, text in zip(problems, texts, strict=True) if text not in known]
+        return table, problems, frozenset(texts), fresh, read, options.tls_hosts
 
-    def _install(self, table: RouteTable, problems: list, read: set[tuple[str, str]],
-                 tls_hosts: Collection[str]) -> None:
+    def _install(self, table: RouteTable, problems: list, texts: frozenset[str], fresh: list,
+                 read: set[tuple[str, str]], tls_hosts: Collection[str]) -> None:
         if self.proxy_tls is not None:
             self.proxy_tls.router = table
             self.proxy_tls.hsts_for = partial(host_has_certificate, tls_hosts=tls_hosts)
         self.rate_zones.prune()  # zones of Ingresses gone
         self._configmaps_read = read
-        old = {str(p) for p in self.problems}
-        for problem in problems:
-            if str(problem) not in old:
-                log.warning("%s", problem)
-                self._record_event(problem)
-        self.problems = problems
+        for problem in fresh:
+            log.warning("%s", problem)
+            self._record_event(problem)
+        self.problems, self.problem_texts = problems, texts
         self.upstream.sync(table.backends())
         self.proxy.router = table
         self.table = table
@@ -418,14 +421,15 @@ class GatewayApp:
                 "endpoints": self.upstream.describe(ref),
             })
         tls = self.tls.describe() if self.tls is not None else None
-        problems = [str(p) for p in self.problems]
+        problems = self.problems
 
         def write() -> str:
             return _dumps({"routes": table.describe(), "wwwRedirects": table.describe_www(),
                            "sslPassthrough": table.describe_passthrough(),
                            "serverAliases": table.describe_aliases(),
                            "defaultBackend": table.describe_default(),
-                           "backends": backends, "tls": tls, "problems": problems})
+                           "backends": backends, "tls": tls,
+                           "problems": [str(p) for p in problems]})
 
         # The live endpoint state is read here; the table's description and json's indented
         # output (pure Python) are written in a worker thread (2000 Ingresses: 4 MB, 170 ms).

@@ -349,6 +349,33 @@ async def test_a_rebuild_parses_only_the_changed_ingress_and_serves_every_route(
             assert (await get(url, host))[0] == status, host
 
 
+async def test_a_problem_is_reported_once_and_not_again_by_later_builds(caplog):
+    """Logged and recorded as an Event when it first shows up; the builds after it (worked
+    out in the builder thread) report only problems that are new."""
+    bad = ingress("shop", "shop.example.com", "web", {
+        "nginx.ingress.kubernetes.io/load-balance": "nope"})
+    async with gateway_over([bad], "127.0.74.4") as (app, _):
+        table = app.table
+        await app.hub.create(INGRESSES, ingress("blog", "blog.example.com", "web", {
+            "nginx.ingress.kubernetes.io/load-balance": "worse"}))
+        await eventually(lambda: app.table is not table, within=1.0)
+        table = app.table
+        await app.hub.create(INGRESSES, ingress("news", "news.example.com", "web"))
+        await eventually(lambda: app.table is not table, within=1.0)
+        assert caplog.text.count("unknown algorithm 'nope'") == 1
+        assert caplog.text.count("unknown algorithm 'worse'") == 1
+        assert len(app.problems) == 2
+
+        async def events() -> list[str]:
+            return sorted(e["involvedObject"]["name"]
+                          for e in (await app.hub.list(EVENTS, "demo")).items)
+        async with asyncio.timeout(2):
+            while await events() != ["blog", "shop"]:  # noqa: ASYNC110 (polled)
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert await events() == ["blog", "shop"]
+
+
 async def test_a_default_backend_service_created_later_is_used_within_a_second():
     """default-backend names a Service no member has yet (reported); once it appears the
     table is rebuilt (no Ingress event) and it serves the rule whose Service has no endpoint."""
