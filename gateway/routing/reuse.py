@@ -70,6 +70,7 @@ class Reuse:
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._next: dict[str, _Entry] = {}  # this build's (kept by `end`)
         self._settings: tuple = ()
         self._policies: dict[BackendRef, tuple[dict[str, Any], BackendPolicy]] = {}
         self._next_policies: dict[BackendRef, tuple[dict[str, Any], BackendPolicy]] = {}
@@ -80,7 +81,7 @@ class Reuse:
         if settings != self._settings:
             self._entries = {}
             self._settings = settings
-        self._next: dict[str, _Entry] = {}
+        self._next = {}
         self._next_policies = {}
         self.reused = self.parsed = 0
 
