@@ -85,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     auth.add_argument("--no-auth-locations", default=DEFAULT_NO_AUTH_LOCATIONS, metavar="PREFIXES",
                       help="comma-separated path prefixes whose routes skip every auth check "
                       "(default: %(default)s)")
+    p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, keep serving this long with /readyz failing and every "
+                   "response closing its connection: load balancers and kube-proxy learn of a "
+                   "terminating pod late, and meanwhile still send it clients (default: "
+                   "%(default)s; SIGINT or a second SIGTERM cuts it short)")
+    p.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
+                   help="then, with the listeners closed, what requests in flight get to finish "
+                   "(default: %(default)s)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     args = p.parse_args(argv)
@@ -103,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("limit_req_status_code", "limit_conn_status_code"):
         if not 400 <= getattr(args, flag) <= 599:
             p.error(f"--{flag.replace('_', '-')}: an error status (400-599)")
+    for flag in ("shutdown_delay", "shutdown_grace"):
+        if not 0 <= getattr(args, flag) <= 3600:
+            p.error(f"--{flag.replace('_', '-')}: between 0 and 3600 seconds")
     if not 0 <= args.busy_poll_us <= 1_000_000:
         p.error("--busy-poll-us: between 0 and 1000000")
     if args.default_backend_service is not None:
@@ -180,13 +191,21 @@ async def amain(args: argparse.Namespace) -> int:
     if app.address_tls is not None:
         print(f"gateway listening on https {app.address_tls[0]}:{app.address_tls[1]}",
               flush=True)
-    stop = asyncio.Event()
+    terminate, stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM,  # the first one drains, a second one stops
+                            lambda: stop.set() if terminate.is_set() else terminate.set())
+    await asyncio.wait([asyncio.ensure_future(e.wait()) for e in (terminate, stop)],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set() and args.shutdown_delay > 0:
+        log.info("SIGTERM: draining for %.3g s (/readyz fails, connections close after their "
+                 "response), then stopping", args.shutdown_delay)
+        app.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.shutdown_delay)
     with contextlib.suppress(Exception):
-        await app.stop()
+        await app.stop(args.shutdown_grace)
     for client in [*members.values(), hub]:
         await client.close()
     return 0

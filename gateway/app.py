@@ -152,6 +152,7 @@ class GatewayApp:
             if admin is not None else None
         )
         self.problems: list = []
+        self.draining = False  # (see `drain`)
         self.problem_texts: frozenset[str] = frozenset()  # (what the builder compares with)
         self._rebuild: asyncio.TimerHandle | None = None
         #: Builds after the first run here, off the event loop (`_rebuild_aside`).
@@ -242,7 +243,17 @@ class GatewayApp:
         return self._built.is_set()
 
     def _ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down (draining connections)"
         return (True, "ok") if self.ready else (False, "route table not built (informers syncing)")
+
+    def drain(self) -> None:
+        """The start of a graceful stop: /readyz fails and clients are moved off (each
+        connection closes after its response) while the listeners still serve."""
+        self.draining = True
+        self.proxy.drain()
+        if self.proxy_tls is not None:
+            self.proxy_tls.drain()
 
     async def wait_ready(self, within: float = 10.0) -> None:
         await asyncio.wait_for(self._built.wait(), within)

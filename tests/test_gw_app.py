@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -153,7 +154,10 @@ async def _status_is(url: str, host: str, status: int) -> bool:
     return (await get(url, host))[0] == status
 
 
-async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
+@contextlib.asynccontextmanager
+async def gateway_process(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, int, Upstream]]:
+    """`python -m gateway` against a hub and one member served over the Kubernetes API, the
+    shop.example.com route serving: (process, port, admin port, the upstream)."""
     ups = {"east": await Upstream("east", host="127.0.72.1").start()}
     hub, members = await world(ups)
     await hub.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
@@ -171,22 +175,77 @@ async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
     port, admin = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--config", str(tmp_path / "fleet.yaml"),
-        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--busy-poll-us", "200",
+        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", *flags,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
         assert b"gateway listening on http 127.0.0.1:" in line, line
         await eventually(lambda: _status_is(f"http://127.0.0.1:{port}/x", "shop.example.com", 200),
                          within=10.0)
-        assert ups["east"].requests[-1].path == "/x"
+        yield proc, port, admin, ups["east"]
     finally:
-        proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         for server in servers.values():
             await server.stop()
         await ups["east"].stop()
-    assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
+
+
+async def test_gateway_process_through_the_kubernetes_api(tmp_path: Path):
+    async with gateway_process(tmp_path, "--busy-poll-us", "200", "--shutdown-delay", "0") as (
+            proc, _, _, upstream):
+        assert upstream.requests[-1].path == "/x"
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 10)
+        assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
+
+
+async def _http(port: int, request: bytes, reader_writer=None) -> tuple[bytes, tuple]:
+    """One request on a kept connection (or a new one): the response head and the pair."""
+    reader, writer = reader_writer or await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return head, (reader, writer)
+
+
+async def test_sigterm_drains_first_then_stops(tmp_path: Path):
+    """SIGTERM: for --shutdown-delay /readyz fails and connections close after their
+    response, while new ones are still served; then the process stops (exit 0). A second
+    SIGTERM cuts the delay short."""
+    get = b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"
+    async with gateway_process(tmp_path, "--shutdown-delay", "1.5") as (proc, port, admin, _):
+        head, (reader, writer) = await _http(port, get)  # a kept-alive client, idle now
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+        start = time.monotonic()
+        proc.terminate()
+        assert await reader.read() == b""  # the idle connection is closed
+        writer.close()
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+            assert r.status == 503 and "shutting down" in await r.text()
+        head, (_, writer) = await _http(port, get)  # a new client is still served
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+        writer.close()
+        await asyncio.wait_for(proc.wait(), 10)
+        assert time.monotonic() - start >= 1.4 and proc.returncode == 0
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+    async with gateway_process(tmp_path, "--shutdown-delay", "60") as (proc, port, admin, _):
+        start = time.monotonic()
+        proc.terminate()
+        async with aiohttp.ClientSession() as s:
+            await eventually(lambda: _readyz_is(s, admin, 503), within=5.0)
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        assert time.monotonic() - start < 10 and proc.returncode == 0
+
+
+async def _readyz_is(s: aiohttp.ClientSession, admin: int, status: int) -> bool:
+    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+        return r.status == status
 
 
 def test_cli_refuses_a_bad_busy_poll_window(tmp_path: Path):

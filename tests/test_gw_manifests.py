@@ -55,6 +55,11 @@ def test_deployment_flags_exist_and_ports_agree():
     assert "/tmp" in mounts  # the TLS key files, with a read-only root filesystem
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["admin"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # SIGTERM drains, then stops: the kubelet must not kill the pod before both are over
+    from gateway.__main__ import parse_args
+    args = parse_args(container["command"][3:])
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > args.shutdown_delay + args.shutdown_grace
 
 
 def test_ingress_class_names_our_controller():

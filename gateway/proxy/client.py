@@ -256,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
             return
         # Answered before its body was read (413, 404 on a POST...): the rest of the body
         # would be read as a next request, so close. A bodiless request's end follows at once.
-        if ex.client_close or (self.parsing is ex and not ex.req_done) or self.server.stopping:
+        if ex.client_close or (self.parsing is ex and not ex.req_done) or self.server.draining:
             self.close()
             return
         if self.advancing:

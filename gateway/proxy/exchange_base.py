@@ -116,7 +116,7 @@ class ExchangeBase(Owner):
             return
         h = self.head
         close = (not h.keep_alive or not self.req_done or h.upgrade is not None
-                 or self.server.stopping or self.client.closing)
+                 or self.server.draining or self.client.closing)
         self.client_close = close
         self.status = status
         self.resp_started = True

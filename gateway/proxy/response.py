@@ -89,7 +89,7 @@ class ResponseSide(RetrySide):
             mode = M_RAW if h.http10 else M_CHUNK
         self.resp_mode = mode
         close = (not h.keep_alive or mode == M_RAW or h.upgrade is not None
-                 or self.server.stopping or c.closing)
+                 or self.server.draining or c.closing)
         self.client_close = close
         if close:
             extra = b"Transfer-Encoding: chunked\r\nConnection: close\r\n" if mode == M_CHUNK else b"Connection: close\r\n"

@@ -56,6 +56,9 @@ class ProxyServer:
         self._trust_cache: dict[str, bool] = {}
         self.scheme = scheme
         self.conns: set[ClientConnection] = set()
+        #: Draining: each response announces `Connection: close` and the connection closes
+        #: after it (new connections are still taken); stopping: new ones are refused too.
+        self.draining = False
         self.stopping = False
         self.port = 0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -108,6 +111,14 @@ class ProxyServer:
         log.info("proxy listening on %s %s:%d", self.scheme, host, self.port)
         return self.port
 
+    def drain(self) -> None:
+        """Keep serving, but move clients off: idle connections close now, busy ones after
+        their response (announced with `Connection: close`), new ones after their first."""
+        self.draining = True
+        for c in list(self.conns):
+            if c.exchange is None and c.tunnel is None and not c.pipeline and c.state == IDLE:
+                c.close()
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; idle connections close now, busy ones after their response
         (announced with `Connection: close`); whatever is left after `grace` is cut."""
@@ -118,9 +129,7 @@ class ProxyServer:
             self._server.close()
         if self.passthrough is not None:
             self.passthrough.close()
-        for c in list(self.conns):
-            if c.exchange is None and c.tunnel is None and not c.pipeline and c.state == IDLE:
-                c.close()
+        self.drain()
         if self.conns:
             self._drained = asyncio.Event()
             try:
