@@ -41,6 +41,7 @@ COMPILED = [
     "gateway/upstream/outlier.py",
     "gateway/upstream/manager.py",
     "gateway/metrics.py",
+    "gateway/access_log.py",
 ]
 
 

@@ -72,11 +72,11 @@ class ListTransport:
         return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8080)}.get(key, default)
 
 
-async def measure(requests: int, host: str, batch: int) -> float:
+async def measure(requests: int, host: str, batch: int, access_log: str | None = None) -> float:
     fleet, errors = await load_fleet(S.write_fleet(Path(tempfile.mkdtemp())))
     assert not errors and fleet.hub is not None, errors
     app = GatewayApp(fleet.clusters[fleet.hub], fleet.member_clients(),
-                     listen=("127.0.0.1", 0), admin=None)
+                     listen=("127.0.0.1", 0), admin=None, access_log=access_log)
     await app.start()
     await app.wait_ready(15)
     wrote: list[UpstreamConnection] = []
@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=100000)
     p.add_argument("--host", default=S.HOST, help=f"{S.MIRROR_HOST}: with a mirror copy each")
     p.add_argument("--batch", type=int, default=10, help="requests per loop turn")
+    p.add_argument("--access-log", metavar="FILE", help="with the access log on (e.g. /dev/null)")
     args = p.parse_args(argv)
     result: list[float] = []
 
     async def go() -> int:
-        result.append(await measure(args.requests, args.host, args.batch))
+        result.append(await measure(args.requests, args.host, args.batch, args.access_log))
         return 0
 
     run_loop(go())

@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     auth.add_argument("--no-auth-locations", default=DEFAULT_NO_AUTH_LOCATIONS, metavar="PREFIXES",
                       help="comma-separated path prefixes whose routes skip every auth check "
                       "(default: %(default)s)")
+    p.add_argument("--access-log", metavar="FILE", default=None,
+                   help="one JSON line per request (nginx's variable names) to FILE, or - for "
+                   "standard output (default: none)")
     p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, keep serving this long with /readyz failing and every "
                    "response closing its connection: load balancers and kube-proxy learn of a "
@@ -111,6 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("limit_req_status_code", "limit_conn_status_code"):
         if not 400 <= getattr(args, flag) <= 599:
             p.error(f"--{flag.replace('_', '-')}: an error status (400-599)")
+    if args.access_log not in (None, "-"):
+        try:
+            open(args.access_log, "a").close()  # noqa: SIM115 (the gateway opens it later)
+        except OSError as exc:
+            p.error(f"--access-log {args.access_log}: {exc.strerror}")
     for flag in ("shutdown_delay", "shutdown_grace"):
         if not 0 <= getattr(args, flag) <= 3600:
             p.error(f"--{flag.replace('_', '-')}: between 0 and 3600 seconds")
@@ -174,7 +182,8 @@ async def amain(args: argparse.Namespace) -> int:
                          default_backend=args.default_backend_service,
                          rate_limit_status=(args.limit_req_status_code,
                                             args.limit_conn_status_code),
-                         auth_scope=args.auth_scope, ssl_passthrough=args.enable_ssl_passthrough)
+                         auth_scope=args.auth_scope, ssl_passthrough=args.enable_ssl_passthrough,
+                         access_log=args.access_log)
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from functools import partial
 
 from aiohttp import web
 
+from gateway.access_log import AccessLog
 from gateway.credentials import CredentialStore
 from gateway.events import EventRecorder
 from gateway.metrics import GatewayMetrics, UpstreamCollector
@@ -83,6 +84,7 @@ class GatewayApp:
         rate_limit_status: tuple[int, int] = (503, 503),
         auth_scope: AuthScope | None = None,
         ssl_passthrough: bool = False,
+        access_log: str | None = None,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -95,12 +97,15 @@ class GatewayApp:
         custom-http-errors pages of Ingresses without their own default-backend.
         `rate_limit_status`: the statuses refused by limit-rps/-rpm and by limit-connections.
         `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
-        `ssl_passthrough`: --enable-ssl-passthrough (with `listen_tls`; gateway/proxy/passthrough.py)."""
+        `ssl_passthrough`: --enable-ssl-passthrough (with `listen_tls`; gateway/proxy/passthrough.py).
+        `access_log`: a file, or "-" (standard output), for one JSON line per request
+        (gateway/access_log.py; OSError when it cannot be opened)."""
         self.ssl_passthrough = ssl_passthrough and listen_tls is not None
         #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
         self.rate_zones = RateZones(*rate_limit_status)
         self.registry = registry if registry is not None else new_registry()
         self.metrics = GatewayMetrics(self.registry)
+        self.access_log = AccessLog(access_log, self.registry) if access_log else None
         self.upstream = UpstreamManager(members)
         self.registry.register(UpstreamCollector(self.upstream))
         self.hub = hub
@@ -116,7 +121,7 @@ class GatewayApp:
             ssl_passthrough=self.ssl_passthrough, reuse=Reuse())
         self.table, _ = build_route_table([], [], self.build_options)
         self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
-                                 xff_trusted=xff_trusted)
+                                 xff_trusted=xff_trusted, access_log=self.access_log)
         if self.proxy.trusted:
             self.build_options = replace(self.build_options, trusted=self.proxy.is_trusted)
         self.listen = listen
@@ -139,7 +144,8 @@ class GatewayApp:
             self.tls = CertificateStore(default_cert, default_key)
             # One route table serves both listeners (each request carries its scheme).
             self.proxy_tls = ProxyServer(self.table, self.upstream, metrics=self.metrics,
-                                         limits=limits, xff_trusted=xff_trusted, scheme="https")
+                                         limits=limits, xff_trusted=xff_trusted, scheme="https",
+                                         access_log=self.access_log)
             if hsts:
                 self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
             self.proxy_tls.credentials = self.proxy.credentials
@@ -221,6 +227,8 @@ class GatewayApp:
         if self.admin is not None:
             await self.admin.stop()
         await self.events.stop()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.tls is not None:
             self.tls.close()
 

@@ -384,4 +384,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.closing:
             self.write(local_response(r.status, r.reason, close=True))
             self.server.hooks.observe("", "", r.status, 0.0)
+            access_log = self.server.access_log
+            if access_log is not None:
+                access_log.rejected(self.peer, r.status)
             self.close()

@@ -81,12 +81,16 @@ class ExchangeBase(Owner):
     held_limit: Any = None  # limit-connections: the RateLimit holding a slot for this request
     held_key = ""
     throttle: SendThrottle | None = None  # limit-rate: the response's bytes wait here
+    resp_bytes = 0  # response body bytes to the client (the access log's body_bytes_sent)
+    started = 0.0  # when the request head was complete (with an access log only)
 
     def __init__(self, client: ClientConnection, head: RequestHead) -> None:
         self.client = client
         self.server: ProxyServer = client.server
         self.head = head
         self.req_done = not (head.chunked or head.length)
+        if self.server.access_log is not None:
+            self.started = client.loop.time()
 
     def batched_client(self) -> ClientConnection | None:
         return self.client
@@ -122,9 +126,11 @@ class ExchangeBase(Owner):
         self.resp_started = True
         if self.resp_auth:
             extra += self.auth_lines(status)
-        self.client.write(local_response(
+        data = local_response(
             status, text, close=close, head_only=h.head_only, request_id=h.request_id, location=location,
-            extra=self.server.hsts_line(self.view) + extra))
+            extra=self.server.hsts_line(self.view) + extra)
+        self.client.write(data)
+        self.resp_bytes = len(data) - data.find(b"\r\n\r\n") - 4
         self._finish()
 
     def auth_lines(self, status: int) -> bytes:
@@ -145,6 +151,9 @@ class ExchangeBase(Owner):
         if not now:
             now = self.client.loop.time()
         self.server.hooks.observe(self.route, self.cluster, self.status, now - self.t0 if self.t0 else 0.0)
+        access_log = self.server.access_log
+        if access_log is not None:
+            access_log.request(self, self.status, now)
         self.client.exchange_done(self, now)
 
     def client_lost(self) -> None:
@@ -155,8 +164,11 @@ class ExchangeBase(Owner):
         self._drop_conn()
         self._end_attempt(None, None)
         self._mark_done()
-        self.server.hooks.observe(self.route, self.cluster, self.status if self.resp_started else 499,
-                                  self.client.loop.time() - self.t0 if self.t0 else 0.0)
+        status, now = self.status if self.resp_started else 499, self.client.loop.time()
+        self.server.hooks.observe(self.route, self.cluster, status, now - self.t0 if self.t0 else 0.0)
+        access_log = self.server.access_log
+        if access_log is not None:
+            access_log.request(self, status, now)
 
     def _mark_done(self) -> None:
         """Ended: mirror copies still waiting for a body that will not come are dropped."""

@@ -9,9 +9,20 @@ path, so the per-request call stays in native code).
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from gateway.proxy.exchange_base import ExchangeBase
+    from gateway.proxy.heads import Peer
 
 MirrorOutcome = Literal["sent", "dropped", "failed"]
+
+
+class RequestLog(Protocol):
+    """The access log (gateway/access_log.py), called when a request ends."""
+
+    def request(self, ex: ExchangeBase, status: int, now: float) -> None: ...
+    def rejected(self, peer: Peer, status: int) -> None: ...
 
 
 class Hooks(Protocol):

@@ -162,6 +162,7 @@ class ResponseSide(RetrySide):
         if self.phase != STREAMING:
             return
         self.progress += 1
+        self.resp_bytes += len(data)
         if self.resp_mode == M_CHUNK:
             if not data:
                 return

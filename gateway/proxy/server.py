@@ -20,7 +20,7 @@ from gateway.credentials import CredentialStore
 from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
 from gateway.proxy.extauth import AuthChecker
-from gateway.proxy.hooks import Hooks, ProxyHooks
+from gateway.proxy.hooks import Hooks, ProxyHooks, RequestLog
 from gateway.proxy.mirror import MirrorSender
 from gateway.proxy.passthrough import PassthroughListener, tls_handoff
 from gateway.proxy.pool import ConnectionPool
@@ -46,8 +46,10 @@ class ProxyServer:
         limits: Limits | None = None,
         xff_trusted: Iterable[str] = (),
         scheme: str = "http",
+        access_log: RequestLog | None = None,
     ) -> None:
         self.router = router
+        self.access_log = access_log
         self.clusters = clusters
         self.hooks: Hooks = metrics if metrics is not None else ProxyHooks()
         self.limits = limits if limits is not None else Limits()
