@@ -205,6 +205,8 @@ async def amain(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM,  # the first one drains, a second one stops
                             lambda: stop.set() if terminate.is_set() else terminate.set())
+    if app.access_log is not None:  # after a rotation (nginx's USR1)
+        loop.add_signal_handler(signal.SIGUSR1, app.access_log.reopen)
     await asyncio.wait([asyncio.ensure_future(e.wait()) for e in (terminate, stop)],
                        return_when=asyncio.FIRST_COMPLETED)
     if not stop.is_set() and args.shutdown_delay > 0:

@@ -155,6 +155,20 @@ class AccessLog:
         if rest:  # try again soon even when no request comes
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
+    def reopen(self) -> None:
+        """Open the path anew (after a rotation renamed the file; nginx's USR1): what is
+        gathered goes to the old file first."""
+        self.flush()
+        try:
+            fd = open_log(self.path)
+        except OSError as exc:
+            log.warning("access log %s: cannot reopen, still writing the old file: %s",
+                        self.path, exc.strerror)
+            return
+        os.close(self._fd)
+        self._fd = fd
+        log.info("access log %s reopened", self.path)
+
     def close(self) -> None:
         """Write what is left (at the gateway's stop; what the reader does not take is lost)."""
         if self._timer is not None:

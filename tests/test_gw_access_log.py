@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
-from test_gw_app import gateway_over, ingress
+from fleetkit import eventually
+from test_gw_app import gateway_over, gateway_process, ingress
 
 import gateway.access_log as access_log_module
 from gateway.access_log import AccessLog
@@ -130,3 +132,25 @@ def test_cli_names_an_access_log_it_cannot_open(tmp_path: Path):
     assert done.returncode == 2, done.stderr
     assert "--access-log" in done.stderr and "No such file or directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_sigusr1_reopens_the_log_after_a_rotation(tmp_path: Path):
+    """logrotate renames the file, then `kill -USR1`: later lines go to a new file at the path."""
+    log = tmp_path / "access.log"
+    async with gateway_process(tmp_path, "--access-log", str(log), "--shutdown-delay", "0") as (
+            proc, port, _, _):
+        async with aiohttp.ClientSession() as s:
+            await eventually(lambda: log.exists() and log.read_text().count("\n") >= 1,
+                             within=3.0)  # the start-up probe's request, flushed
+            rotated = tmp_path / "access.log.1"
+            log.rename(rotated)
+            before = rotated.read_text().count("\n")
+            proc.send_signal(signal.SIGUSR1)
+            await eventually(lambda: log.exists(), within=3.0)
+            async with s.get(f"http://127.0.0.1:{port}/after", headers={"Host": "shop.example.com"}) as r:
+                assert r.status == 200
+            await eventually(lambda: "/after" in log.read_text(), within=3.0)
+        assert "/after" not in rotated.read_text() and rotated.read_text().count("\n") == before
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        assert proc.returncode == 0
