@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+
+
+def sizes(text: str) -> list[int]:
+    """argparse type of the fleet-size lists the control-side benches take ("500,2000")."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated whole numbers, not {text!r}") from None
 
 
 class LoopStalls:

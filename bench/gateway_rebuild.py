@@ -34,7 +34,7 @@ for path in (str(ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _loop_stalls import LoopStalls  # noqa: E402
+from _loop_stalls import LoopStalls, sizes  # noqa: E402
 
 from gateway.app import GatewayApp  # noqa: E402
 from mcs_controller.access.embedded import EmbeddedCluster  # noqa: E402
@@ -83,19 +83,16 @@ async def measure(size: int, build: str, tls: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="500,2000,5000", help="Ingresses in the hub (comma separated)")
+    p.add_argument("--sizes", type=sizes, default="500,2000,5000",
+                   help="Ingresses in the hub (comma separated)")
     p.add_argument("--rounds", type=int, default=1, help="best (lowest longest stall) of N")
     p.add_argument("--tls", action="store_true",
                    help="with the HTTPS listener (each build also recomputes the certificates)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        p.error(f"--sizes: comma-separated whole numbers, not {args.sizes!r}")
     results = []
     print(f"{'ingresses':>9}  {'build':<9} {'applied ms':>10} {'stall max ms':>12} {'stall p99 ms':>12}")
-    for size in sizes:
+    for size in args.sizes:
         for build in BUILDS:
             runs = [asyncio.run(measure(size, build, args.tls)) for _ in range(max(1, args.rounds))]
             best = min(runs, key=lambda r: r["stall_max_ms"])

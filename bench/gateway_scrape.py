@@ -29,7 +29,7 @@ for path in (str(ROOT), str(HERE)):
 sys.path.append(str(ROOT / "tests"))  # gwkit: the naive peer's families, as the tests check them
 
 import aiohttp  # noqa: E402
-from _loop_stalls import LoopStalls  # noqa: E402
+from _loop_stalls import LoopStalls, sizes  # noqa: E402
 from gwkit import LibraryFamilies  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
@@ -70,17 +70,13 @@ async def measure(routes: int, naive: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--routes", default="500,5000", help="routes (comma separated)")
+    p.add_argument("--routes", type=sizes, default="500,5000", help="routes (comma separated)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.routes.split(",")]
-    except ValueError:
-        p.error(f"--routes: comma-separated whole numbers, not {args.routes!r}")
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the gateway runs
     results = []
     print(f"{'routes':>6}  {'scrape':<6} {'MB':>6} {'scrape ms':>9} {'CPU ms':>8} {'stall max ms':>12}")
-    for size in sizes:
+    for size in args.routes:
         for naive in (False, True):
             r = asyncio.run(measure(size, naive))
             results.append(r)
