@@ -34,6 +34,7 @@ from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
 from gateway.routing.reuse import Reuse
 from gateway.routing.tls import host_has_certificate
+from gateway.routing.values import Problem
 from gateway.tls import TLS_SECRET_TYPE, CertificateStore, trim_secret
 from gateway.types import BackendRef
 from gateway.upstream import UpstreamManager
@@ -374,6 +375,13 @@ class GatewayApp:
             tls_problems = tls.update(ours, secret)
             options = replace(options, tls_hosts=tls.hosts)
         table, problems = build_route_table(ingresses, classes, options)
+        if tls is not None:
+            tls_problems += tls.update_client_auth(table.client_certs, secret)
+        else:
+            for check in {id(c): c for c in table.client_certs.values() if c is not None}.values():
+                tls_problems.append(Problem(check.ingress, "auth-tls-secret", (
+                    f"host {check.host}: client certificates need the HTTPS listener "
+                    "(--listen-tls); plain-HTTP requests are not checked, as in ingress-nginx")))
         problems += tls_problems
         texts = [str(p) for p in problems]  # what the last install reported is not reported again
         fresh = [p for p, text in zip(problems, texts, strict=True) if text not in known]

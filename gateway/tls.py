@@ -25,14 +25,17 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.client_auth import TAG, ClientAuth, ClientAuthLoader, native
+from gateway.routing.clientcert import ClientCertCheck
 from gateway.routing.matching import host_error
 from gateway.routing.values import Problem
 
@@ -64,6 +67,7 @@ class Certificate:
     subject: str
     not_after: str
     sha256: str  # of the leaf, hex
+    pem: bytes = field(default=b"", repr=False, compare=False)  # chain + key (auth-tls contexts)
 
     def covers(self, host: str) -> bool:
         """Go's VerifyHostname, which ingress-nginx uses: a name equal to the host, or a
@@ -137,11 +141,18 @@ class CertificateStore:
         self.referenced: frozenset[tuple[str, str]] = frozenset()  # Secrets named by spec.tls
         if (default_cert is None) != (default_key is None):
             raise TLSConfigError("--default-tls-cert and --default-tls-key go together")
+        #: auth-tls-* hosts: SNI name -> the handshake settings asking for a certificate
+        #: (None: a host that asks for none); empty when no Ingress uses client certificates.
+        self._auths: dict[str, ClientAuth | None] = {}
+        self.client_auth = ClientAuthLoader(self.private_file)
         if default_cert is not None and default_key is not None:
             self.context = check_key_pair(default_cert, default_key)
             self.default_source = f"{default_cert} + {default_key}"
+            with open(default_cert, "rb") as crt, open(default_key, "rb") as key:
+                self._default_pem = crt.read().rstrip(b"\n") + b"\n" + key.read()
         else:
             cert_pem, key_pem = self_signed()
+            self._default_pem = cert_pem + key_pem
             loaded = self._load_pem(cert_pem, key_pem)
             if isinstance(loaded, str):  # cannot happen with our own PEM
                 raise TLSConfigError(f"default certificate: {loaded}")
@@ -153,6 +164,16 @@ class CertificateStore:
 
     def _sni(self, sslobj: ssl.SSLObject, server_name: str | None,
              listener: ssl.SSLContext) -> None:
+        auths = self._auths
+        if auths:  # some host asks for client certificates: note what this handshake did
+            auth = self._auth_for(server_name, auths)
+            if auth is not None:
+                sslobj.context = auth.context
+                binding = native()
+                asked = not isinstance(binding, str) and binding.ask_certificate(sslobj, auth)
+                setattr(sslobj, TAG, (server_name, auth if asked else None))
+                return
+            setattr(sslobj, TAG, (server_name, None))
         cert = self.select(server_name)
         if cert is not None:
             sslobj.context = cert.context
@@ -167,6 +188,17 @@ class CertificateStore:
             return by_host[name]
         dot = name.find(".")
         return by_host.get("*" + name[dot:]) if dot > 0 else None
+
+    @staticmethod
+    def _auth_for(server_name: str | None, auths: Mapping[str, ClientAuth | None]) -> ClientAuth | None:
+        """The host's settings for this SNI name: the exact host, else its wildcard."""
+        if not server_name:
+            return None
+        name = server_name.rstrip(".").lower()
+        if name in auths:
+            return auths[name]
+        dot = name.find(".")
+        return auths.get("*" + name[dot:]) if dot > 0 else None
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -194,6 +226,38 @@ class CertificateStore:
         self.hosts = frozenset(by_host)
         self.referenced = frozenset(used)
         return list({str(p): p for p in problems}.values())  # one per message
+
+    def update_client_auth(self, checks: Mapping[str, ClientCertCheck | None],
+                           secret: SecretLookup) -> list[Problem]:
+        """After a route-table build: load each auth-tls host's handshake settings (its
+        certificate, as `select` finds it, plus the CAs of its auth-tls-secret) into its
+        ClientCertCheck; a Secret that cannot be used is a problem, and the host's HTTPS
+        requests answer 503."""
+        problems: list[Problem] = []
+        auths: dict[str, ClientAuth | None] = {}
+        used: set[tuple] = set()
+        refs = set(self.referenced)
+        for host, check in checks.items():
+            if check is None or check.broken is not None:
+                auths[host] = None
+                continue
+            refs.add(check.policy.secret)
+            # a wildcard host is served the certificate of that very wildcard
+            cert = self._by_host.get(host) if host.startswith("*.") else self.select(host)
+            pem, ident = (cert.pem, cert.sha256) if cert is not None else (self._default_pem, "default")
+            loaded = self.client_auth.load(check, pem, ident, secret)
+            if isinstance(loaded, str):
+                check.broken = loaded
+                auths[host] = None
+                problems.append(TLSProblem(check.ingress, "auth-tls-secret", f"{loaded}; HTTPS "
+                                           f"requests to {host} answer 503"))
+                continue
+            check.auth = auths[host] = loaded
+            used.add(loaded.key)
+        self.client_auth.keep(used)
+        self._auths = auths if any(a is not None for a in auths.values()) else {}
+        self.referenced = frozenset(refs)
+        return list({str(p): p for p in problems}.values())
 
     def _ingress(self, key: str, ing: dict, by_host: dict[str, Certificate | None],
                  owner: dict[str, tuple[str, str]], problems: list[Problem],
@@ -302,21 +366,27 @@ class CertificateStore:
             return f"certificate and key cannot be loaded ({getattr(exc, 'reason', None) or exc})"
         return Certificate(ctx, _names(leaf), leaf.subject.rfc4514_string(),
                            leaf.not_valid_after_utc.isoformat(),
-                           leaf.fingerprint(hashes.SHA256()).hex())
+                           leaf.fingerprint(hashes.SHA256()).hex(),
+                           crt.rstrip(b"\n") + b"\n" + key)
 
-    def _load_chain(self, ctx: ssl.SSLContext, crt: bytes, key: bytes) -> None:
-        """load_cert_chain reads files only: write one into the private directory (0600),
-        load it, remove it at once."""
+    @contextmanager
+    def private_file(self, data: bytes) -> Iterator[str]:
+        """OpenSSL loads certificates from files: one in the private directory (0600) for the
+        duration of the `with`, removed at once."""
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="amcs-gateway-tls-")  # mode 0700
         path = os.path.join(self._dir, f"{os.urandom(8).hex()}.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(crt.rstrip(b"\n") + b"\n" + key)
-            ctx.load_cert_chain(path, password=_no_password)
+                f.write(data)
+            yield path
         finally:
             os.unlink(path)
+
+    def _load_chain(self, ctx: ssl.SSLContext, crt: bytes, key: bytes) -> None:
+        with self.private_file(crt.rstrip(b"\n") + b"\n" + key) as path:
+            ctx.load_cert_chain(path, password=_no_password)
 
     def close(self) -> None:
         """Remove the private directory (nothing is left in it between loads)."""
@@ -331,7 +401,8 @@ class CertificateStore:
             hosts[host] = ({"certificate": "default"} if cert is None else
                            {"subject": cert.subject, "names": list(cert.names),
                             "notAfter": cert.not_after, "sha256": cert.sha256})
-        return {"default": self.default_source, "hosts": hosts}
+        asking = sorted(h for h, a in self._auths.items() if a is not None)
+        return {"default": self.default_source, "hosts": hosts, "clientCertificates": asking}
 
 
 def _names(cert: x509.Certificate) -> tuple[str, ...]:

@@ -260,6 +260,9 @@ class RouteDecision:
     tls_profile: Any = None
     #: auth-type basic: a gateway.routing.basicauth.BasicAuth, checked before `auth`; None: no check.
     basic_auth: Any = None
+    #: auth-tls-*: the host's gateway.routing.clientcert.ClientCertCheck, checked first
+    #: (nginx checks the certificate as it reads the request head); None: no check.
+    client_cert: Any = None
 
 
 class RequestView:

@@ -17,7 +17,7 @@ from test_gw_app import ingress as app_ingress
 from test_gw_routing_kit import NGX, assert_denied, decide, one, problems_for
 
 from gateway.credentials import CredentialStore, _crypt, parse_users, verify
-from gateway.routing.basicauth import BasicAuth, client_cert_denial, parse_basic_auth
+from gateway.routing.basicauth import BasicAuth, parse_basic_auth
 from gateway.routing.values import Annotations
 from mcs_controller.access.resources import SECRETS
 
@@ -98,20 +98,6 @@ def basic(user: str, password: str) -> str:
     return "Basic " + b64(f"{user}:{password}")
 
 
-@pytest.mark.parametrize("ann, denied, problem", [
-    ({NGX + "auth-tls-secret": "demo/ca"}, True, "answer 503"),
-    ({NGX + "auth-tls-secret": "demo/ca", NGX + "auth-tls-verify-client": "on"}, True, "answer 503"),
-    ({NGX + "auth-tls-secret": "demo/ca", NGX + "auth-tls-verify-client": "optional"}, False,
-     "served as to clients that send none"),
-    ({NGX + "auth-tls-verify-client": "on"}, False, "needs auth-tls-secret"),
-])
-def test_client_certificates_fail_closed(ann, denied, problem):
-    problems: list = []
-    got = client_cert_denial(Annotations("demo/x", ann, problems))
-    assert (got is not None and got.broken is not None) == denied
-    assert any(problem in p.message for p in problems)
-
-
 def htpasswd_secret(name: str, lines: str) -> dict:
     return {"metadata": {"name": name, "namespace": "demo"}, "type": "Opaque",
             "data": {"auth": b64(lines)}}
@@ -122,8 +108,7 @@ async def test_through_the_gateway():
     ann = {NGX + "auth-type": "basic", NGX + "auth-secret": "users", NGX + "auth-realm": "Staff"}
     ings = [app_ingress("private", HOST, "web", ann),
             app_ingress("nosecret", "nosecret.example.com", "web",
-                        {NGX + "auth-type": "basic", NGX + "auth-secret": "missing"}),
-            app_ingress("mtls", "mtls.example.com", "web", {NGX + "auth-tls-secret": "demo/ca"})]
+                        {NGX + "auth-type": "basic", NGX + "auth-secret": "missing"})]
     async with gateway_over(ings, "127.0.78.1") as (app, up), aiohttp.ClientSession() as s:
         await app.hub.create(SECRETS, htpasswd_secret(
             "users", f"alice:{openssl_passwd('-apr1', 'hunter2')}\n"))
@@ -141,7 +126,6 @@ async def test_through_the_gateway():
         assert (await get(HOST, basic("alice", "hunter2")))[0] == 200
         assert up.requests[-1].header("authorization") is None  # not passed upstream
         assert (await get("nosecret.example.com", basic("alice", "hunter2")))[0] == 503
-        assert (await get("mtls.example.com"))[0] == 503  # asks for client certificates
 
         # a changed Secret applies to the next request
         await app.hub.replace(SECRETS, htpasswd_secret("users", "alice:{PLAIN}newpass\n"))

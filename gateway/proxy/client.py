@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -45,7 +45,7 @@ class ClientConnection(asyncio.Protocol):
         "server", "loop", "limits", "transport", "parser", "peer", "exchange", "pipeline",
         "parsing", "url", "headers", "hbytes", "raw_head", "state", "deadline", "timer",
         "tick", "paused", "write_paused", "closing", "counted", "tunnel", "tunnel_eofs",
-        "upgrade_buf", "reject", "pending_error", "advancing", "trailers", "wbuf",
+        "upgrade_buf", "reject", "pending_error", "advancing", "trailers", "wbuf", "tls_peer",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -78,6 +78,9 @@ class ClientConnection(asyncio.Protocol):
         self.pending_error: Reject | None = None
         self.advancing = False
         self.wbuf: list[bytes] | None = None  # batching writes (see write())
+        #: What the TLS handshake established about a client certificate (auth-tls-*),
+        #: read when a request first needs it (gateway/client_auth.py).
+        self.tls_peer: Any = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import os
 import ssl
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.client_auth import peer_certificate
 from gateway.proxy.affinity import request_cookie, set_cookie_header
 from gateway.proxy.extauth import Verdict
 from gateway.proxy.heads import (
@@ -33,6 +34,7 @@ from gateway.proxy.states import (
     PAUSE_PENDING,
     SENT,
 )
+from gateway.routing.clientcert import CLIENT_CERT_HEADERS
 from gateway.types import Endpoint, RequestView, RouteDecision
 
 if TYPE_CHECKING:
@@ -71,6 +73,13 @@ class Exchange(ResponseSide):
             return
         self.decision = d
         self.route = d.route_name
+        cert_headers: tuple[tuple[str, str], ...] | None = None
+        if d.client_cert is not None:  # auth-tls-*: nginx checks as it reads the request head
+            admission = d.client_cert.admit(self._tls_peer())
+            if admission.status:
+                self.respond(admission.status, admission.text, admission.location)
+                return
+            cert_headers = admission.headers
         if d.redirect is not None:  # app-root, permanent-/temporal-redirect: answered here
             self.respond(d.redirect.status, f"redirecting to {d.redirect.location}", d.redirect.location)
             return
@@ -98,6 +107,8 @@ class Exchange(ResponseSide):
                 return
             self.resp_cors = lines
         parts = h.parts
+        if cert_headers is not None:  # a client's own ssl-client-* never pass
+            parts = with_set_headers(parts, cert_headers, drop=CLIENT_CERT_HEADERS)
         basic = d.basic_auth
         slow = None
         if basic is not None:  # auth-type basic: nginx's auth_basic, before auth_request
@@ -120,6 +131,15 @@ class Exchange(ResponseSide):
             self.connect_task = self.client.loop.create_task(self._authorize(d, parts, slow))
             return
         self._forward(d, parts)
+
+    def _tls_peer(self) -> Any:
+        """The connection's client certificate (None on plain HTTP), read once."""
+        client = self.client
+        if self.server.scheme != "https":
+            return None
+        if client.tls_peer is None:
+            client.tls_peer = peer_certificate(client.transport.get_extra_info("ssl_object"))
+        return client.tls_peer
 
     async def _authorize(self, d: RouteDecision, parts: list[bytes], slow: Any) -> None:
         """A slow basic-auth hash (gateway/credentials.py), then the auth service (auth-url,

@@ -18,10 +18,6 @@ from dataclasses import dataclass, field
 from .values import Annotations, object_ref
 
 BASIC_AUTH_KEYS = ("auth-type", "auth-secret", "auth-secret-type", "auth-realm")
-#: ingress-nginx client-certificate authentication: not supported (see `client_cert_denial`).
-CLIENT_CERT_KEYS = ("auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",
-                    "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream",
-                    "auth-tls-match-cn")
 
 
 @dataclass(frozen=True)
@@ -78,24 +74,3 @@ def parse_basic_auth(ann: Annotations, namespace: str) -> BasicAuth | None:
     realm = found_realm[1] if found_realm else ""
     return BasicAuth(ref, kind, secret_type, realm, describe={
         "type": kind, "secret": "/".join(ref), "secretType": secret_type, "realm": realm})
-
-
-def client_cert_denial(ann: Annotations) -> BasicAuth | None:
-    """`auth-tls-secret` asks for client certificates, which this gateway cannot request per
-    host (gateway/README.md). With `auth-tls-verify-client` on (the default) the routes are
-    denied (503), so they are never served without the check; with `optional`,
-    `optional_no_ca` or `off` a request without a certificate passes in ingress-nginx too,
-    so they are served as such requests, and the annotation is reported."""
-    found = ann.string("auth-tls-secret")
-    if found is None:
-        ann.orphans(CLIENT_CERT_KEYS[1:], "auth-tls-secret")
-        return None
-    verify = ann.string("auth-tls-verify-client")
-    mode = verify[1] if verify is not None else "on"
-    if mode in ("off", "optional", "optional_no_ca"):
-        ann.problem(found[0], f"client certificates are not supported; with verify-client {mode} "
-                    "the routes are served as to clients that send none")
-        return None
-    why = "client certificate authentication (auth-tls-*) is not supported"
-    ann.problem(found[0], f"{why}; the routes of this Ingress answer 503 (never served unchecked)")
-    return BasicAuth(broken=why, describe={"denied": why})

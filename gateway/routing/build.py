@@ -19,6 +19,7 @@ from .affinity import bind_affinity, canary_affinity
 from .aliases import install_aliases
 from .allow import AllowCheck
 from .classes import select_ingresses
+from .clientcert import install_client_certs
 from .errors import bind_errors, global_default_backend
 from .ingress import HC_TLS_PROFILE, Parsed, parse_ingress
 from .matching import EXACT, HostTable, VirtualHost
@@ -66,8 +67,12 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
     install_aliases(builder.hosts, [(p.key, p.hosts, p.aliases) for p in builder.parsed if p.aliases],
                     builder.problem)
     builder.add_canaries()
+    client_certs = install_client_certs(
+        builder.hosts, [(p.key, p.hosts, p.settings.client_cert) for p in builder.parsed
+                        if p.settings.client_cert is not None], builder.problem)
     install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
     table = builder.finish(rng)
+    table.client_certs = client_certs
     if o.reuse is not None:
         o.reuse.end()
     return table, builder.problems
@@ -288,6 +293,8 @@ class _Builder:
         for vhost in self.hosts.hosts():
             routes = vhost.paths.values() + ([vhost.default] if vhost.default else [])
             for route in routes:
+                if route.client_cert is not None:  # before the checks that derive answers
+                    route.bind_client_cert()
                 if route.source is not None:
                     route.allow = AllowCheck(route.source, self.trusted, route.primary[0][1].decision)
                 route.finish(self.clusters)

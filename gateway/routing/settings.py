@@ -13,7 +13,8 @@ from gateway.types import BackendRef, MirrorPolicy, RetryPolicy, Timeouts, Upstr
 from gateway.variables import unknown
 
 from .allow import SourceRange, parse_source_range
-from .basicauth import BasicAuth, client_cert_denial, parse_basic_auth
+from .basicauth import BasicAuth, parse_basic_auth
+from .clientcert import ClientCertPolicy, parse_client_cert
 from .cors import CorsPolicy, parse_cors
 from .extauth import ExternalAuth, parse_external_auth
 from .policy import Context, check_cluster, https_backend
@@ -66,6 +67,8 @@ class RouteSettings:
     upstream_tls: bool = False  # backend-protocol HTTPS
     tls_profile: UpstreamTLS | None = None  # proxy-ssl-* (gateway/routing/proxyssl.py)
     basic_auth: BasicAuth | None = None  # auth-type basic (gateway/routing/basicauth.py)
+    #: auth-tls-* (gateway/routing/clientcert.py): host-wide, the builder merges them.
+    client_cert: ClientCertPolicy | None = None
 
 
 #: nginx sizes: bytes, or with a k/m/g suffix (either case).
@@ -114,7 +117,8 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         auth=_external_auth(ann, ctx),
         upstream_tls=_backend_protocol(ann),
         tls_profile=parse_proxy_ssl(ann, ctx.namespace, https_backend(ann)),
-        basic_auth=client_cert_denial(ann) or parse_basic_auth(ann, ctx.namespace),
+        basic_auth=parse_basic_auth(ann, ctx.namespace),
+        client_cert=parse_client_cert(ann, ctx.namespace),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from gateway.types import (
     BackendPolicy,
@@ -91,6 +92,14 @@ class Route:
     #: Cookie affinity of each side, when there is more than one side (main line, weighted
     #: destinations, canary): a request whose cookie one of them issued goes back to it.
     sticky: tuple[tuple[SessionAffinity, Choice], ...] = ()
+    #: auth-tls-*: the host's ClientCertCheck (gateway/routing/clientcert.py).
+    client_cert: Any = None
+
+    def bind_client_cert(self) -> None:
+        """Every decision of this route carries the host's client-certificate check (the
+        redirects and denials derived from them too)."""
+        for choice in [c for _, c in self.primary] + ([self.canary_choice] if self.canary_choice else []):
+            choice.decision = replace(choice.decision, client_cert=self.client_cert)
 
     def finish(self, clusters: frozenset[str]) -> None:
         """Precompute pinned variants; decide whether route() can skip all logic."""
@@ -194,6 +203,8 @@ class RouteTable(Router):
         self._default = default
         #: ssl-passthrough hosts (TLS server name -> backend; gateway/routing/passthrough.py).
         self.passthrough: dict[str, BackendRef] = passthrough or {}
+        #: auth-tls-* hosts (aliases included) -> their ClientCertCheck (gateway/routing/clientcert.py).
+        self.client_certs: dict[str, Any] = {}
         self._backends = backends
         self._clusters = clusters
         self._rng = rng or random.Random()
@@ -301,6 +312,7 @@ class RouteTable(Router):
             "errors": describe_errors(main),
             "externalAuth": main.auth.describe if main.auth is not None else None,
             "basicAuth": main.basic_auth.describe if main.basic_auth is not None else None,
+            "clientCertificates": main.client_cert.describe() if main.client_cert is not None else None,
             "backendProtocol": "HTTPS" if main.upstream_tls else "HTTP",
             "proxySsl": _proxy_ssl_json(main.tls_profile),
         }

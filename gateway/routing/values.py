@@ -38,7 +38,7 @@ COMPATIBLE_KEYS = frozenset({
     "auth-response-headers", "auth-request-redirect", "auth-cache-key", "auth-cache-duration",
     "auth-always-set-cookie", "auth-proxy-set-headers", "enable-global-auth",
     "auth-type", "auth-secret", "auth-secret-type", "auth-realm",  # basicauth.BASIC_AUTH_KEYS
-    "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",  # .CLIENT_CERT_KEYS
+    "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth",  # clientcert.CLIENT_CERT_KEYS
     "auth-tls-error-page", "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
     # cookie session affinity (affinity.AFFINITY_KEYS; listed here to keep imports acyclic)
     "affinity", "affinity-mode", "affinity-canary-behavior",
