@@ -54,7 +54,6 @@ class _OpenSSL:
         vp, c_int, c_long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
         self._sigs(lib, [("SSL_set_verify", None, [vp, c_int, _VERIFY_CALLBACK]),
                          ("SSL_set_verify_depth", None, [vp, c_int]),
-                         ("SSL_set_session_id_context", c_int, [vp, ctypes.c_char_p, ctypes.c_uint]),
                          ("SSL_get_SSL_CTX", vp, [vp]),
                          ("SSL_get_verify_result", c_long, [vp]),
                          ("SSL_CTX_get_verify_mode", c_int, [vp]),
@@ -63,6 +62,9 @@ class _OpenSSL:
                          ("X509_verify_cert_error_string", ctypes.c_char_p, [c_long]),
                          ("ERR_clear_error", None, []),
                          ("SSL_get0_param", vp, [vp]),
+                         ("SSL_get_session", vp, [vp]),
+                         ("SSL_session_reused", c_int, [vp]),
+                         ("SSL_SESSION_set1_id_context", c_int, [vp, ctypes.c_char_p, ctypes.c_uint]),
                          ("X509_VERIFY_PARAM_set_flags", c_int, [vp, ctypes.c_ulong])])
         self.lib = lib
         self.accept = _VERIFY_CALLBACK(self._accept)
@@ -104,8 +106,12 @@ class _OpenSSL:
         pointer = self.ssl_pointer(sslobj)
         if not pointer or self.lib.SSL_get_SSL_CTX(pointer) != self.ctx_pointer(auth.context):
             return False
-        # Sessions made here resume only under the same settings (nginx's ssl_session_id_context).
-        self.lib.SSL_set_session_id_context(pointer, auth.session_id, len(auth.session_id))
+        # OpenSSL decides on resumption before this callback, under the listener's session
+        # context: a session made here gets a context of its own, so it never resumes (its
+        # certificate was verified under settings that may have changed since).
+        session = self.lib.SSL_get_session(pointer)
+        if session and not self.lib.SSL_session_reused(pointer):
+            self.lib.SSL_SESSION_set1_id_context(session, auth.session_id, len(auth.session_id))
         if auth.policy.verify != "off":
             self.lib.SSL_set_verify(pointer, SSL_VERIFY_PEER, self.accept)
             self.lib.SSL_set_verify_depth(pointer, auth.policy.depth)

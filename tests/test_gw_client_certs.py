@@ -361,3 +361,50 @@ async def test_revocation_list_and_verify_depth():
         assert (await get(port, "d2.example.com", "d2.example.com", client(deep, chain)))[0] == 200
     finally:
         await stopped(app, up)
+
+
+def _https_over_session(port: int, host: str, ctx: ssl.SSLContext,
+                        session: ssl.SSLSession | None) -> tuple[int, bool, ssl.SSLSession | None]:
+    """A blocking GET (run in a thread) offering `session`: (status, resumed, the session)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host, session=session) as s:
+        s.sendall(f"GET /p HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return int(data.split(b" ", 2)[1]), s.session_reused, s.session
+
+
+@pytest.mark.skipif(isinstance(native(), str), reason="no OpenSSL binding on this Python")
+async def test_sessions_of_client_certificate_hosts_never_resume():
+    first, second = _authority("first client CA"), _authority("second client CA")
+    client = _leaf("client", first[:2])
+    ca_secret = {"metadata": {"name": "clients", "namespace": "demo"}, "type": "Opaque",
+                 "data": {"ca.crt": b64(first[2])}}
+    app, hub, up = await started(
+        [ingress("m", ["m.example.com"], None, {NGINX + "auth-tls-secret": "clients"})], [ca_secret])
+    try:
+        port = app.proxy_tls.port
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+            f.write(client[1] + client[2])
+            f.flush()
+            ctx.load_cert_chain(f.name)
+        status, _, session = await asyncio.to_thread(_https_over_session, port, "m.example.com", ctx, None)
+        assert status == 200 and session is not None
+        status, resumed, session = await asyncio.to_thread(
+            _https_over_session, port, "m.example.com", ctx, session)
+        assert (status, resumed) == (200, False)  # a full handshake, verified again
+        # the host now trusts another CA: the old session (verified under the first) must not
+        # resume, and the full handshake refuses the client's certificate
+        await hub.replace(SECRETS, {**ca_secret, "data": {"ca.crt": b64(second[2])}})
+        for _ in range(50):
+            if any("second client CA" in n for n in await ca_names_asked(port, "m.example.com")):
+                break
+            await asyncio.sleep(0.05)
+        status, resumed, _ = await asyncio.to_thread(_https_over_session, port, "m.example.com", ctx, session)
+        assert (status, resumed) == (400, False)
+    finally:
+        await stopped(app, up)
