@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,6 +46,7 @@ DEFAULT_CN = "amcs gateway default certificate"  # like ingress-nginx's fake cer
 TLS_SECRET_INVALID = "TLSSecretInvalid"
 
 SecretLookup = Callable[[str, str], "dict | None"]
+T = TypeVar("T")
 
 
 class TLSConfigError(ValueError):
@@ -166,7 +168,7 @@ class CertificateStore:
              listener: ssl.SSLContext) -> None:
         auths = self._auths
         if auths:  # some host asks for client certificates: note what this handshake did
-            auth = self._auth_for(server_name, auths)
+            auth = by_server_name(auths, server_name)
             if auth is not None:
                 sslobj.context = auth.context
                 binding = native()
@@ -179,26 +181,8 @@ class CertificateStore:
             sslobj.context = cert.context
 
     def select(self, server_name: str | None) -> Certificate | None:
-        """The certificate for this SNI name; None: the default one."""
-        if not server_name:
-            return None  # no SNI (or an IP address): the default certificate
-        by_host = self._by_host  # swapped whole by update(): read it once
-        name = server_name.rstrip(".").lower()
-        if name in by_host:
-            return by_host[name]
-        dot = name.find(".")
-        return by_host.get("*" + name[dot:]) if dot > 0 else None
-
-    @staticmethod
-    def _auth_for(server_name: str | None, auths: Mapping[str, ClientAuth | None]) -> ClientAuth | None:
-        """The host's settings for this SNI name: the exact host, else its wildcard."""
-        if not server_name:
-            return None
-        name = server_name.rstrip(".").lower()
-        if name in auths:
-            return auths[name]
-        dot = name.find(".")
-        return auths.get("*" + name[dot:]) if dot > 0 else None
+        """The certificate for this SNI name; None: the default one (also without SNI)."""
+        return by_server_name(self._by_host, server_name)  # (swapped whole by update())
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -403,6 +387,18 @@ class CertificateStore:
                             "notAfter": cert.not_after, "sha256": cert.sha256})
         asking = sorted(h for h, a in self._auths.items() if a is not None)
         return {"default": self.default_source, "hosts": hosts, "clientCertificates": asking}
+
+
+def by_server_name(table: Mapping[str, T | None], server_name: str | None) -> T | None:
+    """What `table` (by host) holds for a TLS server name: the exact host, else its one-label
+    wildcard (`*.example.com` covers `a.example.com`, not `a.b.example.com`)."""
+    if not server_name:
+        return None  # no SNI (or an IP address)
+    name = server_name.rstrip(".").lower()
+    if name in table:
+        return table[name]
+    dot = name.find(".")
+    return table.get("*" + name[dot:]) if dot > 0 else None
 
 
 def _names(cert: x509.Certificate) -> tuple[str, ...]:

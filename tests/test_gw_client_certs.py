@@ -159,7 +159,9 @@ def test_oldest_ingress_decides_for_the_whole_host_and_aliases():
     assert [p.message for p in problems if "already takes" in p.message] == [
         "host h.example.com already takes the client-certificate settings of demo/old "
         "(the oldest Ingress wins); ignored"]
-    assert set(table.client_certs) == {"h.example.com", "alias.example.com"}
+    # for the TLS side: the hosts that ask, and the others (not taken for a wildcard's)
+    assert {h: c is not None for h, c in table.client_certs.items()} == {
+        "h.example.com": True, "alias.example.com": True, "e.example.com": False}
     described = {r["path"]: r["clientCertificates"] for r in table.describe()}
     assert described["/none"]["secret"] == "demo/ca"
 
@@ -218,6 +220,8 @@ async def test_client_certificates_through_the_gateway():
                  {NGINX + "auth-tls-secret": "clients",
                   NGINX + "auth-tls-error-page": "https://errors.example.com/cert"}),
          ingress("x", ["x.example.com"], None, {NGINX + "auth-tls-secret": "missing"}),
+         ingress("w", ["*.w.example.com"], None, {NGINX + "auth-tls-secret": "clients"}),
+         ingress("wa", ["a.w.example.com"], None),
          ingress("plain", ["plain.example.com"],
                  [{"hosts": ["plain.example.com"], "secretName": "plain-tls"}])],
         [secret("m-tls", *server_ca.issue("m.example.com")), client_ca_secret,
@@ -262,6 +266,9 @@ async def test_client_certificates_through_the_gateway():
         assert status == 200 and seen["ssl-client-verify"] == "mine"
         assert await ca_names_asked(port, "plain.example.com") == []
         assert any("amcs test CA" in n for n in await ca_names_asked(port, "m.example.com"))
+        # a wildcard host asks; a host of its own under it does not
+        assert any("amcs test CA" in n for n in await ca_names_asked(port, "b.w.example.com"))
+        assert await ca_names_asked(port, "a.w.example.com") == []
         # plain HTTP is not checked (as nginx's port 80), and client-sent headers are dropped
         status, _, body = await http_get(f"http://127.0.0.1:{app.proxy.port}/p", "o.example.com",
                                          {"ssl-client-verify": "SUCCESS"})
@@ -279,7 +286,7 @@ async def test_client_certificates_through_the_gateway():
             await asyncio.sleep(0.05)
         assert (await get(port, "x.example.com", "x.example.com", insecure_bare))[0] == 400
         assert app.tls.describe()["clientCertificates"] == [
-            "m.example.com", "o.example.com", "p.example.com", "x.example.com"]
+            "*.w.example.com", "m.example.com", "o.example.com", "p.example.com", "x.example.com"]
     finally:
         await stopped(app, up)
 

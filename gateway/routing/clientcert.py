@@ -193,11 +193,12 @@ class ClientCertCheck:
 
 
 def install_client_certs(hosts: Any, wanted: Iterable[tuple[str, list[str], ClientCertPolicy]],
-                         problem: Callable[[str, str, str], None]) -> dict[str, ClientCertCheck]:
+                         problem: Callable[[str, str, str], None]) -> dict[str, ClientCertCheck | None]:
     """`hosts`: the table's HostTable of routes; `wanted`: (Ingress key, its rule hosts, its
-    policy), oldest Ingress first; `problem(Ingress key, message, annotation)`. Returns the
-    checks by host (aliases included), for the TLS side."""
-    checks: dict[str, ClientCertCheck] = {}
+    policy), oldest Ingress first; `problem(Ingress key, message, annotation)`. Returns, for
+    the TLS side, the checks by host (aliases included) and, when there is any, None for every
+    other host (so a host's own name is not taken for a wildcard that asks for certificates)."""
+    checks: dict[str, ClientCertCheck | None] = {}
     for key, rule_hosts, policy in wanted:
         for host in dict.fromkeys(rule_hosts):
             held = checks.get(host)
@@ -212,12 +213,11 @@ def install_client_certs(hosts: Any, wanted: Iterable[tuple[str, list[str], Clie
     if not checks:
         return checks
     for vhost in hosts.hosts():
-        check = checks.get(vhost.name)
+        check = checks.setdefault(vhost.name, None)
         if check is None:
             continue
         for route in vhost.paths.values() + ([vhost.default] if vhost.default else []):
             route.client_cert = check
     for alias, vhost in hosts.aliases.items():
-        if vhost.name in checks and alias not in checks:
-            checks[alias] = checks[vhost.name]
+        checks.setdefault(alias, checks.get(vhost.name))
     return checks
