@@ -44,6 +44,8 @@ TAG = "amcs_client_auth"
 SecretLookup = Callable[[str, str], "dict | None"]
 #: Writes bytes to a private file for the duration of a `with` (gateway/tls.py's).
 PrivateFile = Callable[[bytes], AbstractContextManager[str]]
+#: A server context with the listener's settings serving a PEM chain + key (gateway/tls.py's).
+ChainContext = Callable[[bytes], ssl.SSLContext]
 
 
 class _OpenSSL:
@@ -187,8 +189,8 @@ class ClientAuthLoader:
     """Makes each host's ClientAuth, keeping the one of unchanged settings (an open
     connection's handshake stays the host's own across rebuilds)."""
 
-    def __init__(self, private_file: PrivateFile) -> None:
-        self.private_file = private_file
+    def __init__(self, private_file: PrivateFile, chain_context: ChainContext) -> None:
+        self.private_file, self.chain_context = private_file, chain_context
         self._made: dict[tuple, ClientAuth] = {}
 
     def load(self, check: ClientCertCheck, server_pem: bytes, server_id: str,
@@ -204,16 +206,12 @@ class ClientAuthLoader:
         made = self._made.get(key)
         if made is not None:
             return made
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(["http/1.1"])
         try:
-            with self.private_file(server_pem) as path:
-                ctx.load_cert_chain(path)
+            ctx = self.chain_context(server_pem)
             with self.private_file(ca.rstrip(b"\n") + b"\n" + crl) as path:
                 ctx.load_verify_locations(cafile=path)
                 binding.set_client_ca_list(ctx, path)
-        except (ssl.SSLError, OSError) as exc:
+        except (ssl.SSLError, OSError, ValueError) as exc:
             return f"auth-tls-secret {'/'.join(check.policy.secret)}: cannot be loaded ({exc})"
         made = self._made[key] = ClientAuth(check.policy, ctx, key, bool(crl))
         return made

@@ -146,18 +146,17 @@ class CertificateStore:
         #: auth-tls-* hosts: SNI name -> the handshake settings asking for a certificate
         #: (None: a host that asks for none); empty when no Ingress uses client certificates.
         self._auths: dict[str, ClientAuth | None] = {}
-        self.client_auth = ClientAuthLoader(self.private_file)
+        self.client_auth = ClientAuthLoader(self.private_file, self.chain_context)
         if default_cert is not None and default_key is not None:
             self.context = check_key_pair(default_cert, default_key)
             self.default_source = f"{default_cert} + {default_key}"
             with open(default_cert, "rb") as crt, open(default_key, "rb") as key:
-                self._default_pem = crt.read().rstrip(b"\n") + b"\n" + key.read()
+                self._default_pem = _bundle(crt.read(), key.read())
         else:
-            cert_pem, key_pem = self_signed()
-            self._default_pem = cert_pem + key_pem
-            loaded = self._load_pem(cert_pem, key_pem)
+            loaded = self._load_pem(*self_signed())
             if isinstance(loaded, str):  # cannot happen with our own PEM
                 raise TLSConfigError(f"default certificate: {loaded}")
+            self._default_pem = loaded.pem
             self.context = loaded.context
             self.default_source = "self-signed"
         self.context.sni_callback = self._sni
@@ -343,15 +342,14 @@ class CertificateStore:
         ) != leaf.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
             return "tls.key does not match the certificate in tls.crt"
-        ctx = server_context()
+        pem = _bundle(crt, key)
         try:
-            self._load_chain(ctx, crt, key)
+            ctx = self.chain_context(pem)
         except (ssl.SSLError, OSError, TLSConfigError) as exc:
             return f"certificate and key cannot be loaded ({getattr(exc, 'reason', None) or exc})"
         return Certificate(ctx, _names(leaf), leaf.subject.rfc4514_string(),
                            leaf.not_valid_after_utc.isoformat(),
-                           leaf.fingerprint(hashes.SHA256()).hex(),
-                           crt.rstrip(b"\n") + b"\n" + key)
+                           leaf.fingerprint(hashes.SHA256()).hex(), pem)
 
     @contextmanager
     def private_file(self, data: bytes) -> Iterator[str]:
@@ -368,9 +366,12 @@ class CertificateStore:
         finally:
             os.unlink(path)
 
-    def _load_chain(self, ctx: ssl.SSLContext, crt: bytes, key: bytes) -> None:
-        with self.private_file(crt.rstrip(b"\n") + b"\n" + key) as path:
+    def chain_context(self, pem: bytes) -> ssl.SSLContext:
+        """A server context with the listener's settings serving this chain + key (`_bundle`)."""
+        ctx = server_context()
+        with self.private_file(pem) as path:
             ctx.load_cert_chain(path, password=_no_password)
+        return ctx
 
     def close(self) -> None:
         """Remove the private directory (nothing is left in it between loads)."""
@@ -399,6 +400,11 @@ def by_server_name(table: Mapping[str, T | None], server_name: str | None) -> T 
         return table[name]
     dot = name.find(".")
     return table.get("*" + name[dot:]) if dot > 0 else None
+
+
+def _bundle(crt: bytes, key: bytes) -> bytes:
+    """A certificate chain and its key as one PEM file (what load_cert_chain reads)."""
+    return crt.rstrip(b"\n") + b"\n" + key
 
 
 def _names(cert: x509.Certificate) -> tuple[str, ...]:
