@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ssl-passthrough-idle-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="close a passthrough connection with no byte either way for this long "
                    "(nginx stream proxy_timeout; default: %(default)s)")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="every connection to either listener starts with a PROXY protocol (v1 "
+                   "or v2) header naming the client, from a load balancer in front "
+                   "(ingress-nginx's use-proxy-protocol)")
     p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
                    metavar="CIDR", help="a proxy/LB whose X-Forwarded-* headers are kept "
                    "(repeatable)")
@@ -183,7 +187,7 @@ async def amain(args: argparse.Namespace) -> int:
                          rate_limit_status=(args.limit_req_status_code,
                                             args.limit_conn_status_code),
                          auth_scope=args.auth_scope, ssl_passthrough=args.enable_ssl_passthrough,
-                         access_log=args.access_log)
+                         access_log=args.access_log, proxy_protocol=args.proxy_protocol)
     except TLSConfigError as exc:
         print(f"gateway: default TLS certificate: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from gateway.credentials import CredentialStore
 from gateway.events import EventRecorder
 from gateway.metrics import GatewayMetrics, UpstreamCollector
 from gateway.proxy import Limits, ProxyServer
-from gateway.proxy.passthrough import PassthroughCollector
+from gateway.proxy.listener import Acceptor, AcceptorCollector
 from gateway.routing import BuildOptions, RouteTable, build_route_table, select_ingresses
 from gateway.routing.extauth import AuthScope, header_map_problem
 from gateway.routing.ratelimit import RateZones
@@ -86,6 +86,7 @@ class GatewayApp:
         auth_scope: AuthScope | None = None,
         ssl_passthrough: bool = False,
         access_log: str | None = None,
+        proxy_protocol: bool = False,
     ):
         """`listen_tls`: the HTTPS listener (None: plain HTTP only). `default_cert/_key`:
         PEM files of the default certificate (else a self-signed one; TLSConfigError when
@@ -100,7 +101,9 @@ class GatewayApp:
         `auth_scope`: the global-auth-* check and no-auth-locations (gateway/routing/extauth.py).
         `ssl_passthrough`: --enable-ssl-passthrough (with `listen_tls`; gateway/proxy/passthrough.py).
         `access_log`: a file, or "-" (standard output), for one JSON line per request
-        (gateway/access_log.py; OSError when it cannot be opened)."""
+        (gateway/access_log.py; OSError when it cannot be opened). `proxy_protocol`: every
+        connection to either listener starts with a PROXY protocol header naming the client
+        (gateway/proxy/listener.py)."""
         self.ssl_passthrough = ssl_passthrough and listen_tls is not None
         #: limit-rps/-rpm/-connections counters: shared by both listeners, kept across rebuilds.
         self.rate_zones = RateZones(*rate_limit_status)
@@ -122,7 +125,8 @@ class GatewayApp:
             ssl_passthrough=self.ssl_passthrough, reuse=Reuse())
         self.table, _ = build_route_table([], [], self.build_options)
         self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
-                                 xff_trusted=xff_trusted, access_log=self.access_log)
+                                 xff_trusted=xff_trusted, access_log=self.access_log,
+                                 proxy_protocol=proxy_protocol)
         if self.proxy.trusted:
             self.build_options = replace(self.build_options, trusted=self.proxy.is_trusted)
         self.listen = listen
@@ -146,7 +150,7 @@ class GatewayApp:
             # One route table serves both listeners (each request carries its scheme).
             self.proxy_tls = ProxyServer(self.table, self.upstream, metrics=self.metrics,
                                          limits=limits, xff_trusted=xff_trusted, scheme="https",
-                                         access_log=self.access_log)
+                                         access_log=self.access_log, proxy_protocol=proxy_protocol)
             if hsts:
                 self.proxy_tls.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode("latin-1")
             self.proxy_tls.credentials = self.proxy.credentials
@@ -188,9 +192,8 @@ class GatewayApp:
         if self.proxy_tls is not None and self.listen_tls is not None and self.tls is not None:
             await self.proxy_tls.start(*self.listen_tls, ssl=self.tls.context,
                                        passthrough=self._passthrough if self.ssl_passthrough else None)
-            if self.ssl_passthrough:
-                tls_proxy = self.proxy_tls
-                self.registry.register(PassthroughCollector(lambda: tls_proxy.passthrough))
+        if self.proxy.proxy_protocol or self.ssl_passthrough:
+            self.registry.register(AcceptorCollector(self._acceptors))
         if self.admin is not None:
             await self.admin.start()
         asyncio.get_running_loop().create_task(self._first_build())
@@ -306,6 +309,11 @@ class GatewayApp:
 
     def _secret(self, namespace: str, name: str) -> dict | None:
         return self.secrets.get(namespace, name)
+
+    def _acceptors(self) -> list[tuple[str, Acceptor | None]]:
+        """The listeners that look at connections first, by name (for their metrics)."""
+        tls = self.proxy_tls.acceptor if self.proxy_tls is not None else None
+        return [("http", self.proxy.acceptor), ("https", tls)]
 
     def _passthrough(self, server_name: str) -> BackendRef | None:
         """The ssl-passthrough backend of a TLS server name (None: terminate here)."""

@@ -46,10 +46,13 @@ class ClientConnection(asyncio.Protocol):
         "parsing", "url", "headers", "hbytes", "raw_head", "state", "deadline", "timer",
         "tick", "paused", "write_paused", "closing", "counted", "tunnel", "tunnel_eofs",
         "upgrade_buf", "reject", "pending_error", "advancing", "trailers", "wbuf", "tls_peer",
+        "source",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, source: tuple[str, int] | None = None) -> None:
         self.server = server
+        #: The client's address from a PROXY protocol header (None: the connection's peer).
+        self.source = source
         self.loop = server.loop
         self.limits = lim = server.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -95,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.counted = True
         srv.conns.add(self)
         srv.hooks.connection_opened()
-        peer = tr.get_extra_info("peername")
+        peer = self.source or tr.get_extra_info("peername")
         local = tr.get_extra_info("sockname")
         ip = peer[0] if isinstance(peer, tuple) else ""
         self.peer = Peer(ip, local[1] if isinstance(local, tuple) else 0, srv.scheme, srv.is_trusted(ip))

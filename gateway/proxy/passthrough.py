@@ -18,19 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from collections.abc import Callable
 
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
-
 from gateway.proxy.config import Limits
+from gateway.proxy.listener import NEED_MORE, Source, Terminate, peek_until
 from gateway.types import BackendRef, Endpoint, Outcome, RequestView
 
 log = logging.getLogger("gateway.proxy")
 
-#: client_hello_sni: the ClientHello is not complete yet.
-NEED_MORE = "\0more"
 #: Peeked bytes at most: a ClientHello record is at most 16 KiB plus its header.
 _PEEK = 16384 + 5
 #: Connect attempts to different endpoints before a passthrough connection is dropped.
@@ -77,12 +72,6 @@ def client_hello_sni(data: bytes) -> str | None:
     except (IndexError, UnicodeDecodeError) as exc:
         raise ValueError("malformed ClientHello") from exc
     return None
-
-
-def _settle(future: asyncio.Future) -> None:
-    """A reader callback may run again before the waiting coroutine resumes."""
-    if not future.done():
-        future.set_result(None)
 
 
 class _Splice(asyncio.Protocol):
@@ -141,47 +130,30 @@ class _Splice(asyncio.Protocol):
             self.peer.transport.close()
 
 
-class PassthroughListener:
-    """The HTTPS listener with ssl-passthrough on. `target(server_name)`: the backend of a
-    passthrough host, or None; `pick(ref, view, exclude)`: an endpoint of it (None: none
-    usable), `report(endpoint, outcome)` what connecting to it did; `terminate(sock)`: hand
-    a connection to the TLS-terminating proxy."""
+class Passthrough:
+    """ssl-passthrough routing of the HTTPS listener's connections (gateway/proxy/listener.py
+    accepts them). `target(server_name)`: the backend of a passthrough host, or None;
+    `pick(ref, view, exclude)`: an endpoint of it (None: none usable), `report(endpoint,
+    outcome)` what connecting to it did; `terminate(sock, source)`: hand a connection to the
+    TLS-terminating proxy."""
 
     def __init__(self, target: Callable[[str], BackendRef | None],
                  pick: Callable[[BackendRef, RequestView, frozenset], Endpoint | None],
                  report: Callable[[Endpoint, Outcome], None],
-                 terminate: Callable[[socket.socket], None], limits: Limits) -> None:
+                 terminate: Terminate, limits: Limits) -> None:
         self.target, self.pick, self.report, self.terminate = target, pick, report, terminate
         self.hello_timeout = limits.header_timeout
         self.connect_timeout = limits.passthrough_connect_timeout
         self.idle_timeout = limits.passthrough_idle_timeout
         self.loop = asyncio.get_running_loop()
-        self.sock: socket.socket | None = None
         #: Connections by outcome: spliced, terminated (handed to TLS), unreachable, and
         #: closed for being idle (counted again: they were spliced first).
         self.outcomes = {"spliced": 0, "terminated": 0, "unreachable": 0, "idle_closed": 0}
-        self.tasks: set[asyncio.Task[None]] = set()
         self.live: set[_Splice] = set()  # client sides of open spliced pairs
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def listen(self, host: str, port: int, backlog: int = 1024) -> int:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop.add_reader(sock.fileno(), self._accept)
-        return sock.getsockname()[1]
-
     def close(self) -> None:
-        if self.sock is not None:
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
-        for task in list(self.tasks):
-            task.cancel()
+        """Close the spliced pairs still open."""
         for side in list(self.live):
             if side.transport is not None:
                 side.transport.close()
@@ -201,47 +173,12 @@ class PassthroughListener:
         if self.live:
             self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
 
-    def _accept(self) -> None:
-        assert self.sock is not None
-        for _ in range(64):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of descriptors and the like: try again later
-                log.warning("accept failed: %s", exc)
-                return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._route(conn))
-
-    def _spawn(self, coro: object) -> None:
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _hello(self, conn: socket.socket) -> str | None:
-        """Wait for the whole ClientHello (peeked: it stays on the socket)."""
-        deadline = self.loop.time() + self.hello_timeout
-        while True:
-            readable = self.loop.create_future()
-            self.loop.add_reader(conn.fileno(), _settle, readable)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await readable
-            finally:
-                self.loop.remove_reader(conn.fileno())
-            data = conn.recv(_PEEK, socket.MSG_PEEK)
-            if not data:
-                raise ConnectionResetError("closed before its ClientHello")
-            name = client_hello_sni(data)
-            if name != NEED_MORE:
-                return name
-            await asyncio.sleep(0.002)  # level-triggered: let more of the record arrive
-
-    async def _route(self, conn: socket.socket) -> None:
+    async def route(self, conn: socket.socket, source: Source | None) -> None:
+        """Splice `conn` when its ClientHello names a passthrough host, else terminate it.
+        `source`: the client address from a PROXY protocol header (None: the peer's)."""
         try:
-            name = await self._hello(conn)
+            deadline = self.loop.time() + self.hello_timeout
+            name = await peek_until(self.loop, conn, deadline, client_hello_sni, _PEEK)
         except ConnectionError:
             conn.close()  # gone before saying anything
             return
@@ -250,17 +187,17 @@ class PassthroughListener:
         ref = self.target(name) if name else None
         if ref is None:
             self.outcomes["terminated"] += 1
-            self.terminate(conn)
+            self.terminate(conn, source)
             return
         try:
-            await self._splice(conn, ref, name or "")
+            await self._splice(conn, ref, name or "", source)
         except Exception:
             log.exception("ssl-passthrough of %s failed", name)
             conn.close()
 
-    async def _splice(self, conn: socket.socket, ref: BackendRef, name: str) -> None:
-        peer = conn.getpeername()
-        view = RequestView("", "/", name, {}, str(peer[0]), "https")
+    async def _splice(self, conn: socket.socket, ref: BackendRef, name: str, source: Source | None) -> None:
+        client_ip = source[0] if source is not None else str(conn.getpeername()[0])
+        view = RequestView("", "/", name, {}, client_ip, "https")
         tried: frozenset = frozenset()
         for _ in range(ATTEMPTS):
             ep = self.pick(ref, view, tried)
@@ -292,34 +229,3 @@ class PassthroughListener:
         log.warning("ssl-passthrough %s: no endpoint of %s could be reached", name, ref)
         self.outcomes["unreachable"] += 1
         conn.close()
-
-
-def tls_handoff(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
-                context: ssl.SSLContext, handshake_timeout: float) -> Callable[[socket.socket], None]:
-    """A `terminate` for PassthroughListener: the connection goes through the TLS handshake
-    and to a protocol of `factory`, as the plain HTTPS listener would do it."""
-    tasks: set[asyncio.Task] = set()
-
-    def terminate(sock: socket.socket) -> None:
-        task = loop.create_task(loop.connect_accepted_socket(
-            factory, sock, ssl=context, ssl_handshake_timeout=handshake_timeout))
-        tasks.add(task)
-        task.add_done_callback(lambda t: (tasks.discard(t), t.cancelled() or t.exception()))
-
-    return terminate
-
-
-class PassthroughCollector(Collector):
-    """`gateway_ssl_passthrough_connections_total{outcome}`, read from the listener at scrape."""
-
-    def __init__(self, listener: Callable[[], PassthroughListener | None]) -> None:
-        self.listener = listener
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        family = CounterMetricFamily("gateway_ssl_passthrough_connections",
-                                     "HTTPS listener connections by ssl-passthrough outcome",
-                                     labels=["outcome"])
-        found = self.listener()
-        for outcome, n in sorted((found.outcomes if found is not None else {}).items()):
-            family.add_metric([outcome], n)
-        yield family

@@ -21,8 +21,9 @@ from gateway.proxy.client import IDLE, ClientConnection
 from gateway.proxy.config import Limits
 from gateway.proxy.extauth import AuthChecker
 from gateway.proxy.hooks import Hooks, ProxyHooks, RequestLog
+from gateway.proxy.listener import Acceptor, Source, handoff
 from gateway.proxy.mirror import MirrorSender
-from gateway.proxy.passthrough import PassthroughListener, tls_handoff
+from gateway.proxy.passthrough import Passthrough
 from gateway.proxy.pool import ConnectionPool
 from gateway.types import BackendRef, ClusterManager, Endpoint, RequestView, Router, UpstreamTLS
 from gateway.upstream_tls import UpstreamTLSStore
@@ -47,6 +48,7 @@ class ProxyServer:
         xff_trusted: Iterable[str] = (),
         scheme: str = "http",
         access_log: RequestLog | None = None,
+        proxy_protocol: bool = False,
     ) -> None:
         self.router = router
         self.access_log = access_log
@@ -67,8 +69,13 @@ class ProxyServer:
         self.pool: ConnectionPool = None  # type: ignore[assignment]
         self.mirror: MirrorSender = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
-        #: The HTTPS listener with ssl-passthrough on (then there is no `_server`).
-        self.passthrough: PassthroughListener | None = None
+        #: Connections start with a PROXY protocol header (gateway/proxy/listener.py).
+        self.proxy_protocol = proxy_protocol
+        #: The listener when connections are looked at first (PROXY protocol header,
+        #: ssl-passthrough); then there is no `_server`.
+        self.acceptor: Acceptor | None = None
+        #: The HTTPS listener's ssl-passthrough routing (with `acceptor`).
+        self.passthrough: Passthrough | None = None
         self._drained: asyncio.Event | None = None
         #: HTTPS listener: the Strict-Transport-Security line added to proxied responses for
         #: hosts `hsts_for` accepts (those with a certificate configured; set by the app).
@@ -97,11 +104,14 @@ class ProxyServer:
         self.pool = ConnectionPool(self.loop, lim.max_idle_per_endpoint, lim.upstream_idle_timeout)
         self.pool.tls_for = self._tls_for
         self.mirror = MirrorSender(self)
-        if passthrough is not None and ssl is not None:
-            handoff = tls_handoff(self.loop, lambda: ClientConnection(self), ssl, lim.header_timeout)
-            self.passthrough = PassthroughListener(passthrough, self._passthrough_pick,
-                                                   self.clusters.report, handoff, lim)
-            self.port = self.passthrough.listen(host, port)
+        if self.proxy_protocol or (passthrough is not None and ssl is not None):
+            terminate = handoff(self.loop, self._connection, ssl, lim.header_timeout)
+            if passthrough is not None and ssl is not None:
+                self.passthrough = Passthrough(passthrough, self._passthrough_pick,
+                                               self.clusters.report, terminate, lim)
+            self.acceptor = Acceptor(terminate, proxy_protocol=self.proxy_protocol,
+                                     header_timeout=lim.header_timeout, passthrough=self.passthrough)
+            self.port = self.acceptor.listen(host, port)
         else:
             self._server = await self.loop.create_server(
                 lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
@@ -124,13 +134,13 @@ class ProxyServer:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; idle connections close now, busy ones after their response
         (announced with `Connection: close`); whatever is left after `grace` is cut."""
-        if self._server is None and self.passthrough is None:
+        if self._server is None and self.acceptor is None:
             return
         self.stopping = True
         if self._server is not None:
             self._server.close()
-        if self.passthrough is not None:
-            self.passthrough.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         self.drain()
         if self.conns:
             self._drained = asyncio.Event()
@@ -146,7 +156,11 @@ class ProxyServer:
         self.pool.close()
         await asyncio.sleep(0)
         self._server = None
+        self.acceptor = None
         self.passthrough = None
+
+    def _connection(self, source: Source | None) -> ClientConnection:
+        return ClientConnection(self, source)
 
     def _tls_for(self, profile: UpstreamTLS) -> tuple[ssl.SSLContext, str]:
         return self.upstream_tls.context(profile)
