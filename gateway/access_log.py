@@ -91,7 +91,7 @@ class AccessLog:
         upstream_time = f"{now - ex.t0:.3f}" if ex.t0 else "null"
         request_time = f"{now - ex.started:.3f}" if ex.started else "0.000"
         self._add(
-            f'{{"time":"{self._now()}","remote_addr":"{ex.client.peer.ip}",'
+            f'{{"time":"{self._now()}","remote_addr":"{h.client_ip}",'
             f'"request_method":{_string(h.method.decode("latin-1"))},"host":{_string(h.host)},'
             f'"request_uri":{_string(h.path.decode("latin-1"))},'
             f'"server_protocol":"{"HTTP/1.0" if h.http10 else "HTTP/1.1"}","status":{status},'

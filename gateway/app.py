@@ -127,8 +127,6 @@ class GatewayApp:
         self.proxy = ProxyServer(self.table, self.upstream, metrics=self.metrics, limits=limits,
                                  xff_trusted=xff_trusted, access_log=self.access_log,
                                  proxy_protocol=proxy_protocol)
-        if self.proxy.trusted:
-            self.build_options = replace(self.build_options, trusted=self.proxy.is_trusted)
         self.listen = listen
         self.listen_tls = listen_tls
         self.https_redirect_port = https_redirect_port

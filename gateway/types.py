@@ -271,16 +271,20 @@ class RequestView:
     A plain class (not a dataclass): one is built per request, and its `__init__` then
     compiles with the data path."""
 
-    __slots__ = ("method", "path", "host", "headers", "client_ip", "scheme")
+    __slots__ = ("method", "path", "host", "headers", "client_ip", "scheme", "via_proxy")
 
     def __init__(self, method: str, path: str, host: str, headers: Mapping[str, str],
-                 client_ip: str = "", scheme: str = "http") -> None:
+                 client_ip: str = "", scheme: str = "http", via_proxy: bool = False) -> None:
         self.method = method
         self.path = path  # as received: path plus "?query"
         self.host = host  # lower-cased, ":port" stripped
         self.headers = headers  # lower-cased names; repeated headers joined with ", "
+        #: The client's address (nginx's $remote_addr): the peer, the address of its PROXY
+        #: protocol header, or behind a --trusted-proxy the one X-Forwarded-For names.
         self.client_ip = client_ip
         self.scheme = scheme  # the listener's: "http" or "https"
+        #: The peer is a --trusted-proxy: its X-Forwarded-Proto/Host count.
+        self.via_proxy = via_proxy
 
     def __repr__(self) -> str:
         return f"RequestView({self.method} {self.host}{self.path} from {self.client_ip or '-'})"

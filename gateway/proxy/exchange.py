@@ -61,7 +61,7 @@ class Exchange(ResponseSide):
         srv = self.server
         view = self.view = RequestView(
             _METHODS.get(h.method) or h.method.decode("latin-1"), h.path.decode("latin-1"),
-            h.host, LazyHeaders(h.lower), self.client.peer.ip, srv.scheme)
+            h.host, LazyHeaders(h.lower), h.client_ip, srv.scheme, self.client.peer.trusted)
         try:
             d = srv.router.route(view)
         except Exception:

@@ -8,8 +8,9 @@ through `LazyHeaders`, which decodes only if a rule actually looks at a header.
 
 from __future__ import annotations
 
+import ipaddress
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 from typing import Final
@@ -79,14 +80,17 @@ class LazyHeaders(Mapping[str, str]):
 
 
 class Peer:
-    """Per client connection constants: the client address and the X-Forwarded-* lines it implies."""
+    """Per client connection constants: the client address and the X-Forwarded-* lines it
+    implies. `trust` (for a --trusted-proxy peer): which X-Forwarded-For hops are proxies too."""
 
-    __slots__ = ("ip", "ip_b", "trusted", "scheme", "port_b", "fixed")
+    __slots__ = ("ip", "ip_b", "trusted", "trust", "scheme", "port_b", "fixed")
 
-    def __init__(self, ip: str, local_port: int, scheme: str, trusted: bool) -> None:
+    def __init__(self, ip: str, local_port: int, scheme: str, trusted: bool,
+                 trust: Callable[[str], bool] | None = None) -> None:
         self.ip = ip
         self.ip_b = ip.encode()
         self.trusted = trusted
+        self.trust = trust
         self.scheme = scheme.encode()
         self.port_b = str(local_port).encode()
         self.fixed = (b"X-Forwarded-Proto: " + self.scheme + CRLF + b"X-Forwarded-Port: "
@@ -99,7 +103,7 @@ class RequestHead:
     __slots__ = (
         "method", "path", "http10", "keep_alive", "host_raw", "host", "length", "chunked",
         "expect", "upgrade", "parts", "lower", "request_id", "te_trailers", "idempotent",
-        "head_only",
+        "head_only", "client_ip",
     )
 
     method: bytes
@@ -118,6 +122,7 @@ class RequestHead:
     te_trailers: bool
     idempotent: bool
     head_only: bool  # HEAD: the response has no body whatever it says
+    client_ip: str  # the peer's address, or behind a trusted proxy the one it forwards for
 
     @property
     def has_body(self) -> bool:
@@ -268,21 +273,43 @@ def parse_request(
     h.lower = headers
     h.request_id = rid if rid else REQUEST_IDS.next()
     # X-Forwarded-*: XFF always appended; the others ours unless a trusted hop set them.
+    h.client_ip = peer.ip
     if xff:
         parts += (b"X-Forwarded-For: ", b", ".join(xff), b", ", peer.ip_b, CRLF)
+        if trusted:
+            h.client_ip = forwarded_client(xff, peer.trust) or peer.ip
     else:
         parts += (b"X-Forwarded-For: ", peer.ip_b, CRLF)
-    if kept is None:
+    if not trusted:
         parts += (peer.fixed, b"X-Forwarded-Host: ", host_raw, CRLF)
     else:
         ours = {b"x-forwarded-proto": peer.scheme, b"x-forwarded-port": peer.port_b,
-                b"x-real-ip": peer.ip_b, b"x-forwarded-host": host_raw}
+                b"x-real-ip": h.client_ip.encode(), b"x-forwarded-host": host_raw}
         for ln, v in ours.items():
-            if ln not in kept:
+            if kept is None or ln not in kept:
                 parts += (_CANON[ln], b": ", v, CRLF)
     parts += (b"X-Request-ID: ", h.request_id, CRLF)
     h.parts = parts
     return h
+
+
+def forwarded_client(values: list[bytes], trust: Callable[[str], bool] | None) -> str | None:
+    """The client a trusted proxy forwards for (nginx's real_ip with `real_ip_recursive on`):
+    from the right of X-Forwarded-For, the first address that is not a trusted proxy too
+    (all trusted: the leftmost). None when an address on the way is not an IP address: the
+    peer stays the client, as nginx's realip declines."""
+    hops = [hop.strip() for hop in b",".join(values).decode("latin-1").split(",")]
+    found: str | None = None
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        try:
+            found = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return None
+        if trust is None or not trust(found):
+            return found
+    return found
 
 
 #: Raw header name -> its lower-cased form when the proxy must look at it, else None.

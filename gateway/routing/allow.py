@@ -9,9 +9,9 @@ deny all;`, first match wins. As in ingress-nginx:
 * `allowlist-source-range` wins when both of its names are set;
 * the check comes after the redirects (`app-root`, `permanent-/temporal-redirect`,
   `ssl-redirect` answer in nginx's rewrite phase, before its access phase);
-* the client address is the connection's peer; behind a trusted proxy (`--trusted-proxy`),
-  the last address of `X-Forwarded-For` that is not itself trusted (nginx `real_ip` with
-  `real_ip_recursive on`);
+* the client address is the request's (`RequestView.client_ip`: the peer, its PROXY
+  protocol header's address, or behind a `--trusted-proxy` the last `X-Forwarded-For`
+  address that is not itself trusted, nginx's `real_ip` with `real_ip_recursive on`);
 * a value with an entry that is not a CIDR fails closed: every request of the Ingress's
   rules is denied (ingress-nginx's `LocationDenied`), and the problem is reported.
 
@@ -129,17 +129,15 @@ class AddressVerdicts:
 class AllowCheck:
     """A route's source check: `denied(request)` is the 403 decision, or None to go on."""
 
-    __slots__ = ("source", "trusted", "decision", "_allowed")
+    __slots__ = ("source", "decision", "_allowed")
 
-    def __init__(self, source: SourceRange, trusted: Callable[[str], bool] | None,
-                 base: RouteDecision) -> None:
+    def __init__(self, source: SourceRange, base: RouteDecision) -> None:
         self.source = source
-        self.trusted = trusted
         self.decision = derive(base, deny=403, mirrors=(), redirect=None)
         self._allowed = AddressVerdicts(self._allows)
 
     def denied(self, request: RequestView) -> RouteDecision | None:
-        return None if self._allowed(client_address(request, self.trusted)) else self.decision
+        return None if self._allowed(request.client_ip) else self.decision
 
     def _allows(self, ip: str) -> bool:
         try:
@@ -156,18 +154,3 @@ class AllowCheck:
         return {"annotation": self.source.key or None,
                 "allow": None if allow is None else [str(n) for n in allow],
                 "deny": [str(n) for n in self.source.denied]}
-
-
-def client_address(request: RequestView, trusted: Callable[[str], bool] | None) -> str:
-    """The peer, or behind trusted proxies the last untrusted X-Forwarded-For address."""
-    ip = request.client_ip
-    if trusted is None or not trusted(ip):
-        return ip
-    forwarded = request.headers.get("x-forwarded-for")
-    if not forwarded:
-        return ip
-    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not trusted(hop):
-            return hop
-    return hops[0] if hops else ip

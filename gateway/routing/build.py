@@ -70,7 +70,7 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
     client_certs = install_client_certs(
         builder.hosts, [(p.key, p.hosts, p.settings.client_cert) for p in builder.parsed
                         if p.settings.client_cert is not None], builder.problem)
-    install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port, o.trusted)
+    install_https_redirects(builder.hosts, frozenset(o.tls_hosts), o.https_port)
     table = builder.finish(rng)
     table.client_certs = client_certs
     if o.reuse is not None:
@@ -81,7 +81,6 @@ def build_route_table(ingresses: list[dict], ingress_classes: list[dict],
 class _Builder:
     def __init__(self, options: BuildOptions, default_ref: BackendRef | None) -> None:
         self.clusters = options.clusters
-        self.trusted = options.trusted  # --trusted-proxy (client addresses)
         self.default_ref = default_ref  # --default-backend-service
         self.rate_zones = options.rate_zones if options.rate_zones is not None else RateZones()
         self.rate_limits: dict[str, RateLimit] = {}  # Ingress -> its zone's limit, this build
@@ -115,7 +114,7 @@ class _Builder:
         self.problems += parsed.problems
         limit = parsed.settings.rate_limit  # the zone's counters outlive the build
         if limit is not None:
-            self.rate_limits[key] = self.rate_zones.limit(parsed.zone, limit, self.trusted)
+            self.rate_limits[key] = self.rate_zones.limit(parsed.zone, limit)
         if parsed.passthrough is not None:
             collect_passthrough(parsed.passthrough, parsed.rules, self.allow_passthrough,
                                 self.passthrough, key, self.problem)
@@ -296,7 +295,7 @@ class _Builder:
                 if route.client_cert is not None:  # before the checks that derive answers
                     route.bind_client_cert()
                 if route.source is not None:
-                    route.allow = AllowCheck(route.source, self.trusted, route.primary[0][1].decision)
+                    route.allow = AllowCheck(route.source, route.primary[0][1].decision)
                 route.finish(self.clusters)
                 for decision in route.decisions():
                     refs = [decision.backend, *decision.fallbacks]

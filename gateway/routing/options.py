@@ -3,7 +3,7 @@ it keeps from one build to the next (gateway/routing/build.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from .extauth import AuthScope, ConfigMapLookup
@@ -25,11 +25,9 @@ class BuildOptions:
     #: Services by (namespace, name), to resolve named and default ports.
     services: Mapping[tuple[str, str], dict] | None = None
     #: These drive `ssl-redirect` (on plain HTTP requests): the hosts with a certificate
-    #: (gateway/tls.py), the port redirects name (None: 443), and the peers whose
-    #: X-Forwarded-Proto counts (also whose client addresses count, for rate limits).
+    #: (gateway/tls.py) and the port redirects name (None: 443).
     tls_hosts: Collection[str] = ()
     https_port: int | None = None
-    trusted: Callable[[str], bool] | None = None
     #: "namespace/name" of --default-backend-service: it answers requests no rule matches and
     #: serves the custom-http-errors pages of Ingresses without their own default-backend.
     default_backend: str | None = None

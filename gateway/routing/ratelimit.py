@@ -15,7 +15,7 @@ Per client address and per Ingress, as ingress-nginx's `limit_req`/`limit_conn` 
 * `limit-allowlist`: CIDRs or addresses exempt from all of them.
 * Refused requests get 503 (ingress-nginx's `limit-req-status-code` / `limit-conn-status-code`
   defaults; `--limit-req-status-code` / `--limit-conn-status-code`).
-* The client address is the one `allowlist-source-range` uses (`--trusted-proxy`).
+* The client address is the one `allowlist-source-range` uses (`RequestView.client_ip`).
 * The check comes after the redirects and before `allowlist-source-range` (nginx's
   preaccess phase runs before its access phase).
 * Counters live in zones named after the Ingress (namespace, name, uid) and survive route
@@ -31,13 +31,12 @@ on for everyone. A canary Ingress cannot set them (canary traffic follows the ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from gateway.types import RequestView
 
-from .allow import AddressVerdicts, Network, client_address, in_networks, parse_networks
+from .allow import AddressVerdicts, Network, in_networks, parse_networks
 from .values import Annotations
 
 LIMIT_KEYS: Final = ("limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections",
@@ -124,11 +123,10 @@ class Bucket:
 class RateLimit:
     """One Ingress's limits, shared by all of its rules (and by both listeners)."""
 
-    __slots__ = ("settings", "buckets", "active", "trusted", "req_status", "conn_status",
-                 "_exempt")
+    __slots__ = ("settings", "buckets", "active", "req_status", "conn_status", "_exempt")
 
-    def __init__(self, settings: RateLimitSettings, zone: Zone,
-                 trusted: Callable[[str], bool] | None, req_status: int, conn_status: int) -> None:
+    def __init__(self, settings: RateLimitSettings, zone: Zone, req_status: int,
+                 conn_status: int) -> None:
         self.settings = settings
         m = settings.burst_multiplier
         self.buckets: list[Bucket] = []
@@ -137,7 +135,6 @@ class RateLimit:
         if settings.rpm:
             self.buckets.append(Bucket(settings.rpm / 60.0, float(settings.rpm * m), zone.rpm))
         self.active = zone.active  # client -> requests in progress (limit-connections)
-        self.trusted = trusted
         self.req_status = req_status
         self.conn_status = conn_status
         exempt = settings.exempt
@@ -146,7 +143,7 @@ class RateLimit:
     def admit(self, request: RequestView, now: float) -> tuple[int, str]:
         """(0, key) to go on, where a non-empty key must be `release`d at the request's end,
         or (status, "") to refuse the request."""
-        key = client_address(request, self.trusted)
+        key = request.client_ip
         if self.settings.exempt and self._exempt(key):
             return 0, ""
         buckets = self.buckets  # nginx runs limit_req before limit_conn
@@ -200,13 +197,12 @@ class RateZones:
         self.zones: dict[str, Zone] = {}
         self._used: set[str] = set()
 
-    def limit(self, name: str, settings: RateLimitSettings,
-              trusted: Callable[[str], bool] | None) -> RateLimit:
+    def limit(self, name: str, settings: RateLimitSettings) -> RateLimit:
         zone = self.zones.get(name)
         if zone is None:
             zone = self.zones[name] = Zone()
         self._used.add(name)
-        return RateLimit(settings, zone, trusted, self.req_status, self.conn_status)
+        return RateLimit(settings, zone, self.req_status, self.conn_status)
 
     def prune(self) -> None:
         for name in [n for n in self.zones if n not in self._used]:

@@ -23,7 +23,7 @@ with `force-ssl-redirect`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,19 +78,16 @@ def host_has_certificate(vhost: str, tls_hosts: Collection[str]) -> bool:
 class HttpsRedirect:
     """Builds the redirect per request, like app-root's (a `derive` of the route's decision)."""
 
-    __slots__ = ("port_suffix", "preserve_trailing_slash", "trusted")
+    __slots__ = ("port_suffix", "preserve_trailing_slash")
 
-    def __init__(self, port: int | None, preserve_trailing_slash: bool,
-                 trusted: Callable[[str], bool] | None) -> None:
+    def __init__(self, port: int | None, preserve_trailing_slash: bool) -> None:
         self.port_suffix = f":{port}" if port and port != 443 else ""
         self.preserve_trailing_slash = preserve_trailing_slash
-        self.trusted = trusted
 
     def apply(self, decision: RouteDecision, request: RequestView) -> RouteDecision | None:
         """The redirect, or None when the request already came over HTTPS (trusted proxy)."""
         host = request.host
-        trusted = self.trusted
-        if trusted is not None and trusted(request.client_ip):
+        if request.via_proxy:
             headers = request.headers
             proto = headers.get("x-forwarded-proto")
             if proto and proto.split(",", 1)[0].strip().lower() != "http":
@@ -113,7 +110,7 @@ class HttpsRedirect:
 
 
 def install_https_redirects(hosts: HostTable[Route], tls_hosts: Collection[str],
-                            port: int | None, trusted: Callable[[str], bool] | None) -> None:
+                            port: int | None) -> None:
     """Give every route that redirects to HTTPS its redirector (plain-HTTP table only)."""
     made: dict[bool, HttpsRedirect] = {}
     for vhost in hosts.hosts():
@@ -128,5 +125,5 @@ def install_https_redirects(hosts: HostTable[Route], tls_hosts: Collection[str],
             if ssl.force or (ssl.enabled and certified):
                 keep = ssl.preserve_trailing_slash
                 if keep not in made:
-                    made[keep] = HttpsRedirect(port, keep, trusted)
+                    made[keep] = HttpsRedirect(port, keep)
                 route.https = made[keep]
