@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="no ACK One <hostname>.<svc>.<ns>.svc names (strict DNS spec)")
     p.add_argument("--admin", type=admin_address, default=("0.0.0.0", 8081), metavar="HOST:PORT",
                    help="/metrics /healthz /readyz (default 0.0.0.0:8081; 'off' disables)")
+    p.add_argument("--shutdown-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="after SIGTERM, keep answering this long with /readyz failing, so the "
+                   "Service's endpoints drop this pod before it stops (CoreDNS's lameduck; "
+                   "default: %(default)s; a second SIGTERM or SIGINT stops at once)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster)")
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--fleet and --kubeconfig/--context are exclusive")
     if not 0 <= args.ttl <= 2**31 - 1:
         p.error("--ttl out of range")
+    if not 0 <= args.shutdown_delay <= 3600:
+        p.error("--shutdown-delay: between 0 and 3600 seconds")
     return args
 
 
@@ -94,10 +100,11 @@ async def amain(args: argparse.Namespace) -> int:
         return 2
     app = DnsApp(client, listen=args.listen, zone=args.zone, ttl=args.ttl,
                  ack_names=not args.strict, admin=args.admin)
-    stop = asyncio.Event()
+    terminate, stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM,  # the first one drains, a second one stops
+                            lambda: stop.set() if terminate.is_set() else terminate.set())
     try:
         await app.start()
     except OSError as exc:
@@ -108,7 +115,14 @@ async def amain(args: argparse.Namespace) -> int:
     if app.admin_port is not None:  # (a port given as 0 is shown as bound)
         print(f"clusterset_dns admin on http://{_shown(args.admin[0])}:{app.admin_port}", flush=True)
     try:
-        await stop.wait()
+        await asyncio.wait([asyncio.ensure_future(e.wait()) for e in (terminate, stop)],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set() and args.shutdown_delay > 0:
+            log.info("SIGTERM: answering for %.3g s more with /readyz failing, then stopping",
+                     args.shutdown_delay)
+            app.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.shutdown_delay)
     finally:
         log.info("shutting down")
         await app.stop()

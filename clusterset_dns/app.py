@@ -73,6 +73,7 @@ class DnsApp:
         )
         self._started = False
         self._ready_event = asyncio.Event()
+        self.draining = False  # (see `drain`)
 
     # ------------------------------------------------------------------ state
 
@@ -93,7 +94,14 @@ class DnsApp:
         return self.admin.bound_port if self.admin is not None else None
 
     def _ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
         return (True, "ok") if self.ready else (False, "catalog not synced")
+
+    def drain(self) -> None:
+        """The start of a graceful stop (CoreDNS's lameduck): /readyz fails, so the Service
+        stops sending queries here, while both listeners still answer the ones that come."""
+        self.draining = True
 
     def _healthy(self) -> tuple[bool, str]:
         return (True, "ok") if self.server.address is not None else (False, "not listening")

@@ -349,7 +349,8 @@ def test_cli_serves_a_fleet_cluster_and_stops_gracefully_on_sigterm(tmp_path):
     write_fleet(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "clusterset_dns", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-         "--fleet", str(tmp_path), "--cluster", "c1", "--log-format", "json", "--ttl", "7"],
+         "--fleet", str(tmp_path), "--cluster", "c1", "--log-format", "json", "--ttl", "7",
+         "--shutdown-delay", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -370,6 +371,82 @@ def test_cli_serves_a_fleet_cluster_and_stops_gracefully_on_sigterm(tmp_path):
         assert proc.wait(5) == 0
         logs = proc.stderr.read()
         assert '"msg": "catalog synced"' in logs and '"msg": "stopped"' in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _dns_process(root, delay: str) -> tuple[subprocess.Popen, int, int]:
+    """`python -m clusterset_dns` on a fleet folder: the process, its DNS and admin ports,
+    once it answers."""
+    import re
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterset_dns", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+         "--fleet", str(root), "--cluster", "c1", "--shutdown-delay", delay],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dns_line, admin_line = proc.stdout.readline(), proc.stdout.readline()
+    port_ = int(re.search(r":(\d+)$", dns_line.strip()).group(1))
+    admin = int(re.search(r":(\d+)$", admin_line.strip()).group(1))
+    q = dns.message.make_query(f"web.demo.svc.{Z}", "A")
+    deadline = time.monotonic() + 5
+    while dns.query.udp(q, "127.0.0.1", port=port_, timeout=2).rcode() != dns.rcode.NOERROR:
+        assert time.monotonic() < deadline, "never synced"
+        time.sleep(0.02)
+    return proc, port_, admin
+
+
+def _readyz(admin: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_sigterm_keeps_answering_with_readyz_failing_then_stops(tmp_path):
+    """--shutdown-delay (CoreDNS's lameduck): after SIGTERM /readyz fails while UDP and TCP
+    queries are still answered; the process stops when the delay is over (exit 0). A second
+    SIGTERM stops it at once."""
+    import signal
+
+    write_fleet(tmp_path)
+    q = dns.message.make_query(f"web.demo.svc.{Z}", "A")
+    proc, port_, admin = _dns_process(tmp_path, "1.5")
+    try:
+        assert _readyz(admin)[0] == 200
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1
+        while _readyz(admin)[0] != 503:
+            assert time.monotonic() < deadline, "/readyz still ready"
+            time.sleep(0.02)
+        assert "shutting down" in _readyz(admin)[1]
+        assert records(dns.query.udp(q, "127.0.0.1", port=port_, timeout=2).answer) == ["A 10.96.0.10"]
+        assert records(dns.query.tcp(q, "127.0.0.1", port=port_, timeout=2).answer) == ["A 10.96.0.10"]
+        assert proc.wait(10) == 0
+        assert time.monotonic() - start >= 1.4
+        with pytest.raises(OSError):
+            dns.query.tcp(q, "127.0.0.1", port=port_, timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    proc, port_, admin = _dns_process(tmp_path, "60")
+    try:
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while _readyz(admin)[0] != 503:
+            assert time.monotonic() < deadline, "/readyz still ready"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0 and time.monotonic() - start < 10
     finally:
         if proc.poll() is None:
             proc.kill()
