@@ -13,6 +13,7 @@ from gateway.types import BackendRef
 
 from .affinity import CANARY_AFFINITY_KEYS, AffinitySettings, parse_affinity
 from .aliases import parse_aliases
+from .buffering import BUFFERING_KEYS, check_buffering
 from .canary import CANARY_KEYS, CanaryRule, parse_canary, parse_destination, parse_subset
 from .errors import NO_ERRORS, ErrorSettings, parse_errors
 from .matching import IMPL, host_error, path_error
@@ -35,6 +36,7 @@ CANARY_ALLOWED = frozenset({
     "outlier-max-ejection-time", "outlier-max-ejection-percent", "outlier-interval",
     "outlier-always-eject-one-host",
     *CANARY_AFFINITY_KEYS,
+    *BUFFERING_KEYS,  # (nothing to apply anywhere: see buffering.py)
 })
 HC_TLS_PROFILE = HC_PREFIX + "tls_profile"
 
@@ -83,6 +85,7 @@ def parse_ingress(ing: dict, key: str, build: Context) -> Parsed:
         fields[HC_TLS_PROFILE] = settings.tls_profile  # probes connect as requests do
     affinity = parse_affinity(ann, canary=is_canary)
     errors = NO_ERRORS if is_canary else parse_errors(ann, ctx)
+    check_buffering(ann)
     ann.unknown_keys(is_canary, CANARY_ALLOWED)
     parsed = Parsed(key, rule, fields, settings, destinations, problems, affinity=affinity,
                     errors=errors, zone=f"{key}|{meta.get('uid') or ''}")

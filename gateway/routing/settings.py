@@ -14,6 +14,7 @@ from gateway.variables import unknown
 
 from .allow import SourceRange, parse_source_range
 from .basicauth import BasicAuth, parse_basic_auth
+from .buffering import parse_size
 from .clientcert import ClientCertPolicy, parse_client_cert
 from .cors import CorsPolicy, parse_cors
 from .extauth import ExternalAuth, parse_external_auth
@@ -71,22 +72,17 @@ class RouteSettings:
     client_cert: ClientCertPolicy | None = None
 
 
-#: nginx sizes: bytes, or with a k/m/g suffix (either case).
-_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
 def _body_size(ann: Annotations) -> int:
     """proxy-body-size (nginx client_max_body_size): "8m", "512k", "0" for no limit."""
     found = ann.string("proxy-body-size")
     if found is None:
         return -1
     full, text = found
-    m = _SIZE.match(text)
-    if m is None:
+    size = parse_size(text)
+    if size is None:
         ann.problem(full, f"{text!r} is not a size like '8m', '512k' or '0'; ignored")
         return -1
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    return size
 
 
 def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:

@@ -30,6 +30,8 @@ COMPATIBLE_KEYS = frozenset({
     "from-to-www-redirect",  # www.FROM_TO_WWW_KEY
     "allowlist-source-range", "whitelist-source-range", "denylist-source-range",  # allow.py
     "proxy-body-size",
+    "proxy-buffering", "proxy-request-buffering", "proxy-buffer-size",  # buffering.BUFFERING_KEYS
+    "proxy-buffers-number", "proxy-max-temp-file-size", "client-body-buffer-size",
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections",  # ratelimit.LIMIT_KEYS
     "limit-allowlist", "limit-whitelist", "limit-rate", "limit-rate-after",
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",  # cors.CORS_KEYS
