@@ -263,6 +263,8 @@ class RouteDecision:
     #: auth-tls-*: the host's gateway.routing.clientcert.ClientCertCheck, checked first
     #: (nginx checks the certificate as it reads the request head); None: no check.
     client_cert: Any = None
+    #: enable-access-log: False keeps the rule's requests out of the access log.
+    access_log: bool = True
 
 
 class RequestView:

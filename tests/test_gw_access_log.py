@@ -75,6 +75,31 @@ async def test_each_request_is_one_json_line_with_nginx_fields(tmp_path: Path):
     assert rejected == {"time": rejected["time"], "remote_addr": "127.0.0.1", "status": 400}
 
 
+async def test_enable_access_log_false_keeps_a_rules_requests_out(tmp_path: Path):
+    """nginx `enable-access-log: "false"`: none of the rule's requests is logged, whatever
+    their answer (proxied, denied, redirected); other rules and unmatched requests are."""
+    log = tmp_path / "access.log"
+    quiet = {"nginx.ingress.kubernetes.io/enable-access-log": "false"}
+    ings = [ingress("shop", "shop.example.com", "web"),
+            ingress("health", "health.example.com", "web", quiet),
+            ingress("closed", "closed.example.com", "web",
+                    {**quiet, "nginx.ingress.kubernetes.io/allowlist-source-range": "10.0.0.0/8"}),
+            ingress("bad", "bad.example.com", "web", {"nginx.ingress.kubernetes.io/enable-access-log": "nope"})]
+    async with gateway_over(ings, "127.0.75.1", access_log=str(log)) as (app, up):
+        url = f"http://127.0.0.1:{app.proxy.port}/x"
+        async with aiohttp.ClientSession() as s:
+            for host, status in (("health.example.com", 200), ("closed.example.com", 403),
+                                 ("shop.example.com", 200), ("health.example.com", 200),
+                                 ("nowhere.example.com", 404), ("bad.example.com", 200)):
+                async with s.get(url, headers={"Host": host}) as r:
+                    assert r.status == status, host
+        routes = {r["ingress"]: r for r in app.table.describe()}
+        assert routes["demo/health"]["accessLog"] is False and routes["demo/shop"]["accessLog"] is True
+        assert any("enable-access-log" in str(p) and "'nope' is not a boolean" in str(p) for p in app.problems)
+    assert [(line["host"], line["status"]) for line in lines(log)] == [
+        ("shop.example.com", 200), ("nowhere.example.com", 404), ("bad.example.com", 200)]
+
+
 async def test_a_client_gone_before_the_answer_is_logged_499(tmp_path: Path):
     log = tmp_path / "access.log"
     async with gateway_over([ingress("shop", "shop.example.com", "web")], "127.0.75.2",

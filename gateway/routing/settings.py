@@ -70,6 +70,7 @@ class RouteSettings:
     basic_auth: BasicAuth | None = None  # auth-type basic (gateway/routing/basicauth.py)
     #: auth-tls-* (gateway/routing/clientcert.py): host-wide, the builder merges them.
     client_cert: ClientCertPolicy | None = None
+    access_log: bool = True  # enable-access-log
 
 
 def _body_size(ann: Annotations) -> int:
@@ -115,6 +116,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         tls_profile=parse_proxy_ssl(ann, ctx.namespace, https_backend(ann)),
         basic_auth=parse_basic_auth(ann, ctx.namespace),
         client_cert=parse_client_cert(ann, ctx.namespace),
+        access_log=ann.boolean("enable-access-log") is not False,
     )
 
 

@@ -315,6 +315,7 @@ class RouteTable(Router):
             "clientCertificates": main.client_cert.describe() if main.client_cert is not None else None,
             "backendProtocol": "HTTPS" if main.upstream_tls else "HTTP",
             "proxySsl": _proxy_ssl_json(main.tls_profile),
+            "accessLog": main.access_log,
         }
 
 

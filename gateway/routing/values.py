@@ -49,7 +49,7 @@ COMPATIBLE_KEYS = frozenset({
     "session-cookie-secure", "session-cookie-change-on-failure",
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
     "ssl-passthrough",  # passthrough.KEY
-    "backend-protocol", "server-alias",
+    "backend-protocol", "server-alias", "enable-access-log",
     "proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-verify-depth",  # proxyssl.PROXY_SSL_KEYS
     "proxy-ssl-name", "proxy-ssl-server-name", "proxy-ssl-ciphers", "proxy-ssl-protocols",
 })
