@@ -265,6 +265,9 @@ class RouteDecision:
     client_cert: Any = None
     #: enable-access-log: False keeps the rule's requests out of the access log.
     access_log: bool = True
+    #: proxy-redirect-*, proxy-cookie-*: a gateway.routing.response_rewrite.ResponseRewriter
+    #: (its `apply(parts)` on the response head's header list); None: headers pass as they are.
+    response_rewrite: Any = None
 
 
 class RequestView:

@@ -114,7 +114,8 @@ class Upstream:
     """A tiny HTTP/1.1 server (asyncio streams) whose behaviour is chosen by the request path:
 
     /status/<code>, /sleep/<s>, /reset, /close, /garbage, /chunked/<n>, /eof[/<n>], /bytes/<n>,
-    /trailers, /ws (101, then echo raw bytes), anything else: a JSON echo of the request.
+    /trailers, /moved (302 with Location, Refresh, Set-Cookie), /ws (101, then echo raw bytes),
+    anything else: a JSON echo of the request.
     `default_status` overrides every answer (a "broken pod").
     """
 
@@ -223,6 +224,11 @@ class Upstream:
         elif parts[0] == "acao":  # its own CORS header (enable-cors replaces it)
             w.write(b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: https://upstream.example\r\n"
                     b"Content-Length: 2\r\n\r\nok")
+        elif parts[0] == "moved":  # a redirect with cookies (proxy-redirect-*, proxy-cookie-*)
+            w.write(b"HTTP/1.1 302 Found\r\nLocation: http://internal.svc:8080/app/next\r\n"
+                    b"Refresh: 5; url=http://internal.svc:8080/app/later\r\n"
+                    b"Set-Cookie: sid=1; Domain=.Internal.SVC; Path=/app/; HttpOnly\r\n"
+                    b"Set-Cookie: theme=dark; path=/other\r\nContent-Length: 0\r\n\r\n")
         elif parts[0] == "sts":  # its own Strict-Transport-Security (the gateway's replaces it)
             w.write(b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=60\r\n"
                     b"Content-Length: 2\r\n\r\nok")

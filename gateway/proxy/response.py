@@ -102,6 +102,8 @@ class ResponseSide(RetrySide):
         if self.resp_auth:  # auth-url's Set-Cookie
             extra += self.auth_lines(status)
         parts = info.parts
+        if d.response_rewrite is not None:  # proxy-redirect-*, proxy-cookie-*
+            parts = d.response_rewrite.apply(parts)
         hsts = self.server.hsts_line(self.view)
         cors = self.resp_cors
         if hsts or cors:  # ours replace the upstream's own, as ingress-nginx's more_set_headers

@@ -212,7 +212,8 @@ class _Builder:
                 send_rate=settings.send_rate[0], send_rate_after=settings.send_rate[1],
                 auth=auth, basic_auth=basic_auth, upstream_tls=settings.upstream_tls,
                 tls_profile=bind_server_name(settings.tls_profile, target) if settings.upstream_tls
-                else None, access_log=settings.access_log)
+                else None, access_log=settings.access_log,
+                response_rewrite=settings.response_rewrite)
             primary.append((cumulative, Choice(bind_errors(decision, parsed.errors, parsed.key))))
         return Route(parsed.key, host, path, path_type, primary,
                      routing=settings.cluster_routing,

@@ -21,6 +21,7 @@ from .extauth import ExternalAuth, parse_external_auth
 from .policy import Context, check_cluster, https_backend
 from .proxyssl import parse_proxy_ssl
 from .ratelimit import RateLimitSettings, parse_rate_limit, parse_send_rate
+from .response_rewrite import ResponseRewriter, parse_response_rewrite
 from .rewrite import RewriteSettings, parse_rewrite
 from .tls import SslRedirect, parse_ssl_redirect
 from .values import Annotations, split_list
@@ -71,6 +72,8 @@ class RouteSettings:
     #: auth-tls-* (gateway/routing/clientcert.py): host-wide, the builder merges them.
     client_cert: ClientCertPolicy | None = None
     access_log: bool = True  # enable-access-log
+    #: proxy-redirect-*, proxy-cookie-* (gateway/routing/response_rewrite.py)
+    response_rewrite: ResponseRewriter | None = None
 
 
 def _body_size(ann: Annotations) -> int:
@@ -117,6 +120,7 @@ def parse_settings(ann: Annotations, ctx: Context) -> RouteSettings:
         basic_auth=parse_basic_auth(ann, ctx.namespace),
         client_cert=parse_client_cert(ann, ctx.namespace),
         access_log=ann.boolean("enable-access-log") is not False,
+        response_rewrite=parse_response_rewrite(ann),
     )
 
 

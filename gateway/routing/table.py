@@ -316,6 +316,8 @@ class RouteTable(Router):
             "backendProtocol": "HTTPS" if main.upstream_tls else "HTTP",
             "proxySsl": _proxy_ssl_json(main.tls_profile),
             "accessLog": main.access_log,
+            "responseRewrite": main.response_rewrite.describe()
+            if main.response_rewrite is not None else None,
         }
 
 

@@ -50,6 +50,8 @@ COMPATIBLE_KEYS = frozenset({
     "default-backend", "custom-http-errors",  # errors.ERROR_KEYS
     "ssl-passthrough",  # passthrough.KEY
     "backend-protocol", "server-alias", "enable-access-log",
+    "proxy-redirect-from", "proxy-redirect-to", "proxy-cookie-domain",  # response_rewrite.REWRITE_KEYS
+    "proxy-cookie-path",
     "proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-verify-depth",  # proxyssl.PROXY_SSL_KEYS
     "proxy-ssl-name", "proxy-ssl-server-name", "proxy-ssl-ciphers", "proxy-ssl-protocols",
 })
