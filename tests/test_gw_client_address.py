@@ -29,6 +29,11 @@ TRUSTED = {"127.0.0.2", "10.9.0.1", "10.9.0.2", "2001:db8::9"}.__contains__
     ([b"10.9.0.1, 10.9.0.2"], "10.9.0.1"),  # all trusted: the leftmost
     ([b"2001:DB8::7, 2001:db8::9"], "2001:db8::7"),  # IPv6, written canonically
     ([b"192.168.5.5, , 10.9.0.1"], "192.168.5.5"),  # empty entries skipped
+    ([b"192.168.5.5:4711, 10.9.0.2:443"], "192.168.5.5"),  # ports dropped (Azure's gateway adds them)
+    ([b"[2001:db8::7]:4711, [2001:db8::9]:80"], "2001:db8::7"),
+    ([b"[2001:db8::7]"], "2001:db8::7"),
+    ([b"192.168.5.5:x"], None),
+    ([b"[2001:db8::7]x"], None),
     ([b"not-an-ip, 10.9.0.1"], None),  # not an address: the peer stays the client
     ([b"192.168.5.5, unknown"], None),
     ([b"unknown, 192.168.5.5"], "192.168.5.5"),  # (never reached)

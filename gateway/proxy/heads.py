@@ -296,13 +296,21 @@ def parse_request(
 def forwarded_client(values: list[bytes], trust: Callable[[str], bool] | None) -> str | None:
     """The client a trusted proxy forwards for (nginx's real_ip with `real_ip_recursive on`):
     from the right of X-Forwarded-For, the first address that is not a trusted proxy too
-    (all trusted: the leftmost). None when an address on the way is not an IP address: the
-    peer stays the client, as nginx's realip declines."""
+    (all trusted: the leftmost). A port is dropped (`192.0.2.7:4711`, `[2001:db8::7]:4711`:
+    some balancers add one). None when an address on the way is not an IP address: the peer
+    stays the client, as nginx's realip declines."""
     hops = [hop.strip() for hop in b",".join(values).decode("latin-1").split(",")]
     found: str | None = None
     for hop in reversed(hops):
         if not hop:
             continue
+        if hop[0] == "[":
+            end = hop.find("]")
+            port = hop[end + 2:]
+            if end > 0 and (end + 1 == len(hop) or (hop[end + 1] == ":" and port.isdigit())):
+                hop = hop[1:end]
+        elif hop.count(":") == 1 and hop[hop.find(":") + 1:].isdigit():
+            hop = hop[:hop.find(":")]
         try:
             found = str(ipaddress.ip_address(hop))
         except ValueError:
