@@ -409,6 +409,14 @@ def _readyz(admin: int) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _until_draining(admin: int, within: float = 2.0) -> None:
+    """Until /readyz answers 503 "shutting down"."""
+    deadline = time.monotonic() + within
+    while _readyz(admin) != (503, "shutting down\n"):
+        assert time.monotonic() < deadline, f"/readyz: {_readyz(admin)}"
+        time.sleep(0.02)
+
+
 def test_sigterm_keeps_answering_with_readyz_failing_then_stops(tmp_path):
     """--shutdown-delay (CoreDNS's lameduck): after SIGTERM /readyz fails while UDP and TCP
     queries are still answered; the process stops when the delay is over (exit 0). A second
@@ -422,11 +430,7 @@ def test_sigterm_keeps_answering_with_readyz_failing_then_stops(tmp_path):
         assert _readyz(admin)[0] == 200
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 1
-        while _readyz(admin)[0] != 503:
-            assert time.monotonic() < deadline, "/readyz still ready"
-            time.sleep(0.02)
-        assert "shutting down" in _readyz(admin)[1]
+        _until_draining(admin)
         assert records(dns.query.udp(q, "127.0.0.1", port=port_, timeout=2).answer) == ["A 10.96.0.10"]
         assert records(dns.query.tcp(q, "127.0.0.1", port=port_, timeout=2).answer) == ["A 10.96.0.10"]
         assert proc.wait(10) == 0
@@ -441,10 +445,7 @@ def test_sigterm_keeps_answering_with_readyz_failing_then_stops(tmp_path):
     try:
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 2
-        while _readyz(admin)[0] != 503:
-            assert time.monotonic() < deadline, "/readyz still ready"
-            time.sleep(0.02)
+        _until_draining(admin)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0 and time.monotonic() - start < 10
     finally:

@@ -95,16 +95,29 @@ async def echo_tls_backend(ca: CA, name: str) -> asyncio.Server:
     return await asyncio.start_server(echo, BACKEND_IP, 0, ssl=ctx)
 
 
-async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
-    ca = CA()
+def pt_ingress(annotations: dict | None = None) -> dict:
+    """Ingress "pt": pt.example.com passed through to the `tlsweb` Service."""
+    pt = tls_ingress("pt", ["pt.example.com"], annotations={**PT, **(annotations or {})})
+    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    return pt
+
+
+async def pt_gateway(ca: CA, **kw) -> tuple[asyncio.Server, int, object, object]:
+    """A gateway with --enable-ssl-passthrough: pt.example.com passed through to an echoing
+    TLS backend, a.example.com terminated with its own certificate. The backend, its port,
+    the app and its upstream (for `stopped`)."""
     backend = await echo_tls_backend(ca, "pt.example.com")
     port = backend.sockets[0].getsockname()[1]
     a = ca.issue("a.example.com")
-    pt = tls_ingress("pt", ["pt.example.com"], annotations=PT)
-    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
-    app, hub, up = await started(
-        [pt, tls_ingress("a", ["a.example.com"], [{"hosts": ["a.example.com"], "secretName": "a-tls"}])],
-        [tls_secret("a-tls", *a)], ssl_passthrough=True)
+    app, _, up = await started(
+        [pt_ingress(), tls_ingress("a", ["a.example.com"], [{"hosts": ["a.example.com"], "secretName": "a-tls"}])],
+        [tls_secret("a-tls", *a)], ssl_passthrough=True, **kw)
+    return backend, port, app, up
+
+
+async def test_passthrough_splices_tls_to_the_backend_and_terminates_the_rest():
+    ca = CA()
+    backend, port, app, up = await pt_gateway(ca)
     try:
         await tls_service(app, port, BACKEND_IP)
         tls_port = app.proxy_tls.port
@@ -178,9 +191,7 @@ async def test_passthrough_connects_feed_outlier_detection_and_idle_pairs_are_cl
     dead_ip = "127.0.81.2"
     held = socket.socket()  # bound, never listening: connects are refused
     held.bind((dead_ip, port))
-    pt = tls_ingress("pt", ["pt.example.com"],
-                     annotations={**PT, OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
-    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    pt = pt_ingress({OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
     idle = 0.4
     app, hub, up = await started([pt], [], ssl_passthrough=True,
                                  limits=Limits(passthrough_idle_timeout=idle))
@@ -223,9 +234,7 @@ async def test_a_passthrough_connect_that_hangs_times_out_and_the_other_pod_gets
     backend = await echo_tls_backend(ca, "pt.example.com")
     port = backend.sockets[0].getsockname()[1]
     hung_ip, timeout = "127.0.81.3", 0.2
-    pt = tls_ingress("pt", ["pt.example.com"],
-                     annotations={**PT, OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
-    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
+    pt = pt_ingress({OURS + "outlier-max-ejection-percent": "50"})  # 1 of 2
     with silent_listener(hung_ip, port):
         app, hub, up = await started([pt], [], ssl_passthrough=True,
                                      limits=Limits(passthrough_connect_timeout=timeout))

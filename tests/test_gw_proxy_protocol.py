@@ -25,7 +25,7 @@ from fleetkit import eventually
 from netkit import free_port
 from prometheus_client import generate_latest
 from test_gw_backend_tls import tls_service
-from test_gw_passthrough import BACKEND_IP, PT, echo_tls_backend
+from test_gw_passthrough import BACKEND_IP, pt_gateway
 from test_gw_routing_kit import NGX
 from test_gw_tls import CA, ingress, secret, started, stopped
 
@@ -272,14 +272,7 @@ async def test_ssl_passthrough_reads_the_header_before_the_client_hello():
     """The header is taken off before the ClientHello is peeked at: a passthrough host's
     backend gets the TLS bytes alone, a terminated host is served as usual."""
     ca = CA()
-    backend = await echo_tls_backend(ca, "pt.example.com")
-    port = backend.sockets[0].getsockname()[1]
-    a = ca.issue("a.example.com")
-    pt = ingress("pt", ["pt.example.com"], annotations=PT)
-    pt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "tlsweb"
-    app, hub, up = await started(
-        [pt, ingress("a", ["a.example.com"], [{"hosts": ["a.example.com"], "secretName": "a-tls"}])],
-        [secret("a-tls", *a)], ssl_passthrough=True, proxy_protocol=True)
+    backend, port, app, up = await pt_gateway(ca, proxy_protocol=True)
     try:
         await tls_service(app, port, BACKEND_IP)
         tls_port = app.proxy_tls.port
