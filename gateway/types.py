@@ -11,10 +11,11 @@ Only plain data and two small base classes live here, so each part is testable a
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from mypy_extensions import mypyc_attr
 
@@ -93,7 +94,7 @@ class OutlierPolicy:
     interval: float = 10.0
 
 
-LbAlgorithm = Literal["round_robin", "least_conn", "random", "hash"]
+LbAlgorithm = Literal["round_robin", "least_conn", "random", "hash", "ewma"]
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,13 @@ class Router:
 # -- endpoints and their state ------------------------------------------------------------
 
 
+#: load-balance ewma's time constant, seconds (ingress-nginx's and Finagle's DECAY_TIME).
+EWMA_DECAY: Final = 10.0
+#: A failed attempt (refused, reset, timed out) counts as a sample at least this long, so a
+#: failing pod looks slow to ewma before outlier detection ejects it.
+EWMA_FAILURE: Final = 1.0
+
+
 @dataclass(eq=False)
 class Endpoint:
     """One pod address of a backend, in one member cluster, with its health state."""
@@ -326,10 +334,33 @@ class Endpoint:
     key: Any = field(default=None, init=False, repr=False)
     #: The pool's key for TLS connections to it (backend-protocol HTTPS), boxed once too.
     tls_key: Any = field(default=None, init=False, repr=False)
+    #: load-balance ewma: the peak EWMA of the time to this pod's response heads (seconds),
+    #: when it was last fed (time.monotonic()), and whether a backend balancing by it holds
+    #: the pod (only then does the data path time its attempts).
+    ewma: float = field(default=0.0, init=False, repr=False)
+    ewma_at: float = field(default=0.0, init=False, repr=False)
+    ewma_on: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.key = (self.ip, self.port)
         self.tls_key = (self.ip, self.port, "tls")
+        self.ewma = self.ewma_at = 0.0  # (init=False fields: compiled, set here)
+        self.ewma_on = False
+
+    def observe(self, seconds: float, now: float) -> None:
+        """One attempt's time to a response head (or to its failure): peak EWMA, as Finagle's
+        and ingress-nginx's `ewma`: a slower sample counts at once, a faster one decays in."""
+        if seconds >= self.ewma:
+            self.ewma = seconds
+        else:
+            w = math.exp((self.ewma_at - now) / EWMA_DECAY)
+            self.ewma = self.ewma * w + seconds * (1.0 - w)
+        self.ewma_at = now
+
+    def ewma_cost(self, now: float) -> float:
+        """What load-balance ewma compares: the EWMA decayed to `now` (a pod that was slow
+        and got no traffic since is tried again), times the requests in flight plus one."""
+        return self.ewma * math.exp((self.ewma_at - now) / EWMA_DECAY) * (self.active_requests + 1)
 
     @property
     def address(self) -> tuple[str, int]:

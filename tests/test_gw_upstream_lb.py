@@ -310,10 +310,49 @@ def test_random_uses_every_endpoint():
     assert set(got) == {e.ip for e in pool} and min(got.values()) > 40
 
 
+# ---------------------------------------------------------------------- ewma
+
+
+def test_peak_ewma_takes_a_slower_sample_at_once_and_decays_a_faster_one_in():
+    ep = Endpoint("a", "10.1.0.1", 80)
+    ep.observe(0.010, 100.0)
+    assert ep.ewma == 0.010
+    ep.observe(0.200, 100.5)  # slower: at once (the peak)
+    assert ep.ewma == 0.200
+    ep.observe(0.010, 110.5)  # faster, one time constant (10 s) later: 1/e of the old stays
+    assert ep.ewma == pytest.approx(0.200 / 2.718281828 + 0.010 * (1 - 1 / 2.718281828))
+    ep.active_requests = 3  # the cost: decayed to now, times the requests in flight plus one
+    assert ep.ewma_cost(120.5) == pytest.approx(ep.ewma / 2.718281828 * 4)
+
+
+def test_ewma_sends_most_requests_to_the_fast_pods_and_still_tries_the_slow_one():
+    pool = eps("a", 3) + eps("b", 1)
+    bal = balancer(pool, algorithm="ewma")
+    assert all(ep.ewma_on for ep in pool)  # the data path times these pods' attempts
+    now = time.monotonic()
+    for ep in pool:
+        ep.observe(0.005, now)
+    slow = pool[3]
+    slow.observe(0.500, now)  # a pod 100x slower
+    got = Counter(bal.pick(REQ).ip for _ in range(4000))
+    # two choices: the slow pod wins only when it is drawn twice, which never happens
+    assert got[slow.ip] == 0 and min(got[ep.ip] for ep in pool[:3]) > 1000
+    # in flight: a busy fast pod costs more than an idle one (it wins only against the slow
+    # one: 1 pair in 6; an idle fast pod wins 2.5 in 6)
+    pool[0].active_requests = 50
+    got = Counter(bal.pick(REQ).ip for _ in range(3000))
+    assert got[pool[0].ip] < got[pool[1].ip] / 2
+    # a pod that got no traffic is tried again as its EWMA decays (10 s time constant)
+    slow.ewma_at = pool[1].ewma_at = pool[2].ewma_at = now - 60.0
+    pool[0].active_requests = 0
+    assert slow.ewma_cost(now) < 0.005
+    assert slow.ip in {bal.pick(REQ).ip for _ in range(200)}
+
+
 # ---------------------------------------------------------------------- retries
 
 
-@pytest.mark.parametrize("algorithm", ["round_robin", "least_conn", "random", "hash"])
+@pytest.mark.parametrize("algorithm", ["round_robin", "least_conn", "random", "hash", "ewma"])
 def test_exclude_and_avoid_clusters(algorithm):
     a, b = eps("a", 2), eps("b", 2)
     bal = balancer(a + b, algorithm=algorithm)
@@ -344,3 +383,4 @@ def test_retry_never_picks_unhealthy_outside_panic():
     bal = balancer(a + b)
     tried = frozenset(e.address for e in a)
     assert {bal.pick(REQ, exclude=tried).ip for _ in range(10)} == {b[1].ip, b[2].ip}
+

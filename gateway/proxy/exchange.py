@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.client_auth import peer_certificate
@@ -261,6 +262,8 @@ class Exchange(ResponseSide):
         self.ep = ep
         self.cluster = ep.cluster
         ep.active_requests += 1
+        if ep.ewma_on:  # load-balance ewma times this attempt
+            self.attempt_t0 = time.monotonic()
         if self.tried:
             self.tried.append(ep)  # type: ignore[union-attr]
         else:

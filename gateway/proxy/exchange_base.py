@@ -9,12 +9,13 @@ exchange.py (routing, picking, connecting, the request side).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.proxy.heads import RequestHead, local_response
 from gateway.proxy.pool import Owner
 from gateway.proxy.states import DONE, INF, M_NONE, NEW, PAUSE_UPSTREAM
-from gateway.types import Endpoint, RequestView, RouteDecision
+from gateway.types import EWMA_FAILURE, Endpoint, RequestView, RouteDecision
 
 if TYPE_CHECKING:
     from gateway.proxy.client import ClientConnection
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from gateway.proxy.server import ProxyServer
     from gateway.proxy.throttle import SendThrottle
 
+
+#: Attempt outcomes that fed load-balance ewma no response head (refused, reset, timed out).
+_EWMA_FAILURES: Final = frozenset({"connect_failure", "reset", "timeout", "gateway_error"})
 
 #: The statuses nginx's `add_header` (without `always`) adds its header to.
 ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
@@ -41,6 +45,7 @@ class ExchangeBase(Owner):
     conn: UpstreamConnection | None = None
     wire = False  # self.conn takes request body bytes now
     ep: Endpoint | None = None
+    attempt_t0 = 0.0  # time.monotonic() at this attempt's start (load-balance ewma only)
     attempts = 0
     tried: list[Endpoint] | tuple[()] = ()  # endpoints tried so far
     pending: list[bytes] | tuple[()] = ()  # body bytes not yet sent upstream
@@ -195,6 +200,9 @@ class ExchangeBase(Owner):
             return
         self.ep = None
         ep.active_requests -= 1
+        if ep.ewma_on and outcome in _EWMA_FAILURES:  # no answer: count at least EWMA_FAILURE
+            now = time.monotonic()
+            ep.observe(max(now - self.attempt_t0, EWMA_FAILURE), now)
         if outcome is not None:
             self.server.clusters.report(ep, outcome, status)  # type: ignore[arg-type]
         if cause is not None:

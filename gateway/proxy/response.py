@@ -10,6 +10,7 @@ sockets to the splice.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Final
 
 from gateway.proxy.error_page import DISCARD, error_page_head
@@ -51,6 +52,10 @@ class ResponseSide(RetrySide):
                          info: ResponseInfo, keep_alive: bool) -> None:
         if conn is not self.conn:
             return
+        ep = self.ep
+        if ep is not None and ep.ewma_on:  # load-balance ewma: the time to this head
+            now = time.monotonic()
+            ep.observe(now - self.attempt_t0, now)
         d = self.decision
         assert d is not None
         h = self.head

@@ -23,8 +23,9 @@ from gateway.types import (
 from .extauth import AuthScope, ConfigMapLookup
 from .values import Annotations, is_dns_label, split_list
 
-#: load-balance values we balance with (ewma is mapped to round_robin and reported).
-_ALGORITHMS = {"round_robin": "round_robin", "least_conn": "least_conn", "random": "random"}
+#: load-balance values we balance with.
+_ALGORITHMS = {"round_robin": "round_robin", "least_conn": "least_conn", "random": "random",
+               "ewma": "ewma"}
 
 #: Keys of the explicit-field dict for HealthCheckPolicy / OutlierPolicy sub-fields.
 HC_PREFIX = "health_check."
@@ -65,12 +66,9 @@ def parse_balancing(ann: Annotations, fields: dict[str, Any]) -> None:
         algo = value.lower()
         if algo in _ALGORITHMS:
             fields["algorithm"] = _ALGORITHMS[algo]
-        elif algo == "ewma":
-            ann.problem(full, "ewma is not supported (as in MSE): round_robin is used")
-            fields["algorithm"] = "round_robin"
         else:
             ann.problem(full, f"unknown algorithm {value!r} (round_robin, least_conn, "
-                        "random); ignored")
+                        "random, ewma); ignored")
     found = ann.string("upstream-hash-by")
     if found is not None:
         full, value = found

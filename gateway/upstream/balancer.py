@@ -179,6 +179,9 @@ class Balancer:
         now = time.monotonic() if now is None else now
         p = self.policy
         self.endpoints = list(endpoints)
+        if p.algorithm == "ewma":  # the data path times these pods' attempts from now on
+            for ep in self.endpoints:
+                ep.ewma_on = True
         ready = _interleave([ep for ep in endpoints if ep.ready])
         groups: list[list[Endpoint]]
         if p.priority_pools:

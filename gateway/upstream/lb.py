@@ -8,6 +8,7 @@ smooth weighted round robin over a handful of clusters.
 from __future__ import annotations
 
 import random
+import time
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -95,6 +96,7 @@ _LEAST: Final = 1
 _RANDOM: Final = 2
 _RING: Final = 3  # a ring over exactly these endpoints
 _WALK: Final = 4  # a ring over more: walk past the others
+_EWMA: Final = 5
 
 
 class Pool:
@@ -126,6 +128,8 @@ class Pool:
             self.kind = _LEAST
         elif algorithm == "random":
             self.kind = _RANDOM
+        elif algorithm == "ewma":
+            self.kind = _EWMA
 
     def pick(self, h: int) -> Endpoint:
         """Round robin inline, the others by a direct call (no bound method per pick)."""
@@ -140,6 +144,8 @@ class Pool:
             return self._random(h)
         if kind == _RING:
             return self.ring.get(h)  # type: ignore[union-attr]
+        if kind == _EWMA:
+            return two_choices(self.eps)
         return self._walk(h)
 
     def _walk(self, h: int) -> Endpoint:
@@ -176,12 +182,30 @@ class Pool:
             return self.ring.walk(h, members.__contains__)
         if self.algorithm == "random":
             return random.choice(cands)
+        if self.algorithm == "ewma":
+            return two_choices(cands)
         i = self.i
         self.i = i + 1 if i < 0x3FFFFFFF else 0
         if self.algorithm == "least_conn":
             m = len(cands)
             return min((cands[(i + k) % m] for k in range(m)), key=lambda ep: ep.active_requests)
         return cands[i % len(cands)]
+
+
+def two_choices(eps: list[Endpoint], _rand: Callable[[], float] = random.random,
+                _now: Callable[[], float] = time.monotonic) -> Endpoint:
+    """load-balance ewma: of two endpoints drawn at random, the one with the lower
+    `Endpoint.ewma_cost` (the power of two choices, as ingress-nginx's ewma balancer)."""
+    n = len(eps)
+    if n == 1:
+        return eps[0]
+    i = int(_rand() * n)
+    j = int(_rand() * (n - 1))
+    if j >= i:
+        j += 1
+    a, b = eps[i], eps[j]
+    now = _now()
+    return a if a.ewma_cost(now) <= b.ewma_cost(now) else b
 
 
 # ---------------------------------------------------------------------- weights

@@ -1,0 +1,39 @@
+"""load-balance ewma through the real gateway (the balancer itself is table-tested in
+tests/test_gw_upstream_lb.py): real pods over HTTP, one of them slow."""
+
+from __future__ import annotations
+
+import aiohttp
+from gwkit import Upstream
+from test_gw_app import ingress, world
+
+from gateway.app import GatewayApp
+from mcs_controller.access.resources import INGRESSES
+
+
+async def test_ewma_through_the_gateway_keeps_requests_off_a_slow_pod():
+    """load-balance ewma with one fast and one slow pod (100 ms per answer), two clusters:
+    round robin would give the slow pod half; ewma learns it from the first answers."""
+    fast = await Upstream("east", host="127.0.78.1").start()
+    slow = await Upstream("west", host="127.0.78.2", delay=0.1).start()
+    hub, members = await world({"east": fast, "west": slow})
+    await hub.create(INGRESSES, ingress("web", "web.example.com", "web",
+                                        {"nginx.ingress.kubernetes.io/load-balance": "ewma"}))
+    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
+    await app.start()
+    try:
+        await app.wait_ready(10)
+        url = f"http://127.0.0.1:{app.proxy.port}/"
+        async with aiohttp.ClientSession() as s:
+            for _ in range(40):
+                async with s.get(url, headers={"Host": "web.example.com"}) as r:
+                    assert r.status == 200
+        assert len(fast.requests) + len(slow.requests) == 40
+        assert len(slow.requests) <= 3, len(slow.requests)  # learnt from its first answers
+        ref = next(iter(app.table.backends()))
+        state = {d["cluster"]: d for d in app.upstream.describe(ref)}
+        assert state["west"]["ewma_ms"] > 50 > state["east"]["ewma_ms"]
+    finally:
+        await app.stop(0.5)
+        await fast.stop()
+        await slow.stop()
