@@ -357,10 +357,14 @@ class Endpoint:
             self.ewma = self.ewma * w + seconds * (1.0 - w)
         self.ewma_at = now
 
+    def ewma_now(self, now: float) -> float:
+        """The EWMA decayed to `now`: a pod that was slow and got no traffic since is tried
+        again."""
+        return self.ewma * math.exp((self.ewma_at - now) / EWMA_DECAY)
+
     def ewma_cost(self, now: float) -> float:
-        """What load-balance ewma compares: the EWMA decayed to `now` (a pod that was slow
-        and got no traffic since is tried again), times the requests in flight plus one."""
-        return self.ewma * math.exp((self.ewma_at - now) / EWMA_DECAY) * (self.active_requests + 1)
+        """What load-balance ewma compares: `ewma_now` times the requests in flight plus one."""
+        return self.ewma_now(now) * (self.active_requests + 1)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -262,8 +262,9 @@ class Exchange(ResponseSide):
         self.ep = ep
         self.cluster = ep.cluster
         ep.active_requests += 1
-        if ep.ewma_on:  # load-balance ewma times this attempt
-            self.attempt_t0 = time.monotonic()
+        # load-balance ewma times this attempt (0: not timed, also when a balancer turned
+        # ewma on while it was under way)
+        self.attempt_t0 = time.monotonic() if ep.ewma_on else 0.0
         if self.tried:
             self.tried.append(ep)  # type: ignore[union-attr]
         else:

@@ -45,7 +45,7 @@ class ExchangeBase(Owner):
     conn: UpstreamConnection | None = None
     wire = False  # self.conn takes request body bytes now
     ep: Endpoint | None = None
-    attempt_t0 = 0.0  # time.monotonic() at this attempt's start (load-balance ewma only)
+    attempt_t0 = 0.0  # time.monotonic() at this attempt's start (load-balance ewma; else 0)
     attempts = 0
     tried: list[Endpoint] | tuple[()] = ()  # endpoints tried so far
     pending: list[bytes] | tuple[()] = ()  # body bytes not yet sent upstream
@@ -200,7 +200,7 @@ class ExchangeBase(Owner):
             return
         self.ep = None
         ep.active_requests -= 1
-        if ep.ewma_on and outcome in _EWMA_FAILURES:  # no answer: count at least EWMA_FAILURE
+        if self.attempt_t0 and outcome in _EWMA_FAILURES:  # no answer: count at least EWMA_FAILURE
             now = time.monotonic()
             ep.observe(max(now - self.attempt_t0, EWMA_FAILURE), now)
         if outcome is not None:

@@ -53,7 +53,7 @@ class ResponseSide(RetrySide):
         if conn is not self.conn:
             return
         ep = self.ep
-        if ep is not None and ep.ewma_on:  # load-balance ewma: the time to this head
+        if ep is not None and self.attempt_t0:  # load-balance ewma: the time to this head
             now = time.monotonic()
             ep.observe(now - self.attempt_t0, now)
         d = self.decision

@@ -389,7 +389,7 @@ class UpstreamManager(ClusterManager):
                 "healthy": ep.healthy, "ejected": ejected,
                 "ejected_for": round(ep.ejected_until - now, 3) if ejected else 0.0,
                 "active": ep.active_requests, "priority": level_of.get(ep),
-                **({"ewma_ms": round(ep.ewma_cost(now) / (ep.active_requests + 1) * 1000, 3)}
+                **({"ewma_ms": round(ep.ewma_now(now) * 1000, 3)}
                    if bal.policy.algorithm == "ewma" else {}),
                 "health_checked": ep in self.health,
             })
