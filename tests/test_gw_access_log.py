@@ -123,7 +123,7 @@ async def test_a_log_nobody_reads_drops_whole_lines_and_never_holds_up_the_loop(
     os.mkfifo(fifo)
     read_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     log = AccessLog(str(fifo))
-    peer = Peer("127.0.0.1", 8080, "http", False)
+    peer = Peer("127.0.0.1", 8080, "http")
     lines_sent = 0
     start = time.monotonic()
     while lines_sent < 2 * access_log_module.MAX_PENDING // 60:  # twice what may wait

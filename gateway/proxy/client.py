@@ -101,9 +101,8 @@ class ClientConnection(asyncio.Protocol):
         peer = self.source or tr.get_extra_info("peername")
         local = tr.get_extra_info("sockname")
         ip = peer[0] if isinstance(peer, tuple) else ""
-        trusted = srv.is_trusted(ip)
-        self.peer = Peer(ip, local[1] if isinstance(local, tuple) else 0, srv.scheme, trusted,
-                         srv.is_trusted if trusted else None)
+        self.peer = Peer(ip, local[1] if isinstance(local, tuple) else 0, srv.scheme,
+                         srv.is_trusted if srv.is_trusted(ip) else None)
         self._idle(self.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:

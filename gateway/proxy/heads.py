@@ -81,16 +81,17 @@ class LazyHeaders(Mapping[str, str]):
 
 class Peer:
     """Per client connection constants: the client address and the X-Forwarded-* lines it
-    implies. `trust` (for a --trusted-proxy peer): which X-Forwarded-For hops are proxies too."""
+    implies. `trust`, given for a --trusted-proxy peer only: which X-Forwarded-For hops are
+    proxies too."""
 
     __slots__ = ("ip", "ip_b", "trusted", "trust", "scheme", "port_b", "fixed")
 
-    def __init__(self, ip: str, local_port: int, scheme: str, trusted: bool,
+    def __init__(self, ip: str, local_port: int, scheme: str,
                  trust: Callable[[str], bool] | None = None) -> None:
         self.ip = ip
         self.ip_b = ip.encode()
-        self.trusted = trusted
         self.trust = trust
+        self.trusted = trust is not None
         self.scheme = scheme.encode()
         self.port_b = str(local_port).encode()
         self.fixed = (b"X-Forwarded-Proto: " + self.scheme + CRLF + b"X-Forwarded-Port: "
@@ -304,13 +305,14 @@ def forwarded_client(values: list[bytes], trust: Callable[[str], bool] | None) -
     for hop in reversed(hops):
         if not hop:
             continue
-        if hop[0] == "[":
-            end = hop.find("]")
-            port = hop[end + 2:]
-            if end > 0 and (end + 1 == len(hop) or (hop[end + 1] == ":" and port.isdigit())):
-                hop = hop[1:end]
-        elif hop.count(":") == 1 and hop[hop.find(":") + 1:].isdigit():
-            hop = hop[:hop.find(":")]
+        if hop[0] == "[":  # [v6] or [v6]:port
+            inside, _, after = hop[1:].partition("]")
+            if not after or (after[0] == ":" and after[1:].isdigit()):
+                hop = inside
+        elif hop.count(":") == 1:  # v4:port (a bare v6 address has more colons)
+            address, _, port = hop.partition(":")
+            if port.isdigit():
+                hop = address
         try:
             found = str(ipaddress.ip_address(hop))
         except ValueError:

@@ -137,9 +137,9 @@ class Acceptor:
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.spawn(self._route(conn))
+            self._spawn(self._route(conn))
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task that `close` cancels."""
         task = self.loop.create_task(coro)
         self.tasks.add(task)
