@@ -8,16 +8,14 @@ embedded fleet (`--fleet DIR --cluster NAME`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from clusterset_dns.app import DnsApp
 from mcs_controller.access.api import ClusterClient
-from mcs_controller.ops.cli import host_port, run
+from mcs_controller.ops.cli import Shutdown, host_port, run
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("clusterset_dns")
@@ -100,11 +98,7 @@ async def amain(args: argparse.Namespace) -> int:
         return 2
     app = DnsApp(client, listen=args.listen, zone=args.zone, ttl=args.ttl,
                  ack_names=not args.strict, admin=args.admin)
-    terminate, stop = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM,  # the first one drains, a second one stops
-                            lambda: stop.set() if terminate.is_set() else terminate.set())
+    shutdown = Shutdown()
     try:
         await app.start()
     except OSError as exc:
@@ -115,14 +109,7 @@ async def amain(args: argparse.Namespace) -> int:
     if app.admin_port is not None:  # (a port given as 0 is shown as bound)
         print(f"clusterset_dns admin on http://{_shown(args.admin[0])}:{app.admin_port}", flush=True)
     try:
-        await asyncio.wait([asyncio.ensure_future(e.wait()) for e in (terminate, stop)],
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not stop.is_set() and args.shutdown_delay > 0:
-            log.info("SIGTERM: answering for %.3g s more with /readyz failing, then stopping",
-                     args.shutdown_delay)
-            app.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.shutdown_delay)
+        await shutdown.wait(app.drain, args.shutdown_delay, "answering with /readyz failing")
     finally:
         log.info("shutting down")
         await app.stop()

@@ -23,7 +23,7 @@ from gateway.tls import TLSConfigError, check_key_pair
 from mcs_controller.access.kube import KubeConfigError
 from mcs_controller.config import ConfigError, load_config
 from mcs_controller.connect import connect_all
-from mcs_controller.ops.cli import host_port, run
+from mcs_controller.ops.cli import Shutdown, host_port, run
 from mcs_controller.ops.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -204,21 +204,11 @@ async def amain(args: argparse.Namespace) -> int:
     if app.address_tls is not None:
         print(f"gateway listening on https {app.address_tls[0]}:{app.address_tls[1]}",
               flush=True)
-    terminate, stop = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM,  # the first one drains, a second one stops
-                            lambda: stop.set() if terminate.is_set() else terminate.set())
+    shutdown = Shutdown()
     if app.access_log is not None:  # after a rotation (nginx's USR1)
-        loop.add_signal_handler(signal.SIGUSR1, app.access_log.reopen)
-    await asyncio.wait([asyncio.ensure_future(e.wait()) for e in (terminate, stop)],
-                       return_when=asyncio.FIRST_COMPLETED)
-    if not stop.is_set() and args.shutdown_delay > 0:
-        log.info("SIGTERM: draining for %.3g s (/readyz fails, connections close after their "
-                 "response), then stopping", args.shutdown_delay)
-        app.drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.shutdown_delay)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, app.access_log.reopen)
+    await shutdown.wait(app.drain, args.shutdown_delay,
+                        "draining (/readyz fails, connections close after their response)")
     with contextlib.suppress(Exception):
         await app.stop(args.shutdown_grace)
     for client in [*members.values(), hub]:
