@@ -23,9 +23,8 @@ from gateway.types import (
 from .extauth import AuthScope, ConfigMapLookup
 from .values import Annotations, is_dns_label, split_list
 
-#: load-balance values we balance with.
-_ALGORITHMS = {"round_robin": "round_robin", "least_conn": "least_conn", "random": "random",
-               "ewma": "ewma"}
+#: load-balance values we balance with (types.LbAlgorithm, "hash" aside).
+_ALGORITHMS = frozenset({"round_robin", "least_conn", "random", "ewma"})
 
 #: Keys of the explicit-field dict for HealthCheckPolicy / OutlierPolicy sub-fields.
 HC_PREFIX = "health_check."
@@ -65,7 +64,7 @@ def parse_balancing(ann: Annotations, fields: dict[str, Any]) -> None:
         full, value = found
         algo = value.lower()
         if algo in _ALGORITHMS:
-            fields["algorithm"] = _ALGORITHMS[algo]
+            fields["algorithm"] = algo
         else:
             ann.problem(full, f"unknown algorithm {value!r} (round_robin, least_conn, "
                         "random, ewma); ignored")
