@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 from fleetkit import eventually
 from gwkit import Upstream
-from test_gw_app import ingress, world
+from test_gw_app import gateway_over, ingress, world
 
 from gateway.app import GatewayApp
 from mcs_controller.access.resources import INGRESSES
@@ -45,13 +45,7 @@ async def test_ewma_through_the_gateway_keeps_requests_off_a_slow_pod():
 async def test_a_request_under_way_when_ewma_is_turned_on_is_not_timed():
     """An attempt that started before its pod's backend switched to ewma was not timed: its
     answer must not count as a sample (from time 0 it would look hours slow)."""
-    pod = await Upstream("east", host="127.0.78.3").start()
-    hub, members = await world({"east": pod})
-    await hub.create(INGRESSES, ingress("web", "web.example.com", "web"))
-    app = GatewayApp(hub, members, listen=("127.0.0.1", 0), admin=None)
-    await app.start()
-    try:
-        await app.wait_ready(10)
+    async with gateway_over([ingress("web", "web.example.com", "web")], "127.0.78.3") as (app, _):
         url = f"http://127.0.0.1:{app.proxy.port}/sleep/0.6"
         async with aiohttp.ClientSession() as s:
             async def get() -> int:
@@ -64,14 +58,10 @@ async def test_a_request_under_way_when_ewma_is_turned_on_is_not_timed():
             turned = ingress("web", "web.example.com", "web",
                              {"nginx.ingress.kubernetes.io/load-balance": "ewma"})
             turned["metadata"]["resourceVersion"] = (
-                await hub.get(INGRESSES, "demo", "web"))["metadata"]["resourceVersion"]
-            await hub.replace(INGRESSES, turned)
+                await app.hub.get(INGRESSES, "demo", "web"))["metadata"]["resourceVersion"]
+            await app.hub.replace(INGRESSES, turned)
             await eventually(lambda: app.upstream.summary(
                 next(iter(app.table.backends())))["algorithm"] == "ewma", within=3.0)
             assert await slow == 200
-        ref = next(iter(app.table.backends()))
-        (state,) = app.upstream.describe(ref)
+        (state,) = app.upstream.describe(next(iter(app.table.backends())))
         assert state["ewma_ms"] == 0.0
-    finally:
-        await app.stop(0.5)
-        await pod.stop()
